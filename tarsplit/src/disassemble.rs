@@ -1,0 +1,138 @@
+//! tar stream → metadata records + payloads.
+
+use std::io::{self, Read, Write};
+
+use crate::error::{Error, Name, Result};
+use crate::files::FilePutter;
+use crate::metadata::MetadataWriter;
+use crate::payload::{ChunkSource, Payload};
+use crate::stream::TeeStream;
+use crate::tar;
+
+/// Data after the end-of-archive marker is stored in segments of this size.
+const TRAILING_CHUNK: usize = 1 << 20;
+
+/// What a disassembly saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Bytes in the tar stream.
+    pub tar_size: u64,
+    /// Tar entries (every header but extension headers).
+    pub entries: u64,
+    /// Bytes of file payload (logical, holes included).
+    pub payload_size: u64,
+}
+
+impl<R: Read, W: Write> ChunkSource for TeeStream<R, W> {
+    fn chunk(&mut self) -> io::Result<&[u8]> {
+        TeeStream::chunk(self)
+    }
+
+    fn advance(&mut self, n: usize) {
+        TeeStream::advance(self, n);
+    }
+}
+
+/// Reads a tar stream, copies every byte of it to `passthrough`, writes its
+/// metadata records to `metadata`, and hands each payload to `putter`.
+///
+/// Memory stays bounded whatever the archive's size. Names, sizes and record
+/// boundaries are those tar-split's Go code produces, so either tool can
+/// reassemble the other's metadata.
+///
+/// Sparse entries are the one deliberate difference: tar-split drops the
+/// GNU 1.0 sparse map and writes expanded data on reassembly, so it cannot
+/// reproduce them; strata keeps the map in the preceding segment and its
+/// [`assemble`](crate::assemble) writes back only the stored fragments.
+pub fn disassemble<R, T, M, P>(input: R, passthrough: T, metadata: &mut MetadataWriter<M>, putter: &mut P) -> Result<Summary>
+where
+    R: Read,
+    T: Write,
+    M: Write,
+    P: FilePutter + ?Sized,
+{
+    let mut stream = TeeStream::new(input, passthrough);
+    let mut summary = Summary::default();
+    let (mut unread, mut padding) = (0u64, 0u64);
+    while let Some(entry) = tar::next_entry(&mut stream, unread, padding)? {
+        metadata.segment(&stream.take_raw())?;
+        metadata.claim_name(&entry.name)?;
+        let mut crc = None;
+        unread = entry.data_len;
+        if entry.size > 0 {
+            // Go's reader serves a plain entry's data area, whatever its
+            // size field said; a sparse entry expands to its logical size.
+            let (len, stored) = match &entry.sparse {
+                Some(map) => (map.size, map.stored_len()),
+                None => (entry.data_len, entry.data_len),
+            };
+            if stored != entry.data_len {
+                return Err(Error::InvalidTar {
+                    offset: stream_offset(&stream),
+                    reason: "sparse map does not match the stored data size",
+                });
+            }
+            crc = Some(put_payload(&mut stream, &entry, len, putter)?);
+            unread = 0;
+            summary.payload_size += len;
+        }
+        metadata.file(&entry.name, entry.size, crc)?;
+        let raw = stream.take_raw();
+        if !raw.is_empty() {
+            metadata.segment(&raw)?;
+        }
+        padding = entry.padding;
+        summary.entries += 1;
+    }
+    metadata.segment(&stream.take_raw())?;
+
+    // Whatever follows the end-of-archive marker (record padding, usually)
+    // is kept too, then closed with an empty segment as tar-split 0.11 does.
+    let mut trailing = Vec::with_capacity(TRAILING_CHUNK);
+    loop {
+        trailing.clear();
+        stream.read_trailing(&mut trailing, TRAILING_CHUNK)?;
+        if !trailing.is_empty() {
+            metadata.segment(&trailing)?;
+        }
+        if trailing.len() < TRAILING_CHUNK {
+            break;
+        }
+    }
+    metadata.segment(&[])?;
+    stream.flush()?;
+    summary.tar_size = stream_offset(&stream);
+    Ok(summary)
+}
+
+fn stream_offset<R: Read, W: Write>(stream: &TeeStream<R, W>) -> u64 {
+    crate::tar::Source::offset(stream)
+}
+
+fn put_payload<R: Read, W: Write, P: FilePutter + ?Sized>(
+    stream: &mut TeeStream<R, W>,
+    entry: &tar::Entry,
+    len: u64,
+    putter: &mut P,
+) -> Result<[u8; 8]> {
+    enum Failure {
+        Input(Option<io::Error>),
+        Put(io::Error),
+    }
+    let result = {
+        let mut payload = Payload::new(stream, len, entry.sparse.as_ref());
+        let put = putter.put(&entry.name, &mut payload);
+        if payload.input_failed() {
+            Err(Failure::Input(put.err()))
+        } else if let Err(e) = put {
+            Err(Failure::Put(e))
+        } else {
+            payload.finish().map_err(|e| Failure::Input(Some(e)))
+        }
+    };
+    result.map_err(|failure| match failure {
+        Failure::Put(source) => Error::Put { name: Name::from(entry.name.as_slice()), source },
+        Failure::Input(Some(e)) if e.kind() != io::ErrorKind::UnexpectedEof => Error::Io(e),
+        Failure::Input(_) => Error::Truncated { offset: stream_offset(stream), what: "file data" },
+    })
+}
