@@ -41,6 +41,8 @@ mod files;
 mod metadata;
 mod path;
 mod payload;
+#[cfg(feature = "sample")]
+pub mod sample;
 mod stream;
 mod tar;
 

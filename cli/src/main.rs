@@ -1,0 +1,40 @@
+//! `strata`: container-image layer storage from the command line.
+
+mod demo;
+mod output;
+mod tar_split;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about = "Container-image layer storage: tar-split, layers, partial pulls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Split a tar stream into metadata and payloads, and put it back together bit for bit.
+    #[command(subcommand, name = "tar-split")]
+    TarSplit(tar_split::Command),
+    /// Round-trip a tar through tar-split and check every byte comes back.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::TarSplit(cmd) => tar_split::run(cmd),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: error: {}", output::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `cargo xtask`: whole-command benchmarks against the reference tools, and
+//! fuzz runs.
+//!
+//! ```text
+//! cargo xtask bench tar-split [--runs N] [--tar FILE]
+//! cargo xtask fuzz [--seconds N]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
+        _ => Err("usage: cargo xtask bench tar-split [--runs N] [--tar FILE] | cargo xtask fuzz [--seconds N]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn run(cmd: &mut Command) -> Result<(), Error> {
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{cmd:?} failed: {status}").into());
+    }
+    Ok(())
+}
+
+fn require(tool: &str, package: &str) -> Result<(), Error> {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status()?;
+    if !found.success() {
+        return Err(format!("{tool} is not installed: apt-get install -y {package}").into());
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), Error> {
+    match args.first().map(String::as_str) {
+        Some("tar-split") => bench_tar_split(&args[1..]),
+        other => Err(format!("unknown benchmark {other:?}; available: tar-split").into()),
+    }
+}
+
+/// Times one command `runs` times and returns the median.
+fn time_median(runs: usize, mut make: impl FnMut() -> Command) -> Result<Duration, Error> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut cmd = make();
+        cmd.stdout(Stdio::null());
+        let start = Instant::now();
+        run(&mut cmd)?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn bench_tar_split(args: &[String]) -> Result<(), Error> {
+    let runs: usize = flag(args, "--runs").map_or(Ok(5), str::parse)?;
+    require("tar-split", "tar-split")?;
+    require("tar", "tar")?;
+    let root = workspace_root();
+    run(Command::new(env!("CARGO")).args(["build", "--release", "--quiet", "-p", "strata-cli"]).current_dir(&root))?;
+    let strata = root.join("target/release/strata");
+    let work = root.join("target/bench/tar-split");
+    std::fs::create_dir_all(&work)?;
+
+    let tar = match flag(args, "--tar") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let tar = work.join("usr.tar");
+            if !tar.exists() {
+                eprintln!("making {} from /usr (about 1 GiB)", tar.display());
+                let partial = work.join("usr.tar.partial");
+                run(Command::new("tar")
+                    .args(["--format=gnu", "-cf"])
+                    .arg(&partial)
+                    .args(["-C", "/", "usr/lib/x86_64-linux-gnu", "usr/bin", "usr/share/doc"]))?;
+                std::fs::rename(&partial, &tar)?;
+            }
+            tar
+        }
+    };
+    let extracted = work.join("root");
+    if !extracted.exists() {
+        let partial = work.join("root.partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&partial))?;
+        std::fs::rename(&partial, &extracted)?;
+    }
+    let size = std::fs::metadata(&tar)?.len();
+    // Bring the tar and the extracted tree into the page cache for both tools alike.
+    run(Command::new("cat").arg(&tar).stdout(Stdio::null()))?;
+    run(Command::new("tar").arg("-cf").arg("/dev/null").arg("-C").arg(&extracted).arg("."))?;
+
+    let go_meta = work.join("go.json.gz");
+    let strata_meta = work.join("strata.json.gz");
+    let disasm_go = || {
+        let mut c = Command::new("tar-split");
+        c.arg("disasm").arg("--output").arg(&go_meta).arg(&tar).stderr(Stdio::null());
+        c
+    };
+    let disasm_strata = || {
+        let mut c = Command::new(&strata);
+        c.args(["tar-split", "disasm", "--output"]).arg(&strata_meta).arg(&tar);
+        c
+    };
+    let asm_go = |out: &Path| {
+        let mut c = Command::new("tar-split");
+        c.arg("asm").arg("--input").arg(&go_meta).arg("--path").arg(&extracted).arg("--output").arg(out);
+        c.stderr(Stdio::null());
+        c
+    };
+    let asm_strata = |out: &Path| {
+        let mut c = Command::new(&strata);
+        c.args(["tar-split", "asm", "--input"]).arg(&strata_meta).arg("--path").arg(&extracted).arg("--output").arg(out);
+        c
+    };
+
+    // Check both outputs once before timing anything.
+    run(&mut disasm_go())?;
+    run(&mut disasm_strata())?;
+    for (name, mut cmd) in [("tar-split", asm_go(&work.join("go.tar"))), ("strata", asm_strata(&work.join("strata.tar")))] {
+        run(&mut cmd)?;
+        let out = work.join(if name == "strata" { "strata.tar" } else { "go.tar" });
+        if !same_file(&out, &tar)? {
+            return Err(format!("{name} asm did not reproduce {}", tar.display()).into());
+        }
+        std::fs::remove_file(out)?;
+    }
+
+    let null = Path::new("/dev/null");
+    println!("tar-split benchmark: {} ({:.0} MiB), median of {runs} runs, output to /dev/null", tar.display(), mib(size));
+    println!("{:<8} {:>12} {:>12} {:>12} {:>12} {:>8}", "command", "tar-split s", "MiB/s", "strata s", "MiB/s", "ratio");
+    for (label, go, ours) in [
+        ("disasm", time_median(runs, disasm_go)?, time_median(runs, disasm_strata)?),
+        ("asm", time_median(runs, || asm_go(null))?, time_median(runs, || asm_strata(null))?),
+    ] {
+        println!(
+            "{label:<8} {:>12.3} {:>12.0} {:>12.3} {:>12.0} {:>7.2}x",
+            go.as_secs_f64(),
+            mib(size) / go.as_secs_f64(),
+            ours.as_secs_f64(),
+            mib(size) / ours.as_secs_f64(),
+            go.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn same_file(a: &Path, b: &Path) -> Result<bool, Error> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Runs every fuzz target for a while (needs a nightly toolchain and
+/// cargo-fuzz; installs cargo-fuzz when missing).
+fn fuzz(args: &[String]) -> Result<(), Error> {
+    let seconds: u64 = flag(args, "--seconds").map_or(Ok(60), str::parse)?;
+    let root = workspace_root();
+    let has_fuzz = Command::new("cargo").args(["fuzz", "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !has_fuzz.is_ok_and(|s| s.success()) {
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for (dir, targets) in [("tarsplit", ["tar_reader", "metadata"])] {
+        for target in targets {
+            eprintln!("fuzzing {dir}/{target} for {seconds}s");
+            let corpus = root.join(dir).join("fuzz/corpus").join(target);
+            std::fs::create_dir_all(&corpus)?;
+            seed_corpus(dir, target, &corpus)?;
+            run(Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&corpus)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .current_dir(root.join(dir)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts each corpus from real inputs so the fuzzer begins past the
+/// header checksums.
+fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
+    if dir != "tarsplit" {
+        return Ok(());
+    }
+    let tar = strata_tarsplit::sample::every_entry_kind();
+    let seed = match target {
+        "tar_reader" => tar,
+        _ => {
+            let mut meta = strata_tarsplit::MetadataWriter::new(Vec::new());
+            strata_tarsplit::disassemble(&tar[..], std::io::sink(), &mut meta, &mut strata_tarsplit::DiscardPutter)?;
+            meta.finish()?
+        }
+    };
+    std::fs::write(corpus.join("sample"), seed)?;
+    Ok(())
+}
