@@ -31,31 +31,45 @@ pub fn stdout_file() -> io::Result<File> {
     Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
 }
 
-/// A file written under a temporary name beside its destination and renamed
-/// into place by [`AtomicFile::commit`]; dropped uncommitted, it vanishes.
-pub struct AtomicFile {
-    temp: NamedTempFile,
-    dest: PathBuf,
+/// An output file. A regular file is written under a temporary name beside
+/// its destination and renamed into place by [`AtomicFile::commit`], so a
+/// failed command leaves no partial file; dropped uncommitted, it vanishes.
+/// Anything else that exists at the path (a device such as `/dev/null`, a
+/// FIFO) is written directly.
+pub enum AtomicFile {
+    Temp { temp: NamedTempFile, dest: PathBuf },
+    Direct(File),
 }
 
 impl AtomicFile {
     pub fn create(dest: &Path) -> io::Result<Self> {
+        if std::fs::metadata(dest).is_ok_and(|m| !m.is_file()) {
+            return Ok(AtomicFile::Direct(std::fs::OpenOptions::new().write(true).open(dest)?));
+        }
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
         let temp = tempfile::Builder::new().prefix(".strata-").tempfile_in(dir)?;
-        Ok(AtomicFile { temp, dest: dest.to_path_buf() })
+        Ok(AtomicFile::Temp { temp, dest: dest.to_path_buf() })
     }
 
     pub fn file(&mut self) -> &mut File {
-        self.temp.as_file_mut()
+        match self {
+            AtomicFile::Temp { temp, .. } => temp.as_file_mut(),
+            AtomicFile::Direct(file) => file,
+        }
     }
 
     pub fn commit(self) -> io::Result<()> {
-        self.temp.as_file().sync_all()?;
-        self.temp.persist(&self.dest).map_err(|e| e.error)?;
-        Ok(())
+        match self {
+            AtomicFile::Temp { temp, dest } => {
+                temp.as_file().sync_all()?;
+                temp.persist(&dest).map_err(|e| e.error)?;
+                Ok(())
+            }
+            AtomicFile::Direct(mut file) => file.flush(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::files::FileGetter;
 use crate::metadata::{Entry, FileEntry};
 use crate::tar::{self, SliceSource, header::BLOCK, sparse::SparseMap};
 
-const COPY_BUFFER: usize = 1 << 20;
+const COPY_BUFFER: usize = 128 << 10;
 
 /// What an assembly wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,15 @@
 //! The CRC-64 tar-split stores for each payload: Go's `hash/crc64` with the
 //! ISO table, stored big-endian.
 
-use crc::{CRC_64_GO_ISO, Crc, Table};
+use crc_fast::{CrcAlgorithm, Digest};
 
-static ISO: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
-
-/// A running CRC-64/GO-ISO.
-pub(crate) struct Crc64(crc::Digest<'static, u64, Table<16>>);
+/// A running CRC-64/GO-ISO, carry-less-multiply accelerated where the CPU
+/// has it (payload checksumming is most of tar-split's work).
+pub(crate) struct Crc64(Digest);
 
 impl Crc64 {
     pub(crate) fn new() -> Self {
-        Crc64(ISO.digest())
+        Crc64(Digest::new(CrcAlgorithm::Crc64GoIso))
     }
 
     pub(crate) fn update(&mut self, bytes: &[u8]) {

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use crate::error::{Error, Result};
 use crate::tar::Source;
 
-const BUFFER: usize = 1 << 20;
+const BUFFER: usize = 128 << 10;
 
 /// Largest run of non-payload bytes between two payloads. Real archives stay
 /// far below (a PAX header is at most 1 MiB); this keeps memory bounded.
