@@ -11,6 +11,7 @@ const BLOCK: usize = 512;
 #[derive(Debug, Default, Clone)]
 pub struct RawTar {
     bytes: Vec<u8>,
+    extensions: usize,
 }
 
 /// Header fields for [`RawTar::header`].
@@ -112,6 +113,12 @@ impl RawTar {
         b
     }
 
+    /// Appends bytes as they are.
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
     /// Appends data and pads it to a whole block.
     pub fn data(&mut self, data: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(data);
@@ -141,7 +148,10 @@ impl RawTar {
     /// A PAX extended header (`x`, or `g` for global) with the given records.
     pub fn pax(&mut self, typeflag: u8, records: &[(&str, &[u8])]) -> &mut Self {
         let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-        self.header(&Fields::new(b"PaxHeaders/x", typeflag, data.len() as u64)).data(&data)
+        // Global headers are entries of their own: their names must differ.
+        self.extensions += 1;
+        let name = format!("PaxHeaders.{}/x", self.extensions);
+        self.header(&Fields::new(name.as_bytes(), typeflag, data.len() as u64)).data(&data)
     }
 
     /// An old-GNU sparse file (`S`) with its map in the header (and in
