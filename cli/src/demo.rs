@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
-use strata_tarsplit::{DirGetter, DirPutter, assemble, disassemble, gzip_metadata, open_metadata, sample};
+use strata_tarsplit::{
+    DirGetter, DirPutter, assemble, disassemble, gzip_metadata, open_metadata, sample,
+};
 
 use crate::output::BoxError;
 
@@ -29,11 +31,18 @@ struct Digester {
 
 impl Digester {
     fn new() -> Self {
-        Digester { hasher: Sha256::new(), bytes: 0 }
+        Digester {
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
     }
 
     fn hex(self) -> String {
-        self.hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        self.hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -83,16 +92,35 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let files = Dir::open_ambient_dir(&files_dir, ambient_authority())?;
     let mut original = Digester::new();
     let mut metadata = gzip_metadata(File::create(&metadata_path)?);
-    let split = disassemble(input, &mut original, &mut metadata, &mut DirPutter::new(files.try_clone()?))?;
+    let split = disassemble(
+        input,
+        &mut original,
+        &mut metadata,
+        &mut DirPutter::new(files.try_clone()?),
+    )?;
     metadata.finish()?.finish()?;
     let metadata_size = std::fs::metadata(&metadata_path)?.len();
     let (original_size, original_hash) = (original.bytes, original.hex());
-    println!("  disasm    {original_size} bytes, {} entries, sha256:{original_hash}", split.entries);
-    println!("            metadata {metadata_size} bytes gzip'd -> {}", metadata_path.display());
-    println!("            payloads {} bytes -> {}", split.payload_size, files_dir.display());
+    println!(
+        "  disasm    {original_size} bytes, {} entries, sha256:{original_hash}",
+        split.entries
+    );
+    println!(
+        "            metadata {metadata_size} bytes gzip'd -> {}",
+        metadata_path.display()
+    );
+    println!(
+        "            payloads {} bytes -> {}",
+        split.payload_size,
+        files_dir.display()
+    );
 
     let mut rebuilt = Digester::new();
-    assemble(open_metadata(File::open(&metadata_path)?)?, &mut DirGetter::new(files), &mut rebuilt)?;
+    assemble(
+        open_metadata(File::open(&metadata_path)?)?,
+        &mut DirGetter::new(files),
+        &mut rebuilt,
+    )?;
     let (rebuilt_size, rebuilt_hash) = (rebuilt.bytes, rebuilt.hex());
     println!("  asm       {rebuilt_size} bytes, sha256:{rebuilt_hash}");
     if rebuilt_hash != original_hash || rebuilt_size != original_size {

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "strata", version, about = "Container-image layer storage: tar-split, layers, partial pulls")]
+#[command(
+    name = "strata",
+    version,
+    about = "Container-image layer storage: tar-split, layers, partial pulls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

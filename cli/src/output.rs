@@ -44,14 +44,21 @@ pub enum AtomicFile {
 impl AtomicFile {
     pub fn create(dest: &Path) -> io::Result<Self> {
         if std::fs::metadata(dest).is_ok_and(|m| !m.is_file()) {
-            return Ok(AtomicFile::Direct(std::fs::OpenOptions::new().write(true).open(dest)?));
+            return Ok(AtomicFile::Direct(
+                std::fs::OpenOptions::new().write(true).open(dest)?,
+            ));
         }
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let temp = tempfile::Builder::new().prefix(".strata-").tempfile_in(dir)?;
-        Ok(AtomicFile::Temp { temp, dest: dest.to_path_buf() })
+        let temp = tempfile::Builder::new()
+            .prefix(".strata-")
+            .tempfile_in(dir)?;
+        Ok(AtomicFile::Temp {
+            temp,
+            dest: dest.to_path_buf(),
+        })
     }
 
     pub fn file(&mut self) -> &mut File {

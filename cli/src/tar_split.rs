@@ -8,7 +8,9 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use clap::Subcommand;
 use flate2::write::GzEncoder;
-use strata_tarsplit::{DirGetter, DiscardPutter, MetadataWriter, assemble, disassemble, open_metadata};
+use strata_tarsplit::{
+    DirGetter, DiscardPutter, MetadataWriter, assemble, disassemble, open_metadata,
+};
 
 use crate::output::{AtomicFile, BoxError, stdout_file};
 
@@ -49,8 +51,18 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> Result<(), BoxError> {
     match cmd {
-        Command::Disasm { output, no_stdout, no_gzip, tar } => disasm(output, no_stdout, no_gzip, tar),
-        Command::Asm { input, path, output, compress } => asm(input, path, output, compress),
+        Command::Disasm {
+            output,
+            no_stdout,
+            no_gzip,
+            tar,
+        } => disasm(output, no_stdout, no_gzip, tar),
+        Command::Asm {
+            input,
+            path,
+            output,
+            compress,
+        } => asm(input, path, output, compress),
     }
 }
 
@@ -58,21 +70,32 @@ fn is_stdio(path: &Option<PathBuf>) -> bool {
     path.as_ref().is_none_or(|p| p.as_os_str() == "-")
 }
 
-fn disasm(output: PathBuf, no_stdout: bool, no_gzip: bool, tar: Option<PathBuf>) -> Result<(), BoxError> {
+fn disasm(
+    output: PathBuf,
+    no_stdout: bool,
+    no_gzip: bool,
+    tar: Option<PathBuf>,
+) -> Result<(), BoxError> {
     let input: Box<dyn Read> = if is_stdio(&tar) {
         Box::new(io::stdin().lock())
     } else {
         let path = tar.as_deref().unwrap_or(std::path::Path::new("-"));
         Box::new(File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?)
     };
-    let passthrough: Box<dyn Write> = if no_stdout { Box::new(io::sink()) } else { Box::new(stdout_file()?) };
-    let mut dest = AtomicFile::create(&output).map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+    let passthrough: Box<dyn Write> = if no_stdout {
+        Box::new(io::sink())
+    } else {
+        Box::new(stdout_file()?)
+    };
+    let mut dest = AtomicFile::create(&output)
+        .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
     if no_gzip {
         let mut metadata = MetadataWriter::new(dest.file());
         disassemble(input, passthrough, &mut metadata, &mut DiscardPutter)?;
         metadata.finish()?;
     } else {
-        let mut metadata = MetadataWriter::new(GzEncoder::new(dest.file(), flate2::Compression::default()));
+        let mut metadata =
+            MetadataWriter::new(GzEncoder::new(dest.file(), flate2::Compression::default()));
         disassemble(input, passthrough, &mut metadata, &mut DiscardPutter)?;
         metadata.finish()?.finish()?;
     }
@@ -81,7 +104,8 @@ fn disasm(output: PathBuf, no_stdout: bool, no_gzip: bool, tar: Option<PathBuf>)
 }
 
 fn asm(input: PathBuf, path: PathBuf, output: PathBuf, compress: bool) -> Result<(), BoxError> {
-    let metadata = File::open(&input).map_err(|e| format!("cannot open {}: {e}", input.display()))?;
+    let metadata =
+        File::open(&input).map_err(|e| format!("cannot open {}: {e}", input.display()))?;
     let root = Dir::open_ambient_dir(&path, ambient_authority())
         .map_err(|e| format!("cannot open directory {}: {e}", path.display()))?;
     let mut getter = DirGetter::new(root);
@@ -89,14 +113,20 @@ fn asm(input: PathBuf, path: PathBuf, output: PathBuf, compress: bool) -> Result
     if output.as_os_str() == "-" {
         write_tar(entries, &mut getter, stdout_file()?, compress)
     } else {
-        let mut dest = AtomicFile::create(&output).map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+        let mut dest = AtomicFile::create(&output)
+            .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
         write_tar(entries, &mut getter, dest.file(), compress)?;
         dest.commit()?;
         Ok(())
     }
 }
 
-fn write_tar<I, W>(entries: I, getter: &mut DirGetter, out: W, compress: bool) -> Result<(), BoxError>
+fn write_tar<I, W>(
+    entries: I,
+    getter: &mut DirGetter,
+    out: W,
+    compress: bool,
+) -> Result<(), BoxError>
 where
     I: IntoIterator<Item = strata_tarsplit::Result<strata_tarsplit::Entry>>,
     W: Write,

@@ -11,7 +11,9 @@ fn strata() -> Command {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli").join(name);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch");
     dir
@@ -25,7 +27,11 @@ fn output(cmd: &mut Command) -> Output {
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "expected one line, got: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got: {stderr}"
+    );
     assert!(stderr.starts_with("strata: error: "), "{stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
@@ -34,12 +40,25 @@ fn disasm(dir: &Path, tar: &[u8]) -> (Output, PathBuf) {
     let tar_path = dir.join("in.tar");
     std::fs::write(&tar_path, tar).expect("write tar");
     let meta = dir.join("meta.json.gz");
-    let out = output(strata().args(["tar-split", "disasm", "--output"]).arg(&meta).arg(&tar_path));
+    let out = output(
+        strata()
+            .args(["tar-split", "disasm", "--output"])
+            .arg(&meta)
+            .arg(&tar_path),
+    );
     (out, meta)
 }
 
 fn asm(meta: &Path, root: &Path, out_path: &Path) -> Output {
-    output(strata().args(["tar-split", "asm", "--input"]).arg(meta).arg("--path").arg(root).arg("--output").arg(out_path))
+    output(
+        strata()
+            .args(["tar-split", "asm", "--input"])
+            .arg(meta)
+            .arg("--path")
+            .arg(root)
+            .arg("--output")
+            .arg(out_path),
+    )
 }
 
 /// Writes plain metadata lines (as the JSON tar-split uses).
@@ -52,7 +71,11 @@ fn round_trip_through_stdout_and_files() {
     let dir = scratch("round-trip");
     let tar = sample::every_entry_kind();
     let (out, meta) = disasm(&dir, &tar);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, tar, "disasm copies the tar to stdout");
 
     // Extract payloads the way a layer store would have them on disk.
@@ -67,10 +90,20 @@ fn round_trip_through_stdout_and_files() {
     }
     let rebuilt = dir.join("out.tar");
     let out = asm(&meta, &root, &rebuilt);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read(&rebuilt).expect("read"), tar);
 
-    let out = output(strata().args(["tar-split", "asm", "--input"]).arg(&meta).arg("--path").arg(&root));
+    let out = output(
+        strata()
+            .args(["tar-split", "asm", "--input"])
+            .arg(&meta)
+            .arg("--path")
+            .arg(&root),
+    );
     assert!(out.status.success());
     assert_eq!(out.stdout, tar, "asm writes to stdout by default");
 }
@@ -96,7 +129,10 @@ fn corrupt_header_checksum_is_refused() {
     let mut tar = t.finish(0);
     tar[1024 + 10] ^= 0x40; // inside the second header
     let (out, _) = disasm(&dir, &tar);
-    assert_fails_with(&out, "invalid tar header at byte 1024: header checksum mismatch");
+    assert_fails_with(
+        &out,
+        "invalid tar header at byte 1024: header checksum mismatch",
+    );
 }
 
 #[test]
@@ -157,9 +193,13 @@ fn names_that_escape_the_root_are_refused() {
         ("relative-out", "cannot get file"),
     ] {
         let meta = dir.join("meta.json");
-        write_metadata(&meta, &[
-            format!(r#"{{"type":1,"name":{},"size":6,"payload":"{crc}","position":0}}"#, serde_json_string(name)),
-        ]);
+        write_metadata(
+            &meta,
+            &[format!(
+                r#"{{"type":1,"name":{},"size":6,"payload":"{crc}","position":0}}"#,
+                serde_json_string(name)
+            )],
+        );
         let dest = dir.join("out.tar");
         let out = asm(&meta, &root, &dest);
         assert_fails_with(&out, reason);
@@ -178,15 +218,31 @@ fn unreadable_metadata_is_named() {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).expect("mkdir");
     let meta = dir.join("meta.json");
-    write_metadata(&meta, &[r#"{"type":2,"payload":"AAAA","position":0}"#.into(), r#"{"type":7}"#.into()]);
-    assert_fails_with(&asm(&meta, &root, &dir.join("o.tar")), "invalid tar-split metadata at entry 1: unknown entry type 7");
+    write_metadata(
+        &meta,
+        &[
+            r#"{"type":2,"payload":"AAAA","position":0}"#.into(),
+            r#"{"type":7}"#.into(),
+        ],
+    );
+    assert_fails_with(
+        &asm(&meta, &root, &dir.join("o.tar")),
+        "invalid tar-split metadata at entry 1: unknown entry type 7",
+    );
     write_metadata(&meta, &[r#"{"type":2,"payload":"AAA"#.into()]);
-    assert_fails_with(&asm(&meta, &root, &dir.join("o.tar")), "invalid tar-split metadata at entry 0");
+    assert_fails_with(
+        &asm(&meta, &root, &dir.join("o.tar")),
+        "invalid tar-split metadata at entry 0",
+    );
 }
 
 #[test]
 fn demo_runs() {
     let out = output(strata().arg("demo"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("result    identical"));
 }

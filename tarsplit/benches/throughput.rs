@@ -5,7 +5,9 @@ use std::hint::black_box;
 use std::io;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use strata_tarsplit::{DiscardPutter, MemoryFiles, MetadataReader, MetadataWriter, assemble, disassemble};
+use strata_tarsplit::{
+    DiscardPutter, MemoryFiles, MetadataReader, MetadataWriter, assemble, disassemble,
+};
 
 fn layer_like_tar() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -28,7 +30,11 @@ fn layer_like_tar() -> Vec<u8> {
         header.set_mode(0o644);
         header.set_cksum();
         builder
-            .append_data(&mut header, format!("usr/lib/pkg{}/file{i}.so", i % 37), &data[..])
+            .append_data(
+                &mut header,
+                format!("usr/lib/pkg{}/file{i}.so", i % 37),
+                &data[..],
+            )
             .expect("append");
     }
     builder.into_inner().expect("finish")
@@ -47,11 +53,19 @@ fn bench(c: &mut Criterion) {
     group.bench_function("disassemble", |b| {
         b.iter(|| {
             let mut m = MetadataWriter::new(io::sink());
-            disassemble(black_box(&tar[..]), io::sink(), &mut m, &mut DiscardPutter).expect("disassemble")
+            disassemble(black_box(&tar[..]), io::sink(), &mut m, &mut DiscardPutter)
+                .expect("disassemble")
         })
     });
     group.bench_function("assemble", |b| {
-        b.iter(|| assemble(MetadataReader::new(black_box(&metadata[..])), &mut files, io::sink()).expect("assemble"))
+        b.iter(|| {
+            assemble(
+                MetadataReader::new(black_box(&metadata[..])),
+                &mut files,
+                io::sink(),
+            )
+            .expect("assemble")
+        })
     });
     group.finish();
 }

@@ -70,7 +70,10 @@ where
 fn layout_of(segment: &[u8], file: &FileEntry) -> Layout {
     let fallback = Layout::Plain(file.size as u64);
     // A segment is the previous entry's padding, then whole blocks.
-    let mut src = SliceSource { bytes: segment, pos: 0 };
+    let mut src = SliceSource {
+        bytes: segment,
+        pos: 0,
+    };
     let Ok(Some(entry)) = tar::next_entry(&mut src, 0, (segment.len() % BLOCK) as u64) else {
         return fallback;
     };
@@ -95,7 +98,10 @@ fn copy_payload<G: FileGetter + ?Sized, W: Write>(
     let mut written = 0u64;
     // Header-only entries store no data: the checksum is of nothing.
     if !matches!(layout, Layout::Plain(0)) {
-        let mut input = getter.get(&file.name).map_err(|source| Error::Get { name: name(), source })?;
+        let mut input = getter.get(&file.name).map_err(|source| Error::Get {
+            name: name(),
+            source,
+        })?;
         let want = match &layout {
             Layout::Plain(n) => *n,
             Layout::Sparse(map) => map.size,
@@ -103,18 +109,32 @@ fn copy_payload<G: FileGetter + ?Sized, W: Write>(
         let mut pos = 0u64;
         while pos < want {
             let len = (buf.len() as u64).min(want - pos) as usize;
-            let n = read_some(&mut input, &mut buf[..len]).map_err(|source| Error::Get { name: name(), source })?;
+            let n = read_some(&mut input, &mut buf[..len]).map_err(|source| Error::Get {
+                name: name(),
+                source,
+            })?;
             if n == 0 {
-                return Err(Error::SizeMismatch { name: name(), expected: want, actual: format!("only {pos}") });
+                return Err(Error::SizeMismatch {
+                    name: name(),
+                    expected: want,
+                    actual: format!("only {pos}"),
+                });
             }
             let chunk = &buf[..n];
             crc.update(chunk);
             written += write_stored(out, chunk, pos, &layout)?;
             pos += n as u64;
         }
-        let extra = read_some(&mut input, &mut buf[..1]).map_err(|source| Error::Get { name: name(), source })?;
+        let extra = read_some(&mut input, &mut buf[..1]).map_err(|source| Error::Get {
+            name: name(),
+            source,
+        })?;
         if extra > 0 {
-            return Err(Error::SizeMismatch { name: name(), expected: want, actual: "more".into() });
+            return Err(Error::SizeMismatch {
+                name: name(),
+                expected: want,
+                actual: "more".into(),
+            });
         }
     }
     let actual = crc.finish();

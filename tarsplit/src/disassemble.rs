@@ -44,7 +44,12 @@ impl<R: Read, W: Write> ChunkSource for TeeStream<R, W> {
 /// GNU 1.0 sparse map and writes expanded data on reassembly, so it cannot
 /// reproduce them; strata keeps the map in the preceding segment and its
 /// [`assemble`](crate::assemble) writes back only the stored fragments.
-pub fn disassemble<R, T, M, P>(input: R, passthrough: T, metadata: &mut MetadataWriter<M>, putter: &mut P) -> Result<Summary>
+pub fn disassemble<R, T, M, P>(
+    input: R,
+    passthrough: T,
+    metadata: &mut MetadataWriter<M>,
+    putter: &mut P,
+) -> Result<Summary>
 where
     R: Read,
     T: Write,
@@ -131,8 +136,14 @@ fn put_payload<R: Read, W: Write, P: FilePutter + ?Sized>(
         }
     };
     result.map_err(|failure| match failure {
-        Failure::Put(source) => Error::Put { name: Name::from(entry.name.as_slice()), source },
+        Failure::Put(source) => Error::Put {
+            name: Name::from(entry.name.as_slice()),
+            source,
+        },
         Failure::Input(Some(e)) if e.kind() != io::ErrorKind::UnexpectedEof => Error::Io(e),
-        Failure::Input(_) => Error::Truncated { offset: stream_offset(stream), what: "file data" },
+        Failure::Input(_) => Error::Truncated {
+            offset: stream_offset(stream),
+            what: "file data",
+        },
     })
 }

@@ -51,11 +51,21 @@ pub enum Error {
     #[error("invalid tar-split metadata at entry {index}: {reason}")]
     InvalidMetadata { index: u64, reason: String },
 
-    #[error("checksum mismatch for {name}: metadata has crc64 {expected}, file content has {actual}")]
-    ChecksumMismatch { name: Name, expected: String, actual: String },
+    #[error(
+        "checksum mismatch for {name}: metadata has crc64 {expected}, file content has {actual}"
+    )]
+    ChecksumMismatch {
+        name: Name,
+        expected: String,
+        actual: String,
+    },
 
     #[error("size mismatch for {name}: metadata says {expected} bytes, file has {actual}")]
-    SizeMismatch { name: Name, expected: u64, actual: String },
+    SizeMismatch {
+        name: Name,
+        expected: u64,
+        actual: String,
+    },
 
     #[error("cannot get file {name}: {source}")]
     Get { name: Name, source: io::Error },

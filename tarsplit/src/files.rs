@@ -8,8 +8,8 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
-use crate::payload::Payload;
 use crate::path::below_root;
+use crate::payload::Payload;
 
 /// Receives the payload of every entry with a size during disassembly.
 ///
@@ -72,7 +72,11 @@ impl FilePutter for DirPutter {
             self.root.create_dir_all(parent)?;
         }
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true).custom_flags(OFlags::NOFOLLOW.bits() as i32);
+        options
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32);
         let mut file = self.root.open_with(&path, &options)?;
         loop {
             let chunk = payload.fill_buf()?;
@@ -106,10 +110,15 @@ impl FileGetter for DirGetter {
     fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
         let path = below_root(name).map_err(unsafe_name)?;
         let mut options = OpenOptions::new();
-        options.read(true).custom_flags(OFlags::NONBLOCK.bits() as i32);
+        options
+            .read(true)
+            .custom_flags(OFlags::NONBLOCK.bits() as i32);
         let file = self.root.open_with(&path, &options)?;
         if !file.metadata()?.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         Ok(Box::new(file))
     }
@@ -134,7 +143,10 @@ impl FileGetter for MemoryFiles {
     fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
         match self.files.get(name) {
             Some(content) => Ok(Box::new(content.as_slice())),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, "no such file in memory")),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such file in memory",
+            )),
         }
     }
 }
@@ -166,7 +178,11 @@ impl FilePutter for HashPutter {
             hasher.update(chunk);
             payload.consume(n);
         }
-        self.files.push(HashedFile { name: name.to_vec(), size, sha256: hasher.finalize().into() });
+        self.files.push(HashedFile {
+            name: name.to_vec(),
+            size,
+            sha256: hasher.finalize().into(),
+        });
         Ok(())
     }
 }

@@ -51,7 +51,12 @@ pub struct MetadataWriter<W: Write> {
 
 impl<W: Write> MetadataWriter<W> {
     pub fn new(out: W) -> Self {
-        MetadataWriter { out: io::BufWriter::with_capacity(64 << 10, out), position: 0, seen: HashSet::new(), line: Vec::new() }
+        MetadataWriter {
+            out: io::BufWriter::with_capacity(64 << 10, out),
+            position: 0,
+            seen: HashSet::new(),
+            line: Vec::new(),
+        }
     }
 
     /// Writes a segment record.
@@ -67,7 +72,9 @@ impl<W: Write> MetadataWriter<W> {
     /// name is an error, because tar-split cannot represent it.
     pub fn claim_name(&mut self, name: &[u8]) -> Result<()> {
         if !self.seen.insert(go_clean(name)) {
-            return Err(Error::DuplicatePath { name: Name::from(name) });
+            return Err(Error::DuplicatePath {
+                name: Name::from(name),
+            });
         }
         Ok(())
     }
@@ -90,7 +97,8 @@ impl<W: Write> MetadataWriter<W> {
             self.line.extend_from_slice(b"\",");
         }
         if size != 0 {
-            self.line.extend_from_slice(format!("\"size\":{size},").as_bytes());
+            self.line
+                .extend_from_slice(format!("\"size\":{size},").as_bytes());
         }
         match crc {
             Some(crc) => {
@@ -120,7 +128,8 @@ impl<W: Write> MetadataWriter<W> {
     }
 
     fn end_line(&mut self) -> Result<()> {
-        self.line.extend_from_slice(format!("\"position\":{}}}\n", self.position).as_bytes());
+        self.line
+            .extend_from_slice(format!("\"position\":{}}}\n", self.position).as_bytes());
         self.position += 1;
         self.out.write_all(&self.line)?;
         Ok(())
@@ -151,7 +160,11 @@ fn escape_go_string(s: &str, out: &mut Vec<u8>) {
             b'\r' => Some(b"\\r"),
             b'\t' => Some(b"\\t"),
             0..0x20 | b'<' | b'>' | b'&' => None,
-            0xe2 if bytes.get(i + 1) == Some(&0x80) && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) => None,
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                None
+            }
             _ => {
                 i += 1;
                 continue;
@@ -184,7 +197,8 @@ fn escape_go_string(s: &str, out: &mut Vec<u8>) {
 /// keys in any case, unknown keys, `null` for numbers, any whitespace
 /// between objects. A repeated name is an error, as in tar-split.
 pub struct MetadataReader<R: Read> {
-    stream: serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<R>>, WireEntry>,
+    stream:
+        serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<R>>, WireEntry>,
     index: u64,
     seen: HashSet<Vec<u8>>,
     done: bool,
@@ -192,7 +206,9 @@ pub struct MetadataReader<R: Read> {
 
 impl<R: Read> std::fmt::Debug for MetadataReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetadataReader").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("MetadataReader")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -208,7 +224,10 @@ impl<R: Read> MetadataReader<R> {
     }
 
     fn invalid(&self, reason: impl Into<String>) -> Error {
-        Error::InvalidMetadata { index: self.index, reason: reason.into() }
+        Error::InvalidMetadata {
+            index: self.index,
+            reason: reason.into(),
+        }
     }
 
     fn convert(&mut self, wire: WireEntry) -> Result<Entry> {
@@ -226,12 +245,18 @@ impl<R: Read> MetadataReader<R> {
                     })?),
                 };
                 if wire.size > 0 && crc.is_none() {
-                    return Err(self.invalid(format!("file {} has a size but no checksum", Name(name))));
+                    return Err(
+                        self.invalid(format!("file {} has a size but no checksum", Name(name)))
+                    );
                 }
                 if !self.seen.insert(go_clean(&name)) {
                     return Err(Error::DuplicatePath { name: Name(name) });
                 }
-                Ok(Entry::File(FileEntry { name, size: wire.size, crc }))
+                Ok(Entry::File(FileEntry {
+                    name,
+                    size: wire.size,
+                    crc,
+                }))
             }
             other => Err(self.invalid(format!("unknown entry type {other}"))),
         }
@@ -317,7 +342,10 @@ impl<'de> de::Deserialize<'de> for Bytes {
         let text: Option<String> = de::Deserialize::deserialize(d)?;
         match text {
             None => Ok(Bytes(None)),
-            Some(t) => BASE64.decode(t.as_bytes()).map(|b| Bytes(Some(b))).map_err(de::Error::custom),
+            Some(t) => BASE64
+                .decode(t.as_bytes())
+                .map(|b| Bytes(Some(b)))
+                .map_err(de::Error::custom),
         }
     }
 }
@@ -331,7 +359,13 @@ impl<'de> de::Deserialize<'de> for WireEntry {
                 f.write_str("a tar-split entry object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireEntry, A::Error> {
-                let mut e = WireEntry { kind: 0, name: None, name_raw: None, size: 0, payload: None };
+                let mut e = WireEntry {
+                    kind: 0,
+                    name: None,
+                    name_raw: None,
+                    size: 0,
+                    payload: None,
+                };
                 while let Some(field) = map.next_key::<Field>()? {
                     match field {
                         Field::Type => e.kind = map.next_value::<Option<i64>>()?.unwrap_or(0),
@@ -373,7 +407,11 @@ mod tests {
             w.claim_name(b"d/")?;
             w.file(b"d/", 0, None)?;
             w.claim_name(b"hello.txt")?;
-            w.file(b"hello.txt", 6, Some([0x61, 0x4c, 0x3e, 0xee, 0xe2, 0xd8, 0x10, 0x00]))?;
+            w.file(
+                b"hello.txt",
+                6,
+                Some([0x61, 0x4c, 0x3e, 0xee, 0xe2, 0xd8, 0x10, 0x00]),
+            )?;
             w.claim_name(b"d/a&b<c>")?;
             w.file(b"d/a&b<c>", 0, None)?;
             w.claim_name(b"d/\xff\xfe")?;
@@ -393,17 +431,36 @@ mod tests {
     fn escapes_controls_and_separators() {
         let mut out = Vec::new();
         escape_go_string("a\"\\\n\r\t\u{1}\u{8}\u{7f}é\u{2028}\u{2029}z", &mut out);
-        assert_eq!(String::from_utf8(out).expect("utf8"), "a\\\"\\\\\\n\\r\\t\\u0001\\u0008\u{7f}é\\u2028\\u2029z");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "a\\\"\\\\\\n\\r\\t\\u0001\\u0008\u{7f}é\\u2028\\u2029z"
+        );
     }
 
     #[test]
     fn reads_leniently() {
         let input = br#"{"TYPE":2,"Payload":"AAE=","position":0,"extra":[1,{"x":null}]}
   {"type":1,"name":"a","size":null,"payload":null}{"type":1,"name_raw":"/w==","size":1,"payload":"IxAAAAAAAAA="}"#;
-        let got: Vec<Entry> = MetadataReader::new(&input[..]).collect::<Result<_>>().expect("valid");
+        let got: Vec<Entry> = MetadataReader::new(&input[..])
+            .collect::<Result<_>>()
+            .expect("valid");
         assert_eq!(got[0], Entry::Segment(vec![0, 1]));
-        assert_eq!(got[1], Entry::File(FileEntry { name: b"a".to_vec(), size: 0, crc: None }));
-        assert_eq!(got[2], Entry::File(FileEntry { name: vec![0xff], size: 1, crc: Some(*b"#\x10\0\0\0\0\0\0") }));
+        assert_eq!(
+            got[1],
+            Entry::File(FileEntry {
+                name: b"a".to_vec(),
+                size: 0,
+                crc: None
+            })
+        );
+        assert_eq!(
+            got[2],
+            Entry::File(FileEntry {
+                name: vec![0xff],
+                size: 1,
+                crc: Some(*b"#\x10\0\0\0\0\0\0")
+            })
+        );
     }
 
     #[test]

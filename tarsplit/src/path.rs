@@ -72,13 +72,21 @@ mod tests {
             (b"/", b"/"),
             (b"a/..", b"."),
         ] {
-            assert_eq!(go_clean(input), want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                go_clean(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn root_relative() {
-        assert_eq!(below_root(b"./usr/bin/x").expect("ok"), PathBuf::from("usr/bin/x"));
+        assert_eq!(
+            below_root(b"./usr/bin/x").expect("ok"),
+            PathBuf::from("usr/bin/x")
+        );
         assert_eq!(below_root(b"a/../b").expect("ok"), PathBuf::from("b"));
         assert!(below_root(b"../etc/passwd").is_err());
         assert!(below_root(b"a/../../b").is_err());

@@ -38,13 +38,29 @@ pub struct Payload<'a> {
 
 impl std::fmt::Debug for Payload<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Payload").field("len", &self.len).field("pos", &self.pos).finish_non_exhaustive()
+        f.debug_struct("Payload")
+            .field("len", &self.len)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'a> Payload<'a> {
-    pub(crate) fn new(src: &'a mut dyn ChunkSource, len: u64, sparse: Option<&'a SparseMap>) -> Self {
-        Payload { src, crc: Crc64::new(), len, pos: 0, sparse, fragment: 0, region: Region::Data, failed: false }
+    pub(crate) fn new(
+        src: &'a mut dyn ChunkSource,
+        len: u64,
+        sparse: Option<&'a SparseMap>,
+    ) -> Self {
+        Payload {
+            src,
+            crc: Crc64::new(),
+            len,
+            pos: 0,
+            sparse,
+            fragment: 0,
+            region: Region::Data,
+            failed: false,
+        }
     }
 
     /// The file's size.
@@ -78,7 +94,9 @@ impl<'a> Payload<'a> {
     }
 
     fn region_end(&mut self) -> (Region, u64) {
-        let Some(map) = self.sparse else { return (Region::Data, self.len) };
+        let Some(map) = self.sparse else {
+            return (Region::Data, self.len);
+        };
         match map.fragments.get(self.fragment) {
             Some(&(offset, length)) if self.pos >= offset => (Region::Data, offset + length),
             Some(&(offset, _)) => (Region::Hole, offset),
@@ -102,7 +120,10 @@ impl BufRead for Payload<'_> {
                     Ok(c) if !c.is_empty() => c,
                     Ok(_) => {
                         self.failed = true;
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tar stream ends inside file data"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "tar stream ends inside file data",
+                        ));
                     }
                     Err(e) => {
                         self.failed = true;

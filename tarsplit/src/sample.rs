@@ -122,13 +122,15 @@ impl RawTar {
     /// Appends data and pads it to a whole block.
     pub fn data(&mut self, data: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(data);
-        self.bytes.resize(self.bytes.len().next_multiple_of(BLOCK), 0);
+        self.bytes
+            .resize(self.bytes.len().next_multiple_of(BLOCK), 0);
         self
     }
 
     /// A regular file with its content.
     pub fn file(&mut self, name: &[u8], content: &[u8]) -> &mut Self {
-        self.header(&Fields::new(name, b'0', content.len() as u64)).data(content)
+        self.header(&Fields::new(name, b'0', content.len() as u64))
+            .data(content)
     }
 
     /// A GNU `L` (long name) or `K` (long link) extension.
@@ -151,12 +153,18 @@ impl RawTar {
         // Global headers are entries of their own: their names must differ.
         self.extensions += 1;
         let name = format!("PaxHeaders.{}/x", self.extensions);
-        self.header(&Fields::new(name.as_bytes(), typeflag, data.len() as u64)).data(&data)
+        self.header(&Fields::new(name.as_bytes(), typeflag, data.len() as u64))
+            .data(&data)
     }
 
     /// An old-GNU sparse file (`S`) with its map in the header (and in
     /// extension blocks past four fragments).
-    pub fn old_gnu_sparse(&mut self, name: &[u8], size: u64, fragments: &[(u64, &[u8])]) -> &mut Self {
+    pub fn old_gnu_sparse(
+        &mut self,
+        name: &[u8],
+        size: u64,
+        fragments: &[(u64, &[u8])],
+    ) -> &mut Self {
         let stored: u64 = fragments.iter().map(|(_, d)| d.len() as u64).sum();
         let mut f = Fields::new(name, b'S', stored);
         f.gnu = true;
@@ -188,7 +196,12 @@ impl RawTar {
     }
 
     /// A GNU sparse file in PAX 1.0 form: the map precedes the data.
-    pub fn pax_sparse_1x0(&mut self, name: &[u8], size: u64, fragments: &[(u64, &[u8])]) -> &mut Self {
+    pub fn pax_sparse_1x0(
+        &mut self,
+        name: &[u8],
+        size: u64,
+        fragments: &[(u64, &[u8])],
+    ) -> &mut Self {
         let mut map = format!("{}\n", fragments.len());
         for (offset, data) in fragments {
             let _ = write!(map, "{offset}\n{}\n", data.len());
@@ -208,7 +221,8 @@ impl RawTar {
                 ("GNU.sparse.realsize", size_text.as_bytes()),
             ],
         );
-        self.header(&Fields::new(b"GNUSparseFile.0/x", b'0', body.len() as u64)).data(&body)
+        self.header(&Fields::new(b"GNUSparseFile.0/x", b'0', body.len() as u64))
+            .data(&body)
     }
 
     /// The end-of-archive marker, then zeros up to a multiple of `record`
@@ -216,7 +230,8 @@ impl RawTar {
     pub fn finish(&mut self, record: usize) -> Vec<u8> {
         self.bytes.extend_from_slice(&[0; 2 * BLOCK]);
         if record > 0 {
-            self.bytes.resize(self.bytes.len().next_multiple_of(record), 0);
+            self.bytes
+                .resize(self.bytes.len().next_multiple_of(record), 0);
         }
         std::mem::take(&mut self.bytes)
     }
@@ -224,7 +239,9 @@ impl RawTar {
 
 /// A deterministic byte pattern.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// An archive with one of everything: directories, empty and non-empty
@@ -236,25 +253,69 @@ pub fn every_entry_kind() -> Vec<u8> {
     let long_name = format!("usr/{long_dir}/file-with-a-long-name.txt");
     let mut t = RawTar::new();
     t.pax(b'g', &[("comment", b"made by strata sample")]);
-    t.header(&Fields { mode: 0o755, ..Fields::new(b"usr/", b'5', 0) });
+    t.header(&Fields {
+        mode: 0o755,
+        ..Fields::new(b"usr/", b'5', 0)
+    });
     t.file(b"usr/hello.txt", b"hello\n");
     t.header(&Fields::new(b"usr/empty", b'0', 0));
     t.file(b"usr/big.bin", &pattern(200_000, 7));
-    t.gnu_long_name(long_name.as_bytes()).file(&long_name.as_bytes()[..100], &pattern(1000, 1));
-    t.gnu_long(b'K', long_name.as_bytes())
-        .header(&Fields { linkname: b"ignored", ..Fields::new(b"usr/link-to-long", b'2', 0) });
-    t.pax(b'x', &[("path", long_name.replace("file-", "pax-").as_bytes()), ("SCHILY.xattr.user.k", b"v\0bin")]);
+    t.gnu_long_name(long_name.as_bytes())
+        .file(&long_name.as_bytes()[..100], &pattern(1000, 1));
+    t.gnu_long(b'K', long_name.as_bytes()).header(&Fields {
+        linkname: b"ignored",
+        ..Fields::new(b"usr/link-to-long", b'2', 0)
+    });
+    t.pax(
+        b'x',
+        &[
+            ("path", long_name.replace("file-", "pax-").as_bytes()),
+            ("SCHILY.xattr.user.k", b"v\0bin"),
+        ],
+    );
     t.file(b"usr/pax-placeholder", b"pax content");
-    t.pax(b'x', &[("SCHILY.xattr.security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0])]);
+    t.pax(
+        b'x',
+        &[(
+            "SCHILY.xattr.security.capability",
+            &[1, 0, 0, 2, 0, 0x20, 0, 0],
+        )],
+    );
     t.file(b"usr/bin/ping", &pattern(3000, 3));
-    t.header(&Fields { linkname: b"usr/hello.txt", ..Fields::new(b"usr/hardlink", b'1', 0) });
-    t.header(&Fields { linkname: b"hello.txt", ..Fields::new(b"usr/symlink", b'2', 0) });
-    t.header(&Fields { devmajor: 1, devminor: 3, ..Fields::new(b"dev/null", b'3', 0) });
-    t.header(&Fields { devmajor: 7, devminor: 0, ..Fields::new(b"dev/loop0", b'4', 0) });
+    t.header(&Fields {
+        linkname: b"usr/hello.txt",
+        ..Fields::new(b"usr/hardlink", b'1', 0)
+    });
+    t.header(&Fields {
+        linkname: b"hello.txt",
+        ..Fields::new(b"usr/symlink", b'2', 0)
+    });
+    t.header(&Fields {
+        devmajor: 1,
+        devminor: 3,
+        ..Fields::new(b"dev/null", b'3', 0)
+    });
+    t.header(&Fields {
+        devmajor: 7,
+        devminor: 0,
+        ..Fields::new(b"dev/loop0", b'4', 0)
+    });
     t.header(&Fields::new(b"run/fifo", b'6', 0));
     t.file(b"usr/latin1-\xe9t\xe9", b"non-UTF-8 name\n");
     t.file(b"usr/a&b<c>\"quoted\"", b"json escapes\n");
-    t.old_gnu_sparse(b"var/sparse-old", 1 << 20, &[(0, b"head"), (65536, &pattern(700, 9)), ((1 << 20) - 3, b"end")]);
-    t.pax_sparse_1x0(b"var/sparse-pax", 300_000, &[(4096, &pattern(5000, 11)), (200_000, b"tail")]);
+    t.old_gnu_sparse(
+        b"var/sparse-old",
+        1 << 20,
+        &[
+            (0, b"head"),
+            (65536, &pattern(700, 9)),
+            ((1 << 20) - 3, b"end"),
+        ],
+    );
+    t.pax_sparse_1x0(
+        b"var/sparse-pax",
+        300_000,
+        &[(4096, &pattern(5000, 11)), (200_000, b"tail")],
+    );
     t.finish(10240)
 }

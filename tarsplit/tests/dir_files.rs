@@ -28,7 +28,11 @@ fn putter_refuses_names_outside_the_root() {
         t.file(name, b"payload");
         let err = put_all(&root, &t.finish(0)).expect_err("must refuse");
         assert!(matches!(err, Error::Put { .. }), "{err}");
-        assert!(!outside.exists(), "{}: wrote outside the root", String::from_utf8_lossy(name));
+        assert!(
+            !outside.exists(),
+            "{}: wrote outside the root",
+            String::from_utf8_lossy(name)
+        );
     }
     let abs = format!("{}", outside.display());
     let mut t = RawTar::new();
@@ -44,9 +48,13 @@ fn putter_writes_below_the_root_and_not_through_symlinks() {
     let root = base.join("root");
     std::fs::create_dir_all(&root).expect("root");
     let mut t = RawTar::new();
-    t.file(b"./usr/bin/tool", b"binary").file(b"etc/a/../b", b"cleaned");
+    t.file(b"./usr/bin/tool", b"binary")
+        .file(b"etc/a/../b", b"cleaned");
     put_all(&root, &t.finish(0)).expect("put");
-    assert_eq!(std::fs::read(root.join("usr/bin/tool")).expect("read"), b"binary");
+    assert_eq!(
+        std::fs::read(root.join("usr/bin/tool")).expect("read"),
+        b"binary"
+    );
     assert_eq!(std::fs::read(root.join("etc/b")).expect("read"), b"cleaned");
 
     // A symlink planted at a file's name is not written through.
@@ -55,15 +63,22 @@ fn putter_writes_below_the_root_and_not_through_symlinks() {
     let mut t = RawTar::new();
     t.file(b"planted", b"overwrite");
     assert!(put_all(&root, &t.finish(0)).is_err());
-    assert_eq!(std::fs::read(base.join("victim")).expect("read"), b"untouched");
+    assert_eq!(
+        std::fs::read(base.join("victim")).expect("read"),
+        b"untouched"
+    );
 }
 
 #[test]
 fn getter_refuses_fifos_without_blocking() {
     let base = scratch("getter-fifo");
-    let status = std::process::Command::new("mkfifo").arg(base.join("pipe")).status().expect("mkfifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(base.join("pipe"))
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
-    let mut getter = DirGetter::new(Dir::open_ambient_dir(&base, ambient_authority()).expect("dir"));
+    let mut getter =
+        DirGetter::new(Dir::open_ambient_dir(&base, ambient_authority()).expect("dir"));
     let err = getter.get(b"pipe").err().expect("a FIFO is not a payload");
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }

@@ -13,7 +13,9 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use common::{gunzip, have_tool, run, scratch};
 use strata_tarsplit::sample::{RawTar, pattern};
-use strata_tarsplit::{DirGetter, DiscardPutter, MemoryFiles, assemble, disassemble, gzip_metadata, open_metadata};
+use strata_tarsplit::{
+    DirGetter, DiscardPutter, MemoryFiles, assemble, disassemble, gzip_metadata, open_metadata,
+};
 
 fn tools() -> bool {
     have_tool("tar-split", "tar-split") && have_tool("tar", "tar")
@@ -21,7 +23,13 @@ fn tools() -> bool {
 
 fn strata_disasm(tar: &Path, meta: &Path) {
     let mut metadata = gzip_metadata(File::create(meta).expect("create"));
-    disassemble(File::open(tar).expect("open tar"), io::sink(), &mut metadata, &mut DiscardPutter).expect("disassemble");
+    disassemble(
+        File::open(tar).expect("open tar"),
+        io::sink(),
+        &mut metadata,
+        &mut DiscardPutter,
+    )
+    .expect("disassemble");
     metadata.finish().expect("finish").finish().expect("gzip");
 }
 
@@ -33,11 +41,23 @@ fn strata_asm(meta: &Path, root: &Path, out: &Path) {
 }
 
 fn go_disasm(tar: &Path, meta: &Path) {
-    run(Command::new("tar-split").arg("disasm").arg("--no-stdout").arg("--output").arg(meta).arg(tar));
+    run(Command::new("tar-split")
+        .arg("disasm")
+        .arg("--no-stdout")
+        .arg("--output")
+        .arg(meta)
+        .arg(tar));
 }
 
 fn go_asm(meta: &Path, root: &Path, out: &Path) {
-    run(Command::new("tar-split").arg("asm").arg("--input").arg(meta).arg("--path").arg(root).arg("--output").arg(out));
+    run(Command::new("tar-split")
+        .arg("asm")
+        .arg("--input")
+        .arg(meta)
+        .arg("--path")
+        .arg(root)
+        .arg("--output")
+        .arg(out));
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
@@ -65,15 +85,25 @@ fn both_directions(dir: &Path, tar: &Path, root: &Path) {
     let (go_meta, our_meta) = (dir.join("go.json.gz"), dir.join("strata.json.gz"));
     go_disasm(tar, &go_meta);
     strata_disasm(tar, &our_meta);
-    assert!(gunzip(&go_meta) == gunzip(&our_meta), "metadata differs from tar-split's for {}", tar.display());
+    assert!(
+        gunzip(&go_meta) == gunzip(&our_meta),
+        "metadata differs from tar-split's for {}",
+        tar.display()
+    );
 
     let ours_from_go = dir.join("strata-asm-of-go-disasm.tar");
     strata_asm(&go_meta, root, &ours_from_go);
-    assert!(same_bytes(&ours_from_go, tar), "strata asm of tar-split's metadata differs");
+    assert!(
+        same_bytes(&ours_from_go, tar),
+        "strata asm of tar-split's metadata differs"
+    );
 
     let go_from_ours = dir.join("go-asm-of-strata-disasm.tar");
     go_asm(&our_meta, root, &go_from_ours);
-    assert!(same_bytes(&go_from_ours, tar), "tar-split asm of strata's metadata differs");
+    assert!(
+        same_bytes(&go_from_ours, tar),
+        "tar-split asm of strata's metadata differs"
+    );
 }
 
 fn rootfs_tar(format: &str, dirs: &[&str], min_size: u64) {
@@ -83,7 +113,11 @@ fn rootfs_tar(format: &str, dirs: &[&str], min_size: u64) {
     let dir = scratch(&format!("rootfs-{format}"));
     let tar = dir.join("rootfs.tar");
     let mut cmd = Command::new("tar");
-    cmd.arg(format!("--format={format}")).arg("-cf").arg(&tar).args(["-C", "/"]).args(dirs);
+    cmd.arg(format!("--format={format}"))
+        .arg("-cf")
+        .arg(&tar)
+        .args(["-C", "/"])
+        .args(dirs);
     if format == "pax" {
         cmd.arg("--xattrs");
     }
@@ -92,7 +126,11 @@ fn rootfs_tar(format: &str, dirs: &[&str], min_size: u64) {
     assert!(size >= min_size, "{} is only {size} bytes", tar.display());
     let root = dir.join("root");
     std::fs::create_dir(&root).expect("root dir");
-    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root));
     both_directions(&dir, &tar, &root);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
@@ -104,7 +142,15 @@ fn gnu_rootfs_tar_over_100mb_both_directions() {
 
 #[test]
 fn pax_rootfs_tar_over_100mb_both_directions() {
-    rootfs_tar("pax", &["usr/share/doc", "usr/sbin", "usr/lib/x86_64-linux-gnu/perl-base"], 100 << 20);
+    rootfs_tar(
+        "pax",
+        &[
+            "usr/share/doc",
+            "usr/sbin",
+            "usr/lib/x86_64-linux-gnu/perl-base",
+        ],
+        100 << 20,
+    );
 }
 
 /// Generated archives: GNU long names and links, PAX paths, globals,
@@ -114,16 +160,30 @@ fn generated_archives() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let long = format!("dir/{}/name", "x".repeat(150));
     let mut t = RawTar::new();
-    t.gnu_long_name(long.as_bytes()).file(&long.as_bytes()[..100], b"long");
-    t.gnu_long(b'K', long.as_bytes()).header(&strata_tarsplit::sample::Fields {
-        linkname: b"short",
-        ..strata_tarsplit::sample::Fields::new(b"link", b'2', 0)
-    });
-    t.pax(b'x', &[("path", "pax/ünïcödé/\u{2028}<&>\"\\\t\u{1}".as_bytes())]).file(b"placeholder", b"pax");
+    t.gnu_long_name(long.as_bytes())
+        .file(&long.as_bytes()[..100], b"long");
+    t.gnu_long(b'K', long.as_bytes())
+        .header(&strata_tarsplit::sample::Fields {
+            linkname: b"short",
+            ..strata_tarsplit::sample::Fields::new(b"link", b'2', 0)
+        });
+    t.pax(
+        b'x',
+        &[("path", "pax/ünïcödé/\u{2028}<&>\"\\\t\u{1}".as_bytes())],
+    )
+    .file(b"placeholder", b"pax");
     t.pax(b'g', &[("comment", b"global")]);
     t.file(b"latin1-\xe9", b"raw name");
-    t.header(&strata_tarsplit::sample::Fields::new(b"hardlink-with-size", b'1', 7));
-    t.old_gnu_sparse(b"sparse-old", 100_000, &[(10, b"abc"), (50_000, &pattern(3000, 1))]);
+    t.header(&strata_tarsplit::sample::Fields::new(
+        b"hardlink-with-size",
+        b'1',
+        7,
+    ));
+    t.old_gnu_sparse(
+        b"sparse-old",
+        100_000,
+        &[(10, b"abc"), (50_000, &pattern(3000, 1))],
+    );
     out.push(("odd entries", t.finish(10240)));
 
     let mut t = RawTar::new();
@@ -140,13 +200,22 @@ fn generated_archives() -> Vec<(&'static str, Vec<u8>)> {
 
     let mut t = RawTar::new();
     let (map, real) = ("2,1000,5000,3".to_string(), "9000".to_string());
-    t.pax(b'x', &[("GNU.sparse.numblocks", b"2"), ("GNU.sparse.map", map.as_bytes()), ("GNU.sparse.name", b"sparse-01"), ("GNU.sparse.realsize", real.as_bytes())]);
+    t.pax(
+        b'x',
+        &[
+            ("GNU.sparse.numblocks", b"2"),
+            ("GNU.sparse.map", map.as_bytes()),
+            ("GNU.sparse.name", b"sparse-01"),
+            ("GNU.sparse.realsize", real.as_bytes()),
+        ],
+    );
     t.file(b"GNUSparseFile.0/sparse-01", &pattern(1003, 4));
     out.push(("PAX 0.1 sparse", t.finish(0)));
 
     out.push(("strata sample without 1.0 sparse", {
         let mut t = RawTar::new();
-        t.file(b"usr/hello.txt", b"hello\n").file(b"usr/a&b<c>", b"x");
+        t.file(b"usr/hello.txt", b"hello\n")
+            .file(b"usr/a&b<c>", b"x");
         t.finish(10240)
     }));
     out
@@ -175,8 +244,15 @@ fn generated_archives_give_the_same_metadata_as_tar_split() {
         let mut m = strata_tarsplit::MetadataWriter::new(io::sink());
         disassemble(&tar[..], io::sink(), &mut m, &mut files).expect("disassemble");
         let mut out = Vec::new();
-        assemble(open_metadata(File::open(&go_meta).expect("open")).expect("meta"), &mut files, &mut out)
-            .expect("assemble");
-        assert!(out == tar, "{what}: strata asm of tar-split metadata differs");
+        assemble(
+            open_metadata(File::open(&go_meta).expect("open")).expect("meta"),
+            &mut files,
+            &mut out,
+        )
+        .expect("assemble");
+        assert!(
+            out == tar,
+            "{what}: strata asm of tar-split metadata differs"
+        );
     }
 }

@@ -4,7 +4,9 @@ use std::io;
 
 use proptest::prelude::*;
 use strata_tarsplit::sample::{Fields, RawTar, pattern};
-use strata_tarsplit::{Entry, FileEntry, MemoryFiles, MetadataReader, MetadataWriter, assemble, disassemble};
+use strata_tarsplit::{
+    Entry, FileEntry, MemoryFiles, MetadataReader, MetadataWriter, assemble, disassemble,
+};
 
 /// Disassembles, checks the pass-through, re-reads the metadata, checks its
 /// encoding is stable, reassembles and returns the result.
@@ -15,12 +17,18 @@ fn round_trip(tar: &[u8]) -> Result<Vec<u8>, strata_tarsplit::Error> {
     disassemble(tar, &mut passthrough, &mut metadata, &mut files)?;
     assert_eq!(passthrough, tar, "pass-through differs");
     let metadata = metadata.finish()?;
-    let entries: Vec<Entry> = MetadataReader::new(&metadata[..]).collect::<Result<_, _>>().expect("own metadata parses");
+    let entries: Vec<Entry> = MetadataReader::new(&metadata[..])
+        .collect::<Result<_, _>>()
+        .expect("own metadata parses");
     let mut again = MetadataWriter::new(Vec::new());
     for e in &entries {
         again.entry(e).expect("re-encode");
     }
-    assert_eq!(again.finish().expect("flush"), metadata, "metadata encoding is not stable");
+    assert_eq!(
+        again.finish().expect("flush"),
+        metadata,
+        "metadata encoding is not stable"
+    );
     let mut out = Vec::new();
     assemble(entries.into_iter().map(Ok), &mut files, &mut out)?;
     Ok(out)
@@ -78,7 +86,8 @@ fn tar_crate_archive(entries: &[(String, Kind)], style: Style, trailing: usize) 
             Kind::File(n, s) | Kind::Xattr(n, s) => {
                 if let Kind::Xattr(..) = kind {
                     let value = pattern(*s as usize % 40, *s);
-                    b.append_pax_extensions([("SCHILY.xattr.user.test", &value[..])]).expect("pax");
+                    b.append_pax_extensions([("SCHILY.xattr.user.test", &value[..])])
+                        .expect("pax");
                 }
                 h.set_size(*n as u64);
                 h.set_entry_type(tar::EntryType::Regular);
@@ -154,13 +163,22 @@ fn fragments(size: u64, raw: Vec<(u64, usize)>) -> Vec<(u64, usize)> {
 }
 
 fn odd() -> impl Strategy<Value = Odd> {
-    let sparse = (1u64..400_000, prop::collection::vec((0u64..70_000, 0usize..3000), 0..30));
+    let sparse = (
+        1u64..400_000,
+        prop::collection::vec((0u64..70_000, 0usize..3000), 0..30),
+    );
     prop_oneof![
-        sparse.clone().prop_map(|(s, f)| Odd::OldSparse(s, fragments(s, f))),
-        sparse.clone().prop_map(|(s, f)| Odd::PaxSparse1x0(s, fragments(s, f))),
+        sparse
+            .clone()
+            .prop_map(|(s, f)| Odd::OldSparse(s, fragments(s, f))),
+        sparse
+            .clone()
+            .prop_map(|(s, f)| Odd::PaxSparse1x0(s, fragments(s, f))),
         sparse.prop_map(|(s, f)| Odd::PaxSparse0x1(s, fragments(s, f))),
-        (prop::collection::vec(1u8..=255, 1..400), 0usize..2000).prop_map(|(n, l)| Odd::LongName(n, l)),
-        (prop::collection::vec(1u8..=255, 1..400), 0usize..2000).prop_map(|(n, l)| Odd::PaxPath(n, l)),
+        (prop::collection::vec(1u8..=255, 1..400), 0usize..2000)
+            .prop_map(|(n, l)| Odd::LongName(n, l)),
+        (prop::collection::vec(1u8..=255, 1..400), 0usize..2000)
+            .prop_map(|(n, l)| Odd::PaxPath(n, l)),
         "[a-z ]{0,50}".prop_map(Odd::Global),
         (0usize..2000).prop_map(Odd::V7),
         prop::collection::vec(1u8..=255, 1..300).prop_map(Odd::LongLink),
@@ -169,7 +187,10 @@ fn odd() -> impl Strategy<Value = Odd> {
 
 /// Names that stay unique under Go's path cleaning.
 fn unique(i: usize, name: &[u8]) -> Vec<u8> {
-    let mut n: Vec<u8> = name.iter().map(|&b| if b == b'/' { b'_' } else { b }).collect();
+    let mut n: Vec<u8> = name
+        .iter()
+        .map(|&b| if b == b'/' { b'_' } else { b })
+        .collect();
     n.extend_from_slice(format!("-{i}").as_bytes());
     n
 }
@@ -178,16 +199,26 @@ fn odd_archive(entries: &[Odd], record: usize) -> Vec<u8> {
     let mut t = RawTar::new();
     for (i, e) in entries.iter().enumerate() {
         match e {
-            Odd::OldSparse(size, frags) | Odd::PaxSparse1x0(size, frags) | Odd::PaxSparse0x1(size, frags) => {
-                let data: Vec<(u64, Vec<u8>)> = frags.iter().map(|&(o, l)| (o, pattern(l, i as u8))).collect();
-                let refs: Vec<(u64, &[u8])> = data.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            Odd::OldSparse(size, frags)
+            | Odd::PaxSparse1x0(size, frags)
+            | Odd::PaxSparse0x1(size, frags) => {
+                let data: Vec<(u64, Vec<u8>)> = frags
+                    .iter()
+                    .map(|&(o, l)| (o, pattern(l, i as u8)))
+                    .collect();
+                let refs: Vec<(u64, &[u8])> =
+                    data.iter().map(|(o, d)| (*o, d.as_slice())).collect();
                 let name = format!("sparse-{i}");
                 match e {
                     Odd::OldSparse(..) => t.old_gnu_sparse(name.as_bytes(), *size, &refs),
                     Odd::PaxSparse1x0(..) => t.pax_sparse_1x0(name.as_bytes(), *size, &refs),
                     _ => {
-                        let map: Vec<String> = refs.iter().flat_map(|(o, d)| [o.to_string(), d.len().to_string()]).collect();
-                        let (count, map, real) = (refs.len().to_string(), map.join(","), size.to_string());
+                        let map: Vec<String> = refs
+                            .iter()
+                            .flat_map(|(o, d)| [o.to_string(), d.len().to_string()])
+                            .collect();
+                        let (count, map, real) =
+                            (refs.len().to_string(), map.join(","), size.to_string());
                         t.pax(
                             b'x',
                             &[
@@ -197,18 +228,21 @@ fn odd_archive(entries: &[Odd], record: usize) -> Vec<u8> {
                                 ("GNU.sparse.realsize", real.as_bytes()),
                             ],
                         );
-                        let stored: Vec<u8> = refs.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+                        let stored: Vec<u8> =
+                            refs.iter().flat_map(|(_, d)| d.iter().copied()).collect();
                         t.file(format!("GNUSparseFile/{i}").as_bytes(), &stored)
                     }
                 };
             }
             Odd::LongName(name, len) => {
                 let name = unique(i, name);
-                t.gnu_long_name(&name).file(&name[..name.len().min(100)], &pattern(*len, 3));
+                t.gnu_long_name(&name)
+                    .file(&name[..name.len().min(100)], &pattern(*len, 3));
             }
             Odd::PaxPath(name, len) => {
                 let name = unique(i, name);
-                t.pax(b'x', &[("path", &name)]).file(format!("placeholder-{i}").as_bytes(), &pattern(*len, 5));
+                t.pax(b'x', &[("path", &name)])
+                    .file(format!("placeholder-{i}").as_bytes(), &pattern(*len, 5));
             }
             Odd::Global(comment) => {
                 t.pax(b'g', &[("comment", comment.as_bytes())]);

@@ -11,9 +11,14 @@ fn split(tar: &[u8]) -> (Vec<Entry>, MemoryFiles) {
     let mut files = MemoryFiles::default();
     let mut passthrough = Vec::new();
     disassemble(tar, &mut passthrough, &mut metadata, &mut files).expect("disassemble");
-    assert_eq!(passthrough, tar, "pass-through must copy the input unchanged");
+    assert_eq!(
+        passthrough, tar,
+        "pass-through must copy the input unchanged"
+    );
     let metadata = metadata.finish().expect("finish");
-    let entries = MetadataReader::new(&metadata[..]).collect::<Result<Vec<_>, _>>().expect("reparse");
+    let entries = MetadataReader::new(&metadata[..])
+        .collect::<Result<Vec<_>, _>>()
+        .expect("reparse");
     (entries, files)
 }
 
@@ -61,7 +66,10 @@ fn sparse_files_expand_for_the_putter_and_shrink_back() {
 fn names_resolve_like_go() {
     let (entries, _) = split(&sample::every_entry_kind());
     let names: Vec<String> = file_names(&entries).into_iter().map(|(n, _)| n).collect();
-    let long_name = format!("usr/{}/file-with-a-long-name.txt", "very-long-directory-name-".repeat(5));
+    let long_name = format!(
+        "usr/{}/file-with-a-long-name.txt",
+        "very-long-directory-name-".repeat(5)
+    );
     assert!(names.contains(&long_name));
     assert!(names.contains(&long_name.replace("file-", "pax-")));
     assert!(names.contains(&"usr/latin1-\u{fffd}t\u{fffd}".to_string()));
@@ -75,7 +83,10 @@ fn header_only_types_keep_their_size_field() {
     // no payload and records the size; the next header follows at once.
     let mut t = RawTar::new();
     t.file(b"a", b"hello");
-    t.header(&sample::Fields { linkname: b"a", ..sample::Fields::new(b"b", b'1', 5) });
+    t.header(&sample::Fields {
+        linkname: b"a",
+        ..sample::Fields::new(b"b", b'1', 5)
+    });
     t.file(b"c", b"after");
     let tar = t.finish(0);
     let (entries, mut files) = split(&tar);
@@ -135,8 +146,13 @@ fn stdout_style_writer_sees_everything() {
     let tar = sample::every_entry_kind();
     let mut metadata = MetadataWriter::new(io::sink());
     let mut passthrough = Vec::new();
-    let summary = disassemble(&tar[..], &mut passthrough, &mut metadata, &mut strata_tarsplit::DiscardPutter)
-        .expect("disassemble");
+    let summary = disassemble(
+        &tar[..],
+        &mut passthrough,
+        &mut metadata,
+        &mut strata_tarsplit::DiscardPutter,
+    )
+    .expect("disassemble");
     assert_eq!(summary.tar_size, tar.len() as u64);
     assert_eq!(passthrough, tar);
 }

@@ -29,15 +29,22 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn run(cmd: &mut Command) -> Result<(), Error> {
-    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !status.success() {
         return Err(format!("{cmd:?} failed: {status}").into());
     }
@@ -45,7 +52,10 @@ fn run(cmd: &mut Command) -> Result<(), Error> {
 }
 
 fn require(tool: &str, package: &str) -> Result<(), Error> {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status()?;
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?;
     if !found.success() {
         return Err(format!("{tool} is not installed: apt-get install -y {package}").into());
     }
@@ -78,7 +88,9 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
     require("tar-split", "tar-split")?;
     require("tar", "tar")?;
     let root = workspace_root();
-    run(Command::new(env!("CARGO")).args(["build", "--release", "--quiet", "-p", "strata-cli"]).current_dir(&root))?;
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "strata-cli"])
+        .current_dir(&root))?;
     let strata = root.join("target/release/strata");
     let work = root.join("target/bench/tar-split");
     std::fs::create_dir_all(&work)?;
@@ -93,7 +105,13 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
                 run(Command::new("tar")
                     .args(["--format=gnu", "-cf"])
                     .arg(&partial)
-                    .args(["-C", "/", "usr/lib/x86_64-linux-gnu", "usr/bin", "usr/share/doc"]))?;
+                    .args([
+                        "-C",
+                        "/",
+                        "usr/lib/x86_64-linux-gnu",
+                        "usr/bin",
+                        "usr/share/doc",
+                    ]))?;
                 std::fs::rename(&partial, &tar)?;
             }
             tar
@@ -104,44 +122,77 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
         let partial = work.join("root.partial");
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
-        run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&partial))?;
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&partial))?;
         std::fs::rename(&partial, &extracted)?;
     }
     let size = std::fs::metadata(&tar)?.len();
     // Bring the tar and the extracted tree into the page cache for both tools alike.
     run(Command::new("cat").arg(&tar).stdout(Stdio::null()))?;
-    run(Command::new("tar").arg("-cf").arg("/dev/null").arg("-C").arg(&extracted).arg("."))?;
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg("/dev/null")
+        .arg("-C")
+        .arg(&extracted)
+        .arg("."))?;
 
     let go_meta = work.join("go.json.gz");
     let strata_meta = work.join("strata.json.gz");
     let disasm_go = || {
         let mut c = Command::new("tar-split");
-        c.arg("disasm").arg("--output").arg(&go_meta).arg(&tar).stderr(Stdio::null());
+        c.arg("disasm")
+            .arg("--output")
+            .arg(&go_meta)
+            .arg(&tar)
+            .stderr(Stdio::null());
         c
     };
     let disasm_strata = || {
         let mut c = Command::new(&strata);
-        c.args(["tar-split", "disasm", "--output"]).arg(&strata_meta).arg(&tar);
+        c.args(["tar-split", "disasm", "--output"])
+            .arg(&strata_meta)
+            .arg(&tar);
         c
     };
     let asm_go = |out: &Path| {
         let mut c = Command::new("tar-split");
-        c.arg("asm").arg("--input").arg(&go_meta).arg("--path").arg(&extracted).arg("--output").arg(out);
+        c.arg("asm")
+            .arg("--input")
+            .arg(&go_meta)
+            .arg("--path")
+            .arg(&extracted)
+            .arg("--output")
+            .arg(out);
         c.stderr(Stdio::null());
         c
     };
     let asm_strata = |out: &Path| {
         let mut c = Command::new(&strata);
-        c.args(["tar-split", "asm", "--input"]).arg(&strata_meta).arg("--path").arg(&extracted).arg("--output").arg(out);
+        c.args(["tar-split", "asm", "--input"])
+            .arg(&strata_meta)
+            .arg("--path")
+            .arg(&extracted)
+            .arg("--output")
+            .arg(out);
         c
     };
 
     // Check both outputs once before timing anything.
     run(&mut disasm_go())?;
     run(&mut disasm_strata())?;
-    for (name, mut cmd) in [("tar-split", asm_go(&work.join("go.tar"))), ("strata", asm_strata(&work.join("strata.tar")))] {
+    for (name, mut cmd) in [
+        ("tar-split", asm_go(&work.join("go.tar"))),
+        ("strata", asm_strata(&work.join("strata.tar"))),
+    ] {
         run(&mut cmd)?;
-        let out = work.join(if name == "strata" { "strata.tar" } else { "go.tar" });
+        let out = work.join(if name == "strata" {
+            "strata.tar"
+        } else {
+            "go.tar"
+        });
         if !same_file(&out, &tar)? {
             return Err(format!("{name} asm did not reproduce {}", tar.display()).into());
         }
@@ -149,11 +200,26 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
     }
 
     let null = Path::new("/dev/null");
-    println!("tar-split benchmark: {} ({:.0} MiB), median of {runs} runs, output to /dev/null", tar.display(), mib(size));
-    println!("{:<8} {:>12} {:>12} {:>12} {:>12} {:>8}", "command", "tar-split s", "MiB/s", "strata s", "MiB/s", "ratio");
+    println!(
+        "tar-split benchmark: {} ({:.0} MiB), median of {runs} runs, output to /dev/null",
+        tar.display(),
+        mib(size)
+    );
+    println!(
+        "{:<8} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "command", "tar-split s", "MiB/s", "strata s", "MiB/s", "ratio"
+    );
     for (label, go, ours) in [
-        ("disasm", time_median(runs, disasm_go)?, time_median(runs, disasm_strata)?),
-        ("asm", time_median(runs, || asm_go(null))?, time_median(runs, || asm_strata(null))?),
+        (
+            "disasm",
+            time_median(runs, disasm_go)?,
+            time_median(runs, disasm_strata)?,
+        ),
+        (
+            "asm",
+            time_median(runs, || asm_go(null))?,
+            time_median(runs, || asm_strata(null))?,
+        ),
     ] {
         println!(
             "{label:<8} {:>12.3} {:>12.0} {:>12.3} {:>12.0} {:>7.2}x",
@@ -195,7 +261,11 @@ fn same_file(a: &Path, b: &Path) -> Result<bool, Error> {
 fn fuzz(args: &[String]) -> Result<(), Error> {
     let seconds: u64 = flag(args, "--seconds").map_or(Ok(60), str::parse)?;
     let root = workspace_root();
-    let has_fuzz = Command::new("cargo").args(["fuzz", "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
@@ -227,7 +297,12 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
         "tar_reader" => tar,
         _ => {
             let mut meta = strata_tarsplit::MetadataWriter::new(Vec::new());
-            strata_tarsplit::disassemble(&tar[..], std::io::sink(), &mut meta, &mut strata_tarsplit::DiscardPutter)?;
+            strata_tarsplit::disassemble(
+                &tar[..],
+                std::io::sink(),
+                &mut meta,
+                &mut strata_tarsplit::DiscardPutter,
+            )?;
             meta.finish()?
         }
     };

@@ -73,7 +73,11 @@ fn read_special<S: Source>(src: &mut S, len: u64, at: u64) -> Result<Vec<u8>> {
 /// Reads the headers of the next entry, after skipping `unread` bytes of the
 /// previous entry's data and `padding`. Returns `None` at the end of the
 /// archive (two zero blocks, or the end of input where Go accepts it).
-pub(crate) fn next_entry<S: Source>(src: &mut S, unread: u64, padding: u64) -> Result<Option<Entry>> {
+pub(crate) fn next_entry<S: Source>(
+    src: &mut S,
+    unread: u64,
+    padding: u64,
+) -> Result<Option<Entry>> {
     let mut pax: Option<pax::Records> = None;
     let mut long_name: Option<Vec<u8>> = None;
     let (mut unread, mut padding) = (unread, padding);
@@ -93,10 +97,14 @@ pub(crate) fn next_entry<S: Source>(src: &mut S, unread: u64, padding: u64) -> R
             if read_block(src, &mut block)?.is_none() || block == ZERO_BLOCK {
                 return Ok(None);
             }
-            return Err(invalid(at + BLOCK as u64, "a zero block is followed by a non-zero block"));
+            return Err(invalid(
+                at + BLOCK as u64,
+                "a zero block is followed by a non-zero block",
+            ));
         }
         let hdr = header::parse(&block).map_err(|reason| invalid(at, reason))?;
-        let data_len = data_len(hdr.typeflag, hdr.size).ok_or_else(|| invalid(at, "negative size"))?;
+        let data_len =
+            data_len(hdr.typeflag, hdr.size).ok_or_else(|| invalid(at, "negative size"))?;
         padding = header::padding(data_len);
         match hdr.typeflag {
             header::TYPE_PAX | header::TYPE_PAX_GLOBAL => {
@@ -108,7 +116,13 @@ pub(crate) fn next_entry<S: Source>(src: &mut S, unread: u64, padding: u64) -> R
                     if let Some(path) = records.get(pax::PATH).filter(|p| !p.is_empty()) {
                         name.clone_from(path);
                     }
-                    return Ok(Some(Entry { name, size: 0, data_len: 0, padding, sparse: None }));
+                    return Ok(Some(Entry {
+                        name,
+                        size: 0,
+                        data_len: 0,
+                        padding,
+                        sparse: None,
+                    }));
                 }
                 pax = Some(records);
             }
@@ -125,7 +139,11 @@ pub(crate) fn next_entry<S: Source>(src: &mut S, unread: u64, padding: u64) -> R
 }
 
 fn data_len(typeflag: u8, size: i64) -> Option<u64> {
-    if header::is_header_only(typeflag) { Some(0) } else { u64::try_from(size).ok() }
+    if header::is_header_only(typeflag) {
+        Some(0)
+    } else {
+        u64::try_from(size).ok()
+    }
 }
 
 fn file_entry<S: Source>(
@@ -145,7 +163,11 @@ fn file_entry<S: Source>(
     }
     let mut typeflag = hdr.typeflag;
     if typeflag == header::TYPE_REG_A {
-        typeflag = if name.ends_with(b"/") { header::TYPE_DIR } else { header::TYPE_REG };
+        typeflag = if name.ends_with(b"/") {
+            header::TYPE_DIR
+        } else {
+            header::TYPE_REG
+        };
     }
     let mut data_len = data_len(typeflag, size).ok_or_else(|| invalid(at, "negative size"))?;
     let padding = header::padding(data_len);
@@ -154,15 +176,18 @@ fn file_entry<S: Source>(
         if hdr.format != header::Format::Gnu {
             return Err(invalid(at, "sparse entry in a non-GNU header"));
         }
-        size = header::gnu_real_size(block).ok_or_else(|| invalid(at, "sparse real size is not a number"))?;
-        let (mut entries, mut extended) = header::gnu_sparse_entries(block, true).map_err(|r| invalid(at, r))?;
+        size = header::gnu_real_size(block)
+            .ok_or_else(|| invalid(at, "sparse real size is not a number"))?;
+        let (mut entries, mut extended) =
+            header::gnu_sparse_entries(block, true).map_err(|r| invalid(at, r))?;
         let mut ext: Block = [0; BLOCK];
         while extended {
             let ext_at = src.offset();
             if read_block(src, &mut ext)?.is_none() {
                 return Err(truncated(ext_at, "a sparse extension block"));
             }
-            let (more, again) = header::gnu_sparse_entries(&ext, false).map_err(|r| invalid(ext_at, r))?;
+            let (more, again) =
+                header::gnu_sparse_entries(&ext, false).map_err(|r| invalid(ext_at, r))?;
             entries.extend(more);
             extended = again;
         }
@@ -182,7 +207,13 @@ fn file_entry<S: Source>(
             Some(SparseMap::new(&entries, size).map_err(|r| invalid(at, r))?)
         }
     };
-    Ok(Entry { name, size, data_len, padding, sparse })
+    Ok(Entry {
+        name,
+        size,
+        data_len,
+        padding,
+        sparse,
+    })
 }
 
 /// GNU sparse files in PAX form (0.0, 0.1, 1.0). Unknown versions are plain
@@ -207,12 +238,19 @@ fn pax_sparse<S: Source>(
     if !get(pax::SPARSE_NAME).is_empty() {
         *name = get(pax::SPARSE_NAME).to_vec();
     }
-    let real = if get(pax::SPARSE_SIZE).is_empty() { get(pax::SPARSE_REAL_SIZE) } else { get(pax::SPARSE_SIZE) };
+    let real = if get(pax::SPARSE_SIZE).is_empty() {
+        get(pax::SPARSE_REAL_SIZE)
+    } else {
+        get(pax::SPARSE_SIZE)
+    };
     if !real.is_empty() {
-        *size = numbers::parse_go_int(real).ok_or_else(|| invalid(at, "invalid GNU sparse size"))?;
+        *size =
+            numbers::parse_go_int(real).ok_or_else(|| invalid(at, "invalid GNU sparse size"))?;
     }
     if !is_1x0 {
-        return sparse::map_0x1(records).map(Some).map_err(|r| invalid(at, r));
+        return sparse::map_0x1(records)
+            .map(Some)
+            .map_err(|r| invalid(at, r));
     }
     // The 1.0 map sits at the start of the data area, in whole blocks.
     let mut remaining = *data_len;

@@ -18,7 +18,9 @@ pub(crate) fn parse_go_int(s: &[u8]) -> Option<i64> {
         if !c.is_ascii_digit() {
             return None;
         }
-        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_add(u64::from(c - b'0'))?;
     }
     if negative {
         if magnitude > i64::MAX as u64 + 1 {
@@ -43,7 +45,10 @@ pub(crate) fn c_string(field: &[u8]) -> &[u8] {
 pub(crate) fn parse_octal(field: &[u8]) -> Option<i64> {
     let start = field.iter().position(|&b| b != b' ' && b != 0);
     let Some(start) = start else { return Some(0) };
-    let end = field.iter().rposition(|&b| b != b' ' && b != 0).map_or(start, |e| e + 1);
+    let end = field
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(start, |e| e + 1);
     let digits = c_string(&field[start..end]);
     if digits.is_empty() {
         return None;
@@ -63,7 +68,9 @@ pub(crate) fn parse_octal(field: &[u8]) -> Option<i64> {
 /// A numeric header field: octal, or GNU base-256 when the high bit of the
 /// first byte is set.
 pub(crate) fn parse_numeric(field: &[u8]) -> Option<i64> {
-    let Some(&first) = field.first() else { return Some(0) };
+    let Some(&first) = field.first() else {
+        return Some(0);
+    };
     if first & 0x80 == 0 {
         return parse_octal(field);
     }
@@ -82,7 +89,11 @@ pub(crate) fn parse_numeric(field: &[u8]) -> Option<i64> {
     if value >> 63 > 0 {
         return None;
     }
-    if invert == 0xff { Some(!(value as i64)) } else { Some(value as i64) }
+    if invert == 0xff {
+        Some(!(value as i64))
+    } else {
+        Some(value as i64)
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ pub(crate) fn parse(mut data: &[u8]) -> Result<Records, Reason> {
         let (key, value, rest) = parse_record(data)?;
         data = rest;
         if key == SPARSE_OFFSET || key == SPARSE_NUM_BYTES {
-            let want = if sparse_map.len() % 2 == 0 { SPARSE_OFFSET } else { SPARSE_NUM_BYTES };
+            let want = if sparse_map.len().is_multiple_of(2) {
+                SPARSE_OFFSET
+            } else {
+                SPARSE_NUM_BYTES
+            };
             if key != want || value.contains(&b',') {
                 return Err("GNU sparse 0.0 records out of order");
             }
@@ -46,7 +50,10 @@ pub(crate) fn parse(mut data: &[u8]) -> Result<Records, Reason> {
     Ok(records)
 }
 
-fn parse_record(s: &[u8]) -> Result<(&[u8], &[u8], &[u8]), Reason> {
+/// A record's key and value, and the bytes after it.
+type Record<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn parse_record(s: &[u8]) -> Result<Record<'_>, Reason> {
     const BAD: Reason = "malformed PAX record";
     let space = s.iter().position(|&b| b == b' ').ok_or(BAD)?;
     let declared = parse_go_int(&s[..space]).ok_or(BAD)?;
@@ -135,7 +142,14 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for bad in [&b"5 a=b"[..], b"3 a=\n", b"99 path=x\n", b"8 path\n", b"6 =xy\n", b"x path=a\n"] {
+        for bad in [
+            &b"5 a=b"[..],
+            b"3 a=\n",
+            b"99 path=x\n",
+            b"8 path\n",
+            b"6 =xy\n",
+            b"x path=a\n",
+        ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -45,7 +45,10 @@ impl SparseMap {
                 _ => fragments.push((offset as u64, length as u64)),
             }
         }
-        Ok(SparseMap { fragments, size: size as u64 })
+        Ok(SparseMap {
+            fragments,
+            size: size as u64,
+        })
     }
 
     /// Bytes of data the archive stores for this file.
@@ -57,18 +60,30 @@ impl SparseMap {
 /// The map of a PAX 0.0 or 0.1 sparse file, from its records.
 pub(crate) fn map_0x1(records: &Records) -> Result<Vec<(i64, i64)>, Reason> {
     const BAD: Reason = "invalid GNU sparse 0.1 map";
-    let count = records.get(SPARSE_NUM_BLOCKS).and_then(|v| parse_go_int(v)).ok_or(BAD)?;
+    let count = records
+        .get(SPARSE_NUM_BLOCKS)
+        .and_then(|v| parse_go_int(v))
+        .ok_or(BAD)?;
     if count < 0 || count.checked_mul(2).is_none() {
         return Err(BAD);
     }
     let map = records.get(SPARSE_MAP).map_or(&[][..], Vec::as_slice);
-    let numbers: Vec<&[u8]> = if map.is_empty() { Vec::new() } else { map.split(|&b| b == b',').collect() };
+    let numbers: Vec<&[u8]> = if map.is_empty() {
+        Vec::new()
+    } else {
+        map.split(|&b| b == b',').collect()
+    };
     if numbers.len() as i64 != 2 * count {
         return Err(BAD);
     }
     numbers
         .chunks_exact(2)
-        .map(|pair| Ok((parse_go_int(pair[0]).ok_or(BAD)?, parse_go_int(pair[1]).ok_or(BAD)?)))
+        .map(|pair| {
+            Ok((
+                parse_go_int(pair[0]).ok_or(BAD)?,
+                parse_go_int(pair[1]).ok_or(BAD)?,
+            ))
+        })
         .collect()
 }
 
@@ -81,22 +96,27 @@ pub(crate) enum Map1x0Error<E> {
 /// The map of a PAX 1.0 sparse file, which precedes its data as decimal
 /// lines padded to whole blocks. `next_block` yields those blocks; exactly
 /// as many are read as Go's reader reads.
-pub(crate) fn map_1x0<E>(mut next_block: impl FnMut() -> Result<Block, E>) -> Result<Vec<(i64, i64)>, Map1x0Error<E>> {
+pub(crate) fn map_1x0<E>(
+    mut next_block: impl FnMut() -> Result<Block, E>,
+) -> Result<Vec<(i64, i64)>, Map1x0Error<E>> {
     const BAD: Reason = "invalid GNU sparse 1.0 map";
     let mut text: Vec<u8> = Vec::new();
     let mut consumed = 0usize;
     let mut newlines = 0i64;
-    let mut feed = |text: &mut Vec<u8>, newlines: &mut i64, want: i64| -> Result<(), Map1x0Error<E>> {
-        while *newlines < want {
-            if text.len() + BLOCK > MAX_MAP_1X0 {
-                return Err(Map1x0Error::Invalid("GNU sparse 1.0 map is larger than 16 MiB"));
+    let mut feed =
+        |text: &mut Vec<u8>, newlines: &mut i64, want: i64| -> Result<(), Map1x0Error<E>> {
+            while *newlines < want {
+                if text.len() + BLOCK > MAX_MAP_1X0 {
+                    return Err(Map1x0Error::Invalid(
+                        "GNU sparse 1.0 map is larger than 16 MiB",
+                    ));
+                }
+                let block = next_block().map_err(Map1x0Error::Read)?;
+                *newlines += block.iter().filter(|&&b| b == b'\n').count() as i64;
+                text.extend_from_slice(&block);
             }
-            let block = next_block().map_err(Map1x0Error::Read)?;
-            *newlines += block.iter().filter(|&&b| b == b'\n').count() as i64;
-            text.extend_from_slice(&block);
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let token = |text: &Vec<u8>, consumed: &mut usize, newlines: &mut i64| -> Option<i64> {
         *newlines -= 1;
         let rest = &text[*consumed..];

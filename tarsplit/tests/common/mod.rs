@@ -1,5 +1,7 @@
 //! Helpers for tests that drive the reference tools.
 
+#![allow(dead_code)] // each test binary uses a different subset
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -24,8 +26,14 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
 
 /// Runs a command and panics with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -40,6 +48,8 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn gunzip(path: &std::path::Path) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).expect("open")).read_to_end(&mut out).expect("gunzip");
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).expect("open"))
+        .read_to_end(&mut out)
+        .expect("gunzip");
     out
 }
