@@ -147,6 +147,7 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
             .arg("--output")
             .arg(&go_meta)
             .arg(&tar)
+            .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
     };
@@ -154,7 +155,8 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
         let mut c = Command::new(&strata);
         c.args(["tar-split", "disasm", "--output"])
             .arg(&strata_meta)
-            .arg(&tar);
+            .arg(&tar)
+            .stdout(Stdio::null());
         c
     };
     let asm_go = |out: &Path| {
