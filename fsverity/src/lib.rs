@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+mod digest;
+mod kernel;
+mod policy;
+
+pub use digest::{Digest, Hasher, ParamsError, ParseDigestError, Params, digest, digest_with};
+pub use kernel::{Error, enable, enable_with, measure};
+pub use policy::Policy;
