@@ -1,6 +1,7 @@
 //! `strata`: container-image layer storage from the command line.
 
 mod demo;
+mod fsverity;
 mod output;
 mod tar_split;
 
@@ -24,6 +25,9 @@ enum Command {
     /// Split a tar stream into metadata and payloads, and put it back together bit for bit.
     #[command(subcommand, name = "tar-split")]
     TarSplit(tar_split::Command),
+    /// Enable, measure and compute fs-verity digests.
+    #[command(subcommand)]
+    Fsverity(fsverity::Command),
     /// Round-trip a tar through tar-split and check every byte comes back.
     Demo(demo::Args),
 }
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::TarSplit(cmd) => tar_split::run(cmd),
+        Command::Fsverity(cmd) => fsverity::run(cmd),
         Command::Demo(args) => demo::run(args),
     };
     match result {
