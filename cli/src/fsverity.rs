@@ -46,7 +46,7 @@ pub enum Command {
 pub struct Hex(Vec<u8>);
 
 fn parse_hex(s: &str) -> Result<Hex, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("hex needs an even number of digits".into());
     }
     (0..s.len())
@@ -63,10 +63,16 @@ fn open(path: &PathBuf) -> Result<File, BoxError> {
 pub fn run(cmd: Command) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        Command::Digest { block_size, salt, compact, files } => {
+        Command::Digest {
+            block_size,
+            salt,
+            compact,
+            files,
+        } => {
             let params = Params::new(block_size, salt.as_ref().map_or(&[][..], |h| &h.0))?;
             for path in &files {
-                let d = digest_with(open(path)?, &params).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let d = digest_with(open(path)?, &params)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 if compact {
                     writeln!(out, "{}", d.hex())?;
                 } else {
@@ -74,15 +80,21 @@ pub fn run(cmd: Command) -> Result<(), BoxError> {
                 }
             }
         }
-        Command::Enable { block_size, salt, files } => {
+        Command::Enable {
+            block_size,
+            salt,
+            files,
+        } => {
             let params = Params::new(block_size, salt.as_ref().map_or(&[][..], |h| &h.0))?;
             for path in &files {
-                enable_with(open(path)?, &params).map_err(|e| format!("cannot enable fs-verity on {}: {e}", path.display()))?;
+                enable_with(open(path)?, &params)
+                    .map_err(|e| format!("cannot enable fs-verity on {}: {e}", path.display()))?;
             }
         }
         Command::Measure { files } => {
             for path in &files {
-                let d = measure(open(path)?).map_err(|e| format!("cannot measure {}: {e}", path.display()))?;
+                let d = measure(open(path)?)
+                    .map_err(|e| format!("cannot measure {}: {e}", path.display()))?;
                 writeln!(out, "{d} {}", path.display())?;
             }
         }

@@ -59,7 +59,8 @@ impl FromStr for Digest {
         }
         let mut out = [0u8; HASH_LEN];
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
         }
         Ok(Digest(out))
     }
@@ -84,7 +85,10 @@ pub enum ParamsError {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { block_size: 4096, salt: Vec::new() }
+        Params {
+            block_size: 4096,
+            salt: Vec::new(),
+        }
     }
 }
 
@@ -96,7 +100,10 @@ impl Params {
         if salt.len() > MAX_SALT {
             return Err(ParamsError::Salt(salt.len()));
         }
-        Ok(Params { block_size, salt: salt.to_vec() })
+        Ok(Params {
+            block_size,
+            salt: salt.to_vec(),
+        })
     }
 
     pub fn block_size(&self) -> usize {
@@ -131,7 +138,10 @@ pub struct Hasher {
 
 impl fmt::Debug for Hasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hasher").field("params", &self.params).field("data_size", &self.data_size).finish()
+        f.debug_struct("Hasher")
+            .field("params", &self.params)
+            .field("data_size", &self.data_size)
+            .finish()
     }
 }
 
@@ -172,7 +182,10 @@ impl Hasher {
     fn push_hash(&mut self, mut at: usize, mut hash: [u8; HASH_LEN]) {
         loop {
             if self.levels.len() <= at {
-                self.levels.push(Level { pending: Vec::with_capacity(self.params.block_size), blocks: 0 });
+                self.levels.push(Level {
+                    pending: Vec::with_capacity(self.params.block_size),
+                    blocks: 0,
+                });
             }
             let level = &mut self.levels[at];
             level.pending.extend_from_slice(&hash);
@@ -200,12 +213,46 @@ impl Hasher {
             self.data.clear();
             self.push_hash(0, hash);
         }
-        let mut blocks = bytes.chunks_exact(b);
-        for block in &mut blocks {
-            let hash = self.hash_block(block);
-            self.push_hash(0, hash);
+        let whole = bytes.len() - bytes.len() % b;
+        let (blocks, rest) = bytes.split_at(whole);
+        let threads = hashing_threads();
+        if threads > 1 && blocks.len() >= PARALLEL_MIN {
+            // Data blocks hash independently: spread them over the cores,
+            // then feed the hashes upward in order. The result is the same
+            // whatever the thread count.
+            let per_thread = (blocks.len() / b).div_ceil(threads) * b;
+            let mut parts = blocks.chunks(per_thread);
+            let first = parts.next().unwrap_or_default();
+            let this = &*self;
+            let hashed: Vec<Vec<[u8; HASH_LEN]>> = std::thread::scope(|scope| {
+                let others: Vec<_> = parts
+                    .map(|part| scope.spawn(move || this.hash_blocks(part)))
+                    .collect();
+                let mut all = vec![this.hash_blocks(first)];
+                all.extend(
+                    others
+                        .into_iter()
+                        .map(|h| h.join().expect("hashing thread panicked")),
+                );
+                all
+            });
+            for hash in hashed.into_iter().flatten() {
+                self.push_hash(0, hash);
+            }
+        } else {
+            for block in blocks.chunks_exact(b) {
+                let hash = self.hash_block(block);
+                self.push_hash(0, hash);
+            }
         }
-        self.data.extend_from_slice(blocks.remainder());
+        self.data.extend_from_slice(rest);
+    }
+
+    fn hash_blocks(&self, blocks: &[u8]) -> Vec<[u8; HASH_LEN]> {
+        blocks
+            .chunks_exact(self.params.block_size)
+            .map(|block| self.hash_block(block))
+            .collect()
     }
 
     /// The digest of everything fed so far.
@@ -268,6 +315,15 @@ impl io::Write for Hasher {
 
 static ZEROS: [u8; 65536] = [0; 65536];
 
+/// Below this many bytes of whole blocks, one thread hashes them.
+const PARALLEL_MIN: usize = 256 << 10;
+
+/// How many threads hash data blocks: the machine's cores, at most 8.
+fn hashing_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
 /// The digest of everything `reader` yields, with default parameters.
 pub fn digest<R: Read>(reader: R) -> io::Result<Digest> {
     digest_with(reader, &Params::default())
@@ -276,8 +332,9 @@ pub fn digest<R: Read>(reader: R) -> io::Result<Digest> {
 /// The digest of everything `reader` yields.
 pub fn digest_with<R: Read>(mut reader: R, params: &Params) -> io::Result<Digest> {
     let mut hasher = Hasher::new(params);
-    // Cache-sized reads: the hashing reads each byte right after the copy.
-    let mut buf = vec![0u8; 128 << 10];
+    // Big enough to split across the hashing threads, small enough to stay
+    // in cache between the copy and the hashing.
+    let mut buf = vec![0u8; (128 << 10) * hashing_threads().max(8)];
     loop {
         match reader.read(&mut buf) {
             Ok(0) => return Ok(hasher.finish()),
@@ -294,7 +351,9 @@ mod tests {
 
     /// fsverity-utils' test pattern.
     pub(crate) fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| ((i % 11) + (i % 439) + (i % 1103)) as u8).collect()
+        (0..n)
+            .map(|i| ((i % 11) + (i % 439) + (i % 1103)) as u8)
+            .collect()
     }
 
     fn hex_of(data: &[u8], params: &Params) -> String {
@@ -305,11 +364,31 @@ mod tests {
     fn fsverity_utils_vectors() {
         let d = Params::default();
         let cases = [
-            (1_000_000, d.clone(), "48df0c462329cd879661bd05b39aa81b05cc16afd27a7196a559da83531d39d9"),
-            (100_000, d.clone(), "f2096a36c5cdca4fa33ee8852833150bb324992e5417a9d571f1bffff73b9efc"),
-            (4096, d.clone(), "6ac39979016e3ddf3d39fff6cb984f7c118acdf1852919f5c100c4b142c1818e"),
-            (1, d.clone(), "b803429503d95915829b29fdbc8bbad142f3abfd11b1cadf5526582e685c0551"),
-            (0, d.clone(), "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"),
+            (
+                1_000_000,
+                d.clone(),
+                "48df0c462329cd879661bd05b39aa81b05cc16afd27a7196a559da83531d39d9",
+            ),
+            (
+                100_000,
+                d.clone(),
+                "f2096a36c5cdca4fa33ee8852833150bb324992e5417a9d571f1bffff73b9efc",
+            ),
+            (
+                4096,
+                d.clone(),
+                "6ac39979016e3ddf3d39fff6cb984f7c118acdf1852919f5c100c4b142c1818e",
+            ),
+            (
+                1,
+                d.clone(),
+                "b803429503d95915829b29fdbc8bbad142f3abfd11b1cadf5526582e685c0551",
+            ),
+            (
+                0,
+                d.clone(),
+                "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95",
+            ),
             (
                 1_000_000,
                 Params::new(4096, b"abcd").expect("params"),
@@ -322,9 +401,16 @@ mod tests {
             ),
         ];
         for (n, params, want) in cases {
-            assert_eq!(hex_of(&pattern(n), &params), want, "n={n} params={params:?}");
+            assert_eq!(
+                hex_of(&pattern(n), &params),
+                want,
+                "n={n} params={params:?}"
+            );
         }
-        assert_eq!(hex_of(b"hello\n", &d), "9c76eecc7b76fcb46199cb27b90cf59a660e10575bb0412128905129d5b1c2aa");
+        assert_eq!(
+            hex_of(b"hello\n", &d),
+            "9c76eecc7b76fcb46199cb27b90cf59a660e10575bb0412128905129d5b1c2aa"
+        );
     }
 
     #[test]

@@ -92,7 +92,11 @@ pub fn enable_with<Fd: AsFd>(file: Fd, params: &Params) -> Result<(), Error> {
         hash_algorithm: u32::from(ALG_SHA256),
         block_size: params.block_size() as u32,
         salt_size: salt.len() as u32,
-        salt_ptr: if salt.is_empty() { 0 } else { salt.as_ptr() as u64 },
+        salt_ptr: if salt.is_empty() {
+            0
+        } else {
+            salt.as_ptr() as u64
+        },
         sig_size: 0,
         reserved1: 0,
         sig_ptr: 0,
@@ -108,10 +112,20 @@ pub fn enable_with<Fd: AsFd>(file: Fd, params: &Params) -> Result<(), Error> {
 
 /// The fs-verity digest the kernel holds for a file.
 pub fn measure<Fd: AsFd>(file: Fd) -> Result<Digest, Error> {
-    let mut arg = DigestArg { digest_algorithm: 0, digest_size: 64, digest: [0; 64] };
+    let mut arg = DigestArg {
+        digest_algorithm: 0,
+        digest_size: 64,
+        digest: [0; 64],
+    };
     // SAFETY: `arg` is the header the opcode declares followed by a
     // `digest_size`-byte buffer, which is what the kernel writes to.
-    unsafe { ioctl(file.as_fd(), Updater::<MEASURE_VERITY, DigestArg>::new(&mut arg)) }.map_err(classify)?;
+    unsafe {
+        ioctl(
+            file.as_fd(),
+            Updater::<MEASURE_VERITY, DigestArg>::new(&mut arg),
+        )
+    }
+    .map_err(classify)?;
     if arg.digest_algorithm != u16::from(ALG_SHA256) || arg.digest_size != 32 {
         return Err(Error::Algorithm(arg.digest_algorithm));
     }
@@ -127,7 +141,11 @@ mod tests {
     #[test]
     fn layouts_match_the_kernel() {
         assert_eq!(std::mem::size_of::<EnableArg>(), 128);
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
+        #[cfg(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        ))]
         {
             assert_eq!(ENABLE_VERITY, 0x4080_6685);
             assert_eq!(MEASURE_VERITY, 0xc004_6686);

@@ -4,6 +4,6 @@ mod digest;
 mod kernel;
 mod policy;
 
-pub use digest::{Digest, Hasher, ParamsError, ParseDigestError, Params, digest, digest_with};
+pub use digest::{Digest, Hasher, Params, ParamsError, ParseDigestError, digest, digest_with};
 pub use kernel::{Error, enable, enable_with, measure};
 pub use policy::Policy;

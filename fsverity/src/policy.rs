@@ -45,7 +45,9 @@ impl std::str::FromStr for Policy {
             "disabled" | "off" => Ok(Policy::Disabled),
             "if-supported" => Ok(Policy::IfSupported),
             "required" => Ok(Policy::Required),
-            other => Err(format!("unknown fs-verity policy {other:?} (disabled, if-supported, required)")),
+            other => Err(format!(
+                "unknown fs-verity policy {other:?} (disabled, if-supported, required)"
+            )),
         }
     }
 }

@@ -35,7 +35,16 @@ fn reference(data: &[u8], block: usize, salt: &[u8]) -> [u8; 32] {
             level = hashes;
         }
     };
-    let mut d = vec![1u8, 1, block.trailing_zeros() as u8, salt.len() as u8, 0, 0, 0, 0];
+    let mut d = vec![
+        1u8,
+        1,
+        block.trailing_zeros() as u8,
+        salt.len() as u8,
+        0,
+        0,
+        0,
+        0,
+    ];
     d.extend_from_slice(&(data.len() as u64).to_le_bytes());
     d.extend_from_slice(&root);
     d.resize(80, 0);

@@ -25,9 +25,15 @@ fn check(data: &[u8], block_size: usize, salt: &[u8]) {
     file.write_all(data).expect("write");
     file.flush().expect("flush");
     let params = Params::new(block_size, salt).expect("params");
-    let ours = digest_with(std::fs::File::open(file.path()).expect("open"), &params).expect("digest");
+    let ours =
+        digest_with(std::fs::File::open(file.path()).expect("open"), &params).expect("digest");
     let theirs = fsverity_utils_digest(file.path(), block_size, salt);
-    assert_eq!(ours.to_string(), theirs, "size {} block {block_size} salt {salt:?}", data.len());
+    assert_eq!(
+        ours.to_string(),
+        theirs,
+        "size {} block {block_size} salt {salt:?}",
+        data.len()
+    );
 }
 
 #[test]
@@ -35,7 +41,18 @@ fn boundary_sizes_match_fsverity_utils() {
     if !have_tool("fsverity", "fsverity") {
         return;
     }
-    let sizes = [0, 1, 4095, 4096, 4097, (128 << 10) - 1, 128 << 10, (128 << 10) + 1, (1 << 20) + 1, 4096 * 128 * 128 + 1];
+    let sizes = [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        (128 << 10) - 1,
+        128 << 10,
+        (128 << 10) + 1,
+        (1 << 20) + 1,
+        4096 * 128 * 128 + 1,
+    ];
     for (i, &n) in sizes.iter().enumerate() {
         let data = pseudo_random(n, i as u64 + 1);
         check(&data, 4096, b"");

@@ -25,7 +25,13 @@ fn sh(cmd: &mut Command) -> bool {
 
 /// What /proc/config.gz says about CONFIG_FS_VERITY, when it says anything.
 fn kernel_config_has_fs_verity() -> Option<bool> {
-    let out = Command::new("sh").args(["-c", "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_FS_VERITY[ =]'"]).output().ok()?;
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_FS_VERITY[ =]'",
+        ])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("CONFIG_FS_VERITY=y") {
         Some(true)
@@ -49,8 +55,13 @@ impl Drop for Mount {
 
 fn mount(kind: &str, source: &Path, point: &Path, options: &str) -> Option<Mount> {
     std::fs::create_dir_all(point).ok()?;
-    let ok = sh(Command::new("mount").args(["-t", kind, "-o", options]).arg(source).arg(point));
-    ok.then(|| Mount { point: point.to_path_buf() })
+    let ok = sh(Command::new("mount")
+        .args(["-t", kind, "-o", options])
+        .arg(source)
+        .arg(point));
+    ok.then(|| Mount {
+        point: point.to_path_buf(),
+    })
 }
 
 fn write_file(path: &Path, data: &[u8]) {
@@ -74,8 +85,16 @@ fn tmpfs_reports_not_supported() {
     let err = enable(&file).expect_err("tmpfs has no fs-verity");
     assert!(err.is_not_supported(), "expected NotSupported, got {err:?}");
     assert!(measure(&file).expect_err("no verity").is_not_supported());
-    assert_eq!(Policy::IfSupported.apply(&file).expect("skips quietly"), None);
-    assert!(Policy::Required.apply(&file).expect_err("required").is_not_supported());
+    assert_eq!(
+        Policy::IfSupported.apply(&file).expect("skips quietly"),
+        None
+    );
+    assert!(
+        Policy::Required
+            .apply(&file)
+            .expect_err("required")
+            .is_not_supported()
+    );
     assert_eq!(Policy::Disabled.apply(&file).expect("nothing to do"), None);
 }
 
@@ -90,8 +109,16 @@ fn ext4_with_verity_on_a_loop_device() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("verity.img");
-    File::create(&image).expect("image").set_len(64 << 20).expect("size");
-    assert!(sh(Command::new("mkfs.ext4").args(["-q", "-b", "4096", "-O", "verity"]).arg(&image)), "mkfs.ext4 -O verity");
+    File::create(&image)
+        .expect("image")
+        .set_len(64 << 20)
+        .expect("size");
+    assert!(
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-b", "4096", "-O", "verity"])
+            .arg(&image)),
+        "mkfs.ext4 -O verity"
+    );
     let point = dir.path().join("mnt");
     let _mount = mount("ext4", &image, &point, "loop").expect("loop-mount the ext4 image");
 
@@ -101,7 +128,10 @@ fn ext4_with_verity_on_a_loop_device() {
     let expected = digest(&data[..]).expect("user-space digest");
 
     // A writable descriptor open elsewhere blocks enabling.
-    let writer = OpenOptions::new().append(true).open(&path).expect("open for write");
+    let writer = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open for write");
     let file = File::open(&path).expect("open read-only");
     match enable(&file) {
         Err(Error::NotSupported(cause)) => {
@@ -127,12 +157,26 @@ fn ext4_with_verity_on_a_loop_device() {
     assert!(matches!(measure(&file), Err(Error::NotEnabled)));
     enable(&file).expect("enable");
     enable(&file).expect("enabling twice is not an error");
-    assert_eq!(measure(&file).expect("measure"), expected, "kernel and user-space digests differ");
-    assert_eq!(Policy::Required.apply(&file).expect("required"), Some(expected));
+    assert_eq!(
+        measure(&file).expect("measure"),
+        expected,
+        "kernel and user-space digests differ"
+    );
+    assert_eq!(
+        Policy::Required.apply(&file).expect("required"),
+        Some(expected)
+    );
 
     // A verity file cannot be written any more.
-    let err = OpenOptions::new().append(true).open(&path).expect_err("verity files are read-only");
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::PERM.raw_os_error()), "{err}");
+    let err = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect_err("verity files are read-only");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::PERM.raw_os_error()),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&path).expect("still readable"), data);
 
     let out = Command::new("fsverity").arg("measure").arg(&path).output();

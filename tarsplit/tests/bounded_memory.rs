@@ -8,8 +8,14 @@ use strata_tarsplit::{DiscardPutter, MetadataWriter, disassemble};
 
 fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number")
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("number")
 }
 
 #[test]
@@ -30,16 +36,32 @@ fn ten_gib_tar_in_bounded_memory() {
     let before = peak_rss_kib();
     let mut metadata = MetadataWriter::new(Vec::new());
     let mut passthrough_len = CountingSink(0);
-    let summary = disassemble(input, &mut passthrough_len, &mut metadata, &mut DiscardPutter).expect("disassemble");
+    let summary = disassemble(
+        input,
+        &mut passthrough_len,
+        &mut metadata,
+        &mut DiscardPutter,
+    )
+    .expect("disassemble");
     let after = peak_rss_kib();
 
     assert_eq!(summary.payload_size, SIZE + 5);
-    assert_eq!(passthrough_len.0, head.len() as u64 + SIZE + tail.len() as u64);
+    assert_eq!(
+        passthrough_len.0,
+        head.len() as u64 + SIZE + tail.len() as u64
+    );
     let metadata = metadata.finish().expect("metadata");
-    assert!(metadata.len() < 8192, "metadata is {} bytes", metadata.len());
+    assert!(
+        metadata.len() < 8192,
+        "metadata is {} bytes",
+        metadata.len()
+    );
     let grown_mib = (after.saturating_sub(before)) / 1024;
     eprintln!("peak RSS grew by {grown_mib} MiB for a 10 GiB tar");
-    assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB for a 10 GiB tar");
+    assert!(
+        grown_mib < 64,
+        "peak RSS grew by {grown_mib} MiB for a 10 GiB tar"
+    );
 }
 
 struct CountingSink(u64);

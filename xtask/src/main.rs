@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo xtask bench tar-split [--runs N] [--tar FILE]
+//! cargo xtask bench fsverity [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! ```
 
@@ -65,7 +66,8 @@ fn require(tool: &str, package: &str) -> Result<(), Error> {
 fn bench(args: &[String]) -> Result<(), Error> {
     match args.first().map(String::as_str) {
         Some("tar-split") => bench_tar_split(&args[1..]),
-        other => Err(format!("unknown benchmark {other:?}; available: tar-split").into()),
+        Some("fsverity") => bench_fsverity(&args[1..]),
+        other => Err(format!("unknown benchmark {other:?}; available: tar-split, fsverity").into()),
     }
 }
 
@@ -232,6 +234,107 @@ fn bench_tar_split(args: &[String]) -> Result<(), Error> {
             go.as_secs_f64() / ours.as_secs_f64()
         );
     }
+    Ok(())
+}
+
+/// `strata fsverity digest` against `fsverity digest` on the same 1 GiB
+/// file, and both against the machine's raw SHA-256 throughput (the bound).
+fn bench_fsverity(args: &[String]) -> Result<(), Error> {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let runs: usize = flag(args, "--runs").map_or(Ok(5), str::parse)?;
+    require("fsverity", "fsverity")?;
+    let root = workspace_root();
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "strata-cli"])
+        .current_dir(&root))?;
+    let strata = root.join("target/release/strata");
+    let work = root.join("target/bench/fsverity");
+    std::fs::create_dir_all(&work)?;
+    let file = work.join("1gib.bin");
+    const SIZE: u64 = 1 << 30;
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(SIZE) {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..(SIZE >> 20) {
+            for chunk in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            out.write_all(&block)?;
+        }
+        out.flush()?;
+    }
+    run(Command::new("cat").arg(&file).stdout(Stdio::null()))?;
+
+    let ours = Command::new(&strata)
+        .args(["fsverity", "digest"])
+        .arg(&file)
+        .output()?;
+    let theirs = Command::new("fsverity").arg("digest").arg(&file).output()?;
+    if !ours.status.success() || ours.stdout != theirs.stdout {
+        return Err(format!(
+            "digests differ: strata {:?}, fsverity {:?}",
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout)
+        )
+        .into());
+    }
+
+    let go = time_median(runs, || {
+        let mut c = Command::new("fsverity");
+        c.arg("digest").arg(&file);
+        c
+    })?;
+    let us = time_median(runs, || {
+        let mut c = Command::new(&strata);
+        c.args(["fsverity", "digest"]).arg(&file);
+        c
+    })?;
+    let sha256sum = time_median(runs, || {
+        let mut c = Command::new("sha256sum");
+        c.arg(&file);
+        c
+    })?;
+    // In-process SHA-256 over a buffer already in memory: the ceiling.
+    let buf = vec![0x5au8; 256 << 20];
+    let mut raw = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        std::hint::black_box(sha2::Sha256::digest(&buf));
+        raw.push(start.elapsed());
+    }
+    raw.sort();
+    let raw_mibs = 256.0 / raw[raw.len() / 2].as_secs_f64();
+
+    let rate = |d: Duration| mib(SIZE) / d.as_secs_f64();
+    println!(
+        "fs-verity digest benchmark: {} (1 GiB), median of {runs} runs",
+        file.display()
+    );
+    println!(
+        "  fsverity digest         {:>8.3} s {:>8.0} MiB/s",
+        go.as_secs_f64(),
+        rate(go)
+    );
+    println!(
+        "  strata fsverity digest  {:>8.3} s {:>8.0} MiB/s   ratio {:.2}x",
+        us.as_secs_f64(),
+        rate(us),
+        go.as_secs_f64() / us.as_secs_f64()
+    );
+    println!(
+        "  sha256sum (same file)   {:>8.3} s {:>8.0} MiB/s",
+        sha256sum.as_secs_f64(),
+        rate(sha256sum)
+    );
+    println!(
+        "  raw SHA-256 in memory            {raw_mibs:>8.0} MiB/s   strata at {:.0}% of it",
+        100.0 * rate(us) / raw_mibs
+    );
     Ok(())
 }
 

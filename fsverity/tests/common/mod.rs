@@ -23,12 +23,18 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
 /// `fsverity digest` of a file, as `sha256:HEX`.
 pub fn fsverity_utils_digest(path: &std::path::Path, block_size: usize, salt: &[u8]) -> String {
     let mut cmd = Command::new("fsverity");
-    cmd.arg("digest").arg("--compact").arg(format!("--block-size={block_size}"));
+    cmd.arg("digest")
+        .arg("--compact")
+        .arg(format!("--block-size={block_size}"));
     if !salt.is_empty() {
         let hex: String = salt.iter().map(|b| format!("{b:02x}")).collect();
         cmd.arg(format!("--salt={hex}"));
     }
     let out = cmd.arg(path).output().expect("run fsverity");
-    assert!(out.status.success(), "fsverity digest: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fsverity digest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim())
 }
