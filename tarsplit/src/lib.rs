@@ -23,6 +23,12 @@ pub use files::{
 pub use metadata::{Entry, FileEntry, MetadataReader, MetadataWriter};
 pub use payload::Payload;
 
+/// The records of a PAX extended header (`"%d key=value\n"` …), in order.
+/// Values are raw bytes and may hold newlines (binary xattrs do).
+pub fn parse_pax_records(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+    tar::pax::records(data)
+}
+
 /// Opens metadata that may be gzip-compressed (as `*.tar-split.gz` and the
 /// Go tool's output are) or plain.
 pub fn open_metadata<R>(input: R) -> std::io::Result<MetadataReader<Box<dyn std::io::Read + Send>>>

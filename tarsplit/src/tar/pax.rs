@@ -53,6 +53,17 @@ pub(crate) fn parse(mut data: &[u8]) -> Result<Records, Reason> {
 /// A record's key and value, and the bytes after it.
 type Record<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 
+/// Every record of a PAX extended header, in order, without interpretation.
+pub fn records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Reason> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let (key, value, rest) = parse_record(data)?;
+        out.push((key.to_vec(), value.to_vec()));
+        data = rest;
+    }
+    Ok(out)
+}
+
 fn parse_record(s: &[u8]) -> Result<Record<'_>, Reason> {
     const BAD: Reason = "malformed PAX record";
     let space = s.iter().position(|&b| b == b' ').ok_or(BAD)?;
@@ -127,7 +138,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records() {
+    fn binary_values_with_newlines() {
+        let r = records(b"21 SCHILY.xattr.a=\n\n\n").expect("valid");
+        assert_eq!(r, vec![(b"SCHILY.xattr.a".to_vec(), b"\n\n".to_vec())]);
+    }
+
+    #[test]
+    fn records_map() {
         let r = parse(b"16 path=foo/bar\n11 size=12\n").expect("valid");
         assert_eq!(r[&b"path"[..]], b"foo/bar");
         assert_eq!(r[&b"size"[..]], b"12");
