@@ -105,13 +105,11 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
         let taken = std::mem::take(&mut ext);
         let path = taken.path.unwrap_or_else(|| entry.path_bytes().into_owned());
         let link_name = taken.link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-        if let Some(size) = taken.size {
-            if size != entry.header().size().unwrap_or(0) {
-                return Err(Error::InvalidEntry {
-                    path: String::from_utf8_lossy(&path).into(),
-                    reason: "PAX size beyond the header's size field is not supported".into(),
-                });
-            }
+        if taken.size.is_some_and(|size| size != entry.header().size().unwrap_or(0)) {
+            return Err(Error::InvalidEntry {
+                path: String::from_utf8_lossy(&path).into(),
+                reason: "PAX size beyond the header's size field is not supported".into(),
+            });
         }
         let parts = components(&path)?;
         let (name, parents) = parts.split_last().expect("components are not empty");
@@ -285,10 +283,8 @@ impl Extensions {
                         b"linkpath" => self.link = Some(value),
                         b"size" => self.size = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()),
                         k => {
-                            if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                                if meta::exported_xattr(name) {
-                                    self.xattrs.push((String::from_utf8_lossy(name).into_owned(), value));
-                                }
+                            if let Some(name) = k.strip_prefix(b"SCHILY.xattr.").filter(|n| meta::exported_xattr(n)) {
+                                self.xattrs.push((String::from_utf8_lossy(name).into_owned(), value));
                             }
                         }
                     }

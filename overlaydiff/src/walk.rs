@@ -95,10 +95,11 @@ fn entry<S: ChangeSink + ?Sized>(
         let new_sub = meta::open_dir(new, name).map_err(err)?;
         return dir(old_sub.as_ref(), &new_sub, path, sink, links);
     }
-    if let (Some(b), Some(old)) = (&before, old) {
-        if same_entry(b, &after) && same_content(old, new, name, b, &after).map_err(err)? {
-            return Ok(());
-        }
+    if let (Some(b), Some(old)) = (&before, old)
+        && same_entry(b, &after)
+        && same_content(old, new, name, b, &after).map_err(err)?
+    {
+        return Ok(());
     }
     if after.nlink > 1 {
         let key = (after.dev, after.ino);

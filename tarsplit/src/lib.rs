@@ -25,7 +25,7 @@ pub use payload::Payload;
 
 /// The records of a PAX extended header (`"%d key=value\n"` …), in order.
 /// Values are raw bytes and may hold newlines (binary xattrs do).
-pub fn parse_pax_records(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, &'static str> {
+pub fn parse_pax_records(data: &[u8]) -> Result<Vec<tar::pax::PaxRecord>, &'static str> {
     tar::pax::records(data)
 }
 

@@ -53,8 +53,11 @@ pub(crate) fn parse(mut data: &[u8]) -> Result<Records, Reason> {
 /// A record's key and value, and the bytes after it.
 type Record<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 
+/// A PAX record's key and value.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// Every record of a PAX extended header, in order, without interpretation.
-pub fn records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Reason> {
+pub fn records(mut data: &[u8]) -> Result<Vec<PaxRecord>, Reason> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let (key, value, rest) = parse_record(data)?;
