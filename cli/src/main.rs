@@ -2,6 +2,7 @@
 
 mod demo;
 mod fsverity;
+mod overlay;
 mod output;
 mod tar_split;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Enable, measure and compute fs-verity digests.
     #[command(subcommand)]
     Fsverity(fsverity::Command),
+    /// Overlay upperdirs as OCI layers.
+    #[command(subcommand)]
+    Overlay(overlay::Command),
     /// Round-trip a tar through tar-split and check every byte comes back.
     Demo(demo::Args),
 }
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::TarSplit(cmd) => tar_split::run(cmd),
         Command::Fsverity(cmd) => fsverity::run(cmd),
+        Command::Overlay(cmd) => overlay::run(cmd),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -33,6 +33,8 @@ pub struct Meta {
     pub size: u64,
     pub mtime: i64,
     pub mtime_nsec: i64,
+    /// Status change time: moves on every write, and cannot be set.
+    pub ctime: (i64, i64),
     pub ino: u64,
     pub dev: u64,
     pub nlink: u64,
@@ -151,6 +153,7 @@ pub fn stat(dir: &Dir, name: &OsStr) -> io::Result<Option<Meta>> {
         size: st.st_size as u64,
         mtime: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec as i64,
+        ctime: (st.st_ctime, st.st_ctime_nsec as i64),
         ino: st.st_ino,
         dev: st.st_dev,
         nlink: st.st_nlink,

@@ -39,6 +39,48 @@ pub struct MountOptions {
     pub other: Vec<String>,
 }
 
+fn escape(path: &std::path::Path, out: &mut String, colon: bool) {
+    for c in path.to_string_lossy().chars() {
+        if c == ',' || c == '\\' || (colon && c == ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+impl std::fmt::Display for MountOptions {
+    /// The options in the form [`parse`] reads, with `,` `:` `\` escaped.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::from("lowerdir=");
+        for (i, lower) in self.lowers.iter().enumerate() {
+            if i > 0 {
+                s.push(':');
+            }
+            escape(lower, &mut s, true);
+        }
+        for (key, path) in [("upperdir", &self.upper), ("workdir", &self.work)] {
+            if let Some(p) = path {
+                s.push_str(&format!(",{key}="));
+                escape(p, &mut s, true);
+            }
+        }
+        if self.xattrs == XattrNamespace::User {
+            s.push_str(",userxattr");
+        }
+        if self.redirect_dir {
+            s.push_str(",redirect_dir=on");
+        }
+        if self.metacopy {
+            s.push_str(",metacopy=on");
+        }
+        for other in &self.other {
+            s.push(',');
+            s.push_str(other); // kept as given, escapes included
+        }
+        f.write_str(&s)
+    }
+}
+
 /// Why mount options were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
@@ -54,28 +96,41 @@ pub enum OptionsError {
     EmptyPath(String),
 }
 
-/// Splits on unescaped `sep`, undoing `\` escapes (the kernel lets `\,` and
-/// `\:` stand for literal commas and colons).
-fn split_escaped(s: &str, sep: char) -> Vec<String> {
+/// Splits on `sep` where it is not escaped by a backslash; escapes stay in
+/// the parts (the kernel splits options first, unescapes paths later).
+fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
+        let last = parts.last_mut().expect("never empty");
         match c {
             '\\' => {
+                last.push('\\');
                 if let Some(next) = chars.next() {
-                    if next != sep {
-                        parts.last_mut().expect("non-empty").push('\\');
-                    }
-                    parts.last_mut().expect("non-empty").push(next);
-                } else {
-                    parts.last_mut().expect("non-empty").push('\\');
+                    last.push(next);
                 }
             }
             c if c == sep => parts.push(String::new()),
-            c => parts.last_mut().expect("non-empty").push(c),
+            c => last.push(c),
         }
     }
     parts
+}
+
+/// `\X` → `X`, as overlayfs unescapes paths.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn on_off(option: &str, value: &str) -> Result<bool, OptionsError> {
@@ -94,7 +149,7 @@ pub fn parse(options: &str) -> Result<MountOptions, OptionsError> {
     let mut seen: Vec<String> = Vec::new();
     // Commas separate options unless escaped; colons inside lowerdir are
     // split afterwards, so their escapes must survive the first pass.
-    for raw in split_comma_keep_colon_escapes(options) {
+    for raw in split_unescaped(options, ',') {
         if raw.is_empty() {
             continue;
         }
@@ -107,16 +162,15 @@ pub fn parse(options: &str) -> Result<MountOptions, OptionsError> {
         }
         seen.push(key.clone());
         let path = |v: &Option<String>| -> Result<PathBuf, OptionsError> {
-            let v = v.as_deref().ok_or_else(|| OptionsError::BadValue(raw.clone()))?;
-            let parts = split_escaped(v, ':');
-            if parts.len() != 1 || parts[0].is_empty() {
+            let v = unescape(v.as_deref().ok_or_else(|| OptionsError::BadValue(raw.clone()))?);
+            if v.is_empty() {
                 return Err(OptionsError::EmptyPath(raw.clone()));
             }
-            Ok(PathBuf::from(&parts[0]))
+            Ok(PathBuf::from(v))
         };
         match (key.as_str(), &value) {
             ("lowerdir", Some(v)) => {
-                for part in split_escaped(v, ':') {
+                for part in split_unescaped(v, ':').iter().map(|p| unescape(p)) {
                     if part.is_empty() {
                         // `::` separates data-only lowers (metacopy); treat
                         // as unsupported rather than guess.
@@ -160,28 +214,6 @@ pub fn parse(options: &str) -> Result<MountOptions, OptionsError> {
     Ok(out)
 }
 
-/// Splits options on unescaped commas, keeping `\:` for the lowerdir split.
-fn split_comma_keep_colon_escapes(s: &str) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(',') => parts.last_mut().expect("non-empty").push(','),
-                Some(other) => {
-                    let last = parts.last_mut().expect("non-empty");
-                    last.push('\\');
-                    last.push(other);
-                }
-                None => parts.last_mut().expect("non-empty").push('\\'),
-            },
-            ',' => parts.push(String::new()),
-            c => parts.last_mut().expect("non-empty").push(c),
-        }
-    }
-    parts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +234,13 @@ mod tests {
         let o = parse(r"lowerdir=/a\:b:/c\,d,upperdir=/u\,v").expect("valid");
         assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), PathBuf::from("/c,d")]);
         assert_eq!(o.upper, Some(PathBuf::from("/u,v")));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let o = parse(r"lowerdir=/a\:b:/c\,d:/e\\f,upperdir=/u,workdir=/w,userxattr,index=off").expect("valid");
+        assert_eq!(o.lowers[2], PathBuf::from("/e\\f"));
+        assert_eq!(parse(&o.to_string()).expect("reparse"), o);
     }
 
     #[test]

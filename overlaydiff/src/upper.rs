@@ -44,6 +44,19 @@ impl<'a> UpperDiffer<'a> {
         self.dir(self.upper, &mut Vec::new(), false, &mut walk)
     }
 
+    /// Checks, without writing anything, whether [`UpperDiffer::diff`] would
+    /// refuse this upperdir ([`Error::NeedsWalk`]): a caller can then choose
+    /// the walking differ before any output exists.
+    pub fn check(&self) -> Result<()> {
+        struct Discard;
+        impl ChangeSink for Discard {
+            fn change(&mut self, _: Change<'_>) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        self.diff(&mut Discard)
+    }
+
     fn dir<S: ChangeSink + ?Sized>(
         &self,
         dir: &Dir,

@@ -374,8 +374,9 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    for (dir, targets) in [("tarsplit", ["tar_reader", "metadata"])] {
-        for target in targets {
+    let all: [(&str, &[&str]); 2] = [("tarsplit", &["tar_reader", "metadata"]), ("overlaydiff", &["mount_options"])];
+    for (dir, targets) in all {
+        for &target in targets {
             eprintln!("fuzzing {dir}/{target} for {seconds}s");
             let corpus = root.join(dir).join("fuzz/corpus").join(target);
             std::fs::create_dir_all(&corpus)?;
@@ -394,7 +395,9 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
 /// Starts each corpus from real inputs so the fuzzer begins past the
 /// header checksums.
 fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
-    if dir != "tarsplit" {
+    if dir == "overlaydiff" {
+        let seed = r"lowerdir=/l/a\:b:/l/c,upperdir=/u,workdir=/w,index=off,userxattr,redirect_dir=off,metacopy=off";
+        std::fs::write(corpus.join("sample"), seed)?;
         return Ok(());
     }
     let tar = strata_tarsplit::sample::every_entry_kind();
