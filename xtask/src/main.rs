@@ -4,6 +4,7 @@
 //! ```text
 //! cargo xtask bench tar-split [--runs N] [--tar FILE]
 //! cargo xtask bench fsverity [--runs N]
+//! cargo xtask bench overlay-diff [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! ```
 
@@ -67,7 +68,8 @@ fn bench(args: &[String]) -> Result<(), Error> {
     match args.first().map(String::as_str) {
         Some("tar-split") => bench_tar_split(&args[1..]),
         Some("fsverity") => bench_fsverity(&args[1..]),
-        other => Err(format!("unknown benchmark {other:?}; available: tar-split, fsverity").into()),
+        Some("overlay-diff") => bench_overlay_diff(&args[1..]),
+        other => Err(format!("unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff").into()),
     }
 }
 
@@ -336,6 +338,102 @@ fn bench_fsverity(args: &[String]) -> Result<(), Error> {
         100.0 * rate(us) / raw_mibs
     );
     Ok(())
+}
+
+/// The upperdir differ against the walking differ on a real root
+/// filesystem lower with a small change set, both on the same mount.
+fn bench_overlay_diff(args: &[String]) -> Result<(), Error> {
+    use cap_std::{ambient_authority, fs::Dir};
+    use strata_overlaydiff::{LowerView, TarSink, UpperDiffer, WalkDiffer, XattrNamespace};
+    let runs: usize = flag(args, "--runs").map_or(Ok(5), str::parse)?;
+    let work = workspace_root().join("target/bench/overlay-diff");
+    let lower = work.join("lower");
+    if !lower.exists() {
+        let partial = work.join("lower.partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        eprintln!("copying /usr/bin, /usr/share/doc and /usr/lib/python3.11 into {}", lower.display());
+        for src in ["usr/bin", "usr/share/doc", "usr/lib/python3.11"] {
+            run(Command::new("cp").arg("-a").arg("--parents").arg(src).arg(&partial).current_dir("/"))?;
+        }
+        std::fs::rename(&partial, &lower)?;
+    }
+    let (upper, workdir, merged) = (work.join("upper"), work.join("work"), work.join("merged"));
+    let _ = Command::new("umount").arg(&merged).stderr(Stdio::null()).status();
+    for d in [&upper, &workdir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    for d in [&upper, &workdir, &merged] {
+        std::fs::create_dir_all(d)?;
+    }
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), workdir.display());
+    run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged))?;
+    let result = (|| -> Result<(Duration, Duration, u64, usize), Error> {
+        // A small change set: edits, additions, deletions, a chmod, an rm -rf.
+        let doc = merged.join("usr/share/doc");
+        let mut names: Vec<_> = std::fs::read_dir(&doc)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for (i, dir) in names.iter().take(60).enumerate() {
+            let copyright = dir.join("copyright");
+            match i % 4 {
+                0 if copyright.is_file() => std::fs::write(&copyright, b"changed\n")?,
+                1 if copyright.is_file() => std::fs::remove_file(&copyright)?,
+                2 => std::fs::write(dir.join("added"), vec![7u8; 10_000])?,
+                _ => {}
+            }
+        }
+        std::fs::remove_dir_all(&names[61])?;
+        std::fs::create_dir(&names[61])?;
+        run(Command::new("chmod").arg("700").arg(merged.join("usr/bin")))?;
+
+        let files = Command::new("sh").arg("-c").arg(format!("find {} | wc -l", lower.display())).output()?;
+        let count: u64 = String::from_utf8_lossy(&files.stdout).trim().parse().unwrap_or(0);
+        let open = |p: &Path| Dir::open_ambient_dir(p, ambient_authority());
+        let (lower_dir, upper_dir, merged_dir) = (open(&lower)?, open(&upper)?, open(&merged)?);
+        let view = LowerView::new(vec![open(&lower)?], XattrNamespace::Trusted);
+        let mut entries = 0;
+        let mut time = |f: &mut dyn FnMut() -> Result<usize, Error>| -> Result<Duration, Error> {
+            let mut t = Vec::new();
+            for _ in 0..runs {
+                let start = Instant::now();
+                entries = f()?;
+                t.push(start.elapsed());
+            }
+            t.sort();
+            Ok(t[t.len() / 2])
+        };
+        let upper_time = time(&mut || {
+            let mut sink = TarSink::new(CountingSink::default());
+            UpperDiffer::new(&upper_dir, &view, XattrNamespace::Trusted).diff(&mut sink)?;
+            Ok(sink.finish()?.0)
+        })?;
+        let walk_time = time(&mut || {
+            let mut sink = TarSink::new(CountingSink::default());
+            WalkDiffer::new(&lower_dir, &merged_dir).diff(&mut sink)?;
+            Ok(sink.finish()?.0)
+        })?;
+        Ok((upper_time, walk_time, count, entries))
+    })();
+    let _ = Command::new("umount").arg(&merged).status();
+    let (upper_time, walk_time, count, bytes) = result?;
+    println!("overlay diff benchmark: lower {} ({count} entries), small change set, median of {runs} runs", lower.display());
+    println!("  walking differ   {:>10.3} ms", walk_time.as_secs_f64() * 1e3);
+    println!("  upperdir differ  {:>10.3} ms   ratio {:.0}x   (layer {bytes} bytes)", upper_time.as_secs_f64() * 1e3, walk_time.as_secs_f64() / upper_time.as_secs_f64());
+    Ok(())
+}
+
+/// Counts the bytes of tar written.
+#[derive(Default)]
+struct CountingSink(usize);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
