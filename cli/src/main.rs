@@ -2,8 +2,8 @@
 
 mod demo;
 mod fsverity;
-mod overlay;
 mod output;
+mod overlay;
 mod tar_split;
 
 use std::process::ExitCode;

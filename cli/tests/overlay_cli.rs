@@ -18,13 +18,28 @@ fn can_mount() -> bool {
 }
 
 fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    assert!(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(merged).status().expect("mount").success());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(merged)
+            .status()
+            .expect("mount")
+            .success()
+    );
 }
 
 fn names(tar: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(tar);
-    a.entries().expect("entries").map(|e| String::from_utf8_lossy(&e.expect("entry").path_bytes()).into_owned()).collect()
+    a.entries()
+        .expect("entries")
+        .map(|e| String::from_utf8_lossy(&e.expect("entry").path_bytes()).into_owned())
+        .collect()
 }
 
 #[test]
@@ -47,23 +62,66 @@ fn diff_from_dirs_and_from_mount_options() {
     fs::write(merged.join("new"), b"new").expect("write");
 
     // --walk mounts the two views itself, read-only, next to the live mount.
-    let walk = strata().args(["overlay", "diff", "--walk", "--lower"]).arg(&lower).arg("--upper").arg(&upper).output().expect("run");
-    assert!(walk.status.success(), "{}", String::from_utf8_lossy(&walk.stderr));
-    assert!(Command::new("umount").arg(&merged).status().expect("umount").success());
+    let walk = strata()
+        .args(["overlay", "diff", "--walk", "--lower"])
+        .arg(&lower)
+        .arg("--upper")
+        .arg(&upper)
+        .output()
+        .expect("run");
+    assert!(
+        walk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&walk.stderr)
+    );
+    assert!(
+        Command::new("umount")
+            .arg(&merged)
+            .status()
+            .expect("umount")
+            .success()
+    );
 
     let out = base.path().join("layer.tar");
-    let st = strata().args(["overlay", "diff", "--lower"]).arg(&lower).arg("--upper").arg(&upper).arg("-o").arg(&out).status().expect("run");
+    let st = strata()
+        .args(["overlay", "diff", "--lower"])
+        .arg(&lower)
+        .arg("--upper")
+        .arg(&upper)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("run");
     assert!(st.success());
     let upper_names = names(&fs::read(&out).expect("layer"));
     assert_eq!(upper_names, vec!["etc/.wh.gone", "etc/hosts", "new"]);
     assert_eq!(names(&walk.stdout), upper_names);
 
-    let opts = format!("lowerdir={},upperdir={},workdir={},index=off", lower.display(), upper.display(), work.display());
-    let via_opts = strata().args(["overlay", "diff", "--mount-options", &opts]).output().expect("run");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},index=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let via_opts = strata()
+        .args(["overlay", "diff", "--mount-options", &opts])
+        .output()
+        .expect("run");
     assert!(via_opts.status.success());
     assert_eq!(names(&via_opts.stdout), upper_names);
 
-    let bad = strata().args(["overlay", "diff", "--mount-options", "lowerdir=/x,upperdir=/y,frobnicate"]).output().expect("run");
+    let bad = strata()
+        .args([
+            "overlay",
+            "diff",
+            "--mount-options",
+            "lowerdir=/x,upperdir=/y,frobnicate",
+        ])
+        .output()
+        .expect("run");
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown overlay mount option \"frobnicate\""));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("unknown overlay mount option \"frobnicate\"")
+    );
 }

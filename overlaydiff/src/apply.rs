@@ -30,11 +30,17 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
 fn unsafe_path(path: &[u8], reason: &'static str) -> Error {
-    Error::UnsafePath { path: String::from_utf8_lossy(path).into_owned(), reason }
+    Error::UnsafePath {
+        path: String::from_utf8_lossy(path).into_owned(),
+        reason,
+    }
 }
 
 fn io_err(path: &[u8], source: io::Error) -> Error {
-    Error::Io { path: String::from_utf8_lossy(path).into_owned(), source }
+    Error::Io {
+        path: String::from_utf8_lossy(path).into_owned(),
+        source,
+    }
 }
 
 /// A tar path as components, refusing absolute paths and `..`.
@@ -65,12 +71,16 @@ fn open_parent(root: &Dir, parts: &[&[u8]], full: &[u8], create: bool) -> Result
         let name = OsStr::from_bytes(part);
         match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0 => {
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                    && st.st_rdev == 0 =>
+            {
                 return Ok(None); // below an overlay whiteout: nothing to do
             }
             Ok(_) => return Err(unsafe_path(full, "a parent is not a directory")),
             Err(rustix::io::Errno::NOENT) if create => {
-                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755)).map_err(|e| io_err(full, e.into()))?;
+                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755))
+                    .map_err(|e| io_err(full, e.into()))?;
             }
             Err(e) => return Err(io_err(full, e.into())),
         }
@@ -83,7 +93,9 @@ fn remove_all(dir: &Dir, name: &OsStr) -> io::Result<()> {
     match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
         Err(rustix::io::Errno::NOENT) => Ok(()),
         Err(e) => Err(e.into()),
-        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => dir.remove_dir_all(name),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            dir.remove_dir_all(name)
+        }
         Ok(_) => dir.remove_file(name),
     }
 }
@@ -97,15 +109,26 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
     // Raw entries: the tar crate's own PAX parsing cuts values at newlines,
     // which binary xattrs (security.capability) contain.
     let mut ext = Extensions::default();
-    for entry in archive.entries().map_err(|e| io_err(b"<layer>", e))?.raw(true) {
+    for entry in archive
+        .entries()
+        .map_err(|e| io_err(b"<layer>", e))?
+        .raw(true)
+    {
         let mut entry = entry.map_err(|e| io_err(b"<layer>", e))?;
         if ext.absorb(&mut entry)? {
             continue;
         }
         let taken = std::mem::take(&mut ext);
-        let path = taken.path.unwrap_or_else(|| entry.path_bytes().into_owned());
-        let link_name = taken.link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-        if taken.size.is_some_and(|size| size != entry.header().size().unwrap_or(0)) {
+        let path = taken
+            .path
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link_name = taken
+            .link
+            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+        if taken
+            .size
+            .is_some_and(|size| size != entry.header().size().unwrap_or(0))
+        {
             return Err(Error::InvalidEntry {
                 path: String::from_utf8_lossy(&path).into(),
                 reason: "PAX size beyond the header's size field is not supported".into(),
@@ -117,11 +140,15 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
         count += 1;
 
         if name.starts_with(WHITEOUT_PREFIX) {
-            let Some(parent) = open_parent(root, parents, &path, true)? else { continue };
+            let Some(parent) = open_parent(root, parents, &path, true)? else {
+                continue;
+            };
             if *name == OPAQUE_MARKER {
                 match whiteouts {
-                    Whiteouts::Overlay(ns) => meta::set_xattr(&parent, OsStr::from_bytes(b"."), &ns.name("opaque"), b"y")
-                        .map_err(|e| io_err(&path, e))?,
+                    Whiteouts::Overlay(ns) => {
+                        meta::set_xattr(&parent, OsStr::from_bytes(b"."), &ns.name("opaque"), b"y")
+                            .map_err(|e| io_err(&path, e))?
+                    }
                     Whiteouts::Remove => {
                         let dir_path = parents.join(&b'/');
                         for child in meta::sorted_names(&parent).map_err(|e| io_err(&path, e))? {
@@ -143,31 +170,49 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
             }
             let target = &name[WHITEOUT_PREFIX.len()..];
             if target.is_empty() {
-                return Err(Error::InvalidEntry { path: String::from_utf8_lossy(&path).into(), reason: "whiteout of no name".into() });
+                return Err(Error::InvalidEntry {
+                    path: String::from_utf8_lossy(&path).into(),
+                    reason: "whiteout of no name".into(),
+                });
             }
             let target = OsStr::from_bytes(target);
             remove_all(&parent, target).map_err(|e| io_err(&path, e))?;
             if let Whiteouts::Overlay(_) = whiteouts {
-                rustix::fs::mknodat(parent.as_fd(), target, FileType::CharacterDevice, Mode::empty(), 0)
-                    .map_err(|e| io_err(&path, e.into()))?;
+                rustix::fs::mknodat(
+                    parent.as_fd(),
+                    target,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(|e| io_err(&path, e.into()))?;
                 let header = entry.header();
-                let (uid, gid) = (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
+                let (uid, gid) = (
+                    header.uid().unwrap_or(0) as u32,
+                    header.gid().unwrap_or(0) as u32,
+                );
                 chown(&parent, target, uid, gid).map_err(|e| io_err(&path, e))?;
             }
             continue;
         }
 
-        let parent = open_parent(root, parents, &path, true)?.ok_or_else(|| unsafe_path(&path, "below a whiteout"))?;
+        let parent = open_parent(root, parents, &path, true)?
+            .ok_or_else(|| unsafe_path(&path, "below a whiteout"))?;
         let name = OsStr::from_bytes(name);
         let header = entry.header().clone();
         let kind = header.entry_type();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let (uid, gid) = (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
+        let (uid, gid) = (
+            header.uid().unwrap_or(0) as u32,
+            header.gid().unwrap_or(0) as u32,
+        );
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = taken.xattrs;
 
         let existing = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let existing_dir = existing.as_ref().is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+        let existing_dir = existing
+            .as_ref()
+            .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
         if existing.is_some() && !(existing_dir && kind.is_dir()) {
             remove_all(&parent, name).map_err(|e| io_err(&path, e))?;
         }
@@ -175,7 +220,8 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
         match kind {
             tar::EntryType::Directory => {
                 if !existing_dir {
-                    rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                    rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700))
+                        .map_err(fail)?;
                 }
                 dir_times.push((clean.clone(), mtime));
             }
@@ -183,7 +229,11 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
                 let fd = rustix::fs::openat(
                     parent.as_fd(),
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(fail)?;
@@ -191,17 +241,28 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
                 io::copy(&mut entry, &mut file).map_err(|e| io_err(&path, e))?;
             }
             tar::EntryType::Symlink => {
-                let target = link_name.clone().ok_or_else(|| unsafe_path(&path, "symlink without target"))?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name).map_err(fail)?;
+                let target = link_name
+                    .clone()
+                    .ok_or_else(|| unsafe_path(&path, "symlink without target"))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name)
+                    .map_err(fail)?;
             }
             tar::EntryType::Link => {
-                let target = link_name.clone().ok_or_else(|| unsafe_path(&path, "hard link without target"))?;
+                let target = link_name
+                    .clone()
+                    .ok_or_else(|| unsafe_path(&path, "hard link without target"))?;
                 let target_parts = components(&target)?;
                 let (target_name, target_parents) = target_parts.split_last().expect("not empty");
                 let target_dir = open_parent(root, target_parents, &target, false)?
                     .ok_or_else(|| unsafe_path(&path, "hard link target below a whiteout"))?;
-                rustix::fs::linkat(target_dir.as_fd(), OsStr::from_bytes(target_name), parent.as_fd(), name, AtFlags::empty())
-                    .map_err(fail)?;
+                rustix::fs::linkat(
+                    target_dir.as_fd(),
+                    OsStr::from_bytes(target_name),
+                    parent.as_fd(),
+                    name,
+                    AtFlags::empty(),
+                )
+                .map_err(fail)?;
                 created.insert(clean);
                 continue; // a link shares its target's metadata
             }
@@ -215,7 +276,14 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
                     header.device_major().ok().flatten().unwrap_or(0),
                     header.device_minor().ok().flatten().unwrap_or(0),
                 );
-                rustix::fs::mknodat(parent.as_fd(), name, file_type, Mode::from_raw_mode(0o600), dev).map_err(fail)?;
+                rustix::fs::mknodat(
+                    parent.as_fd(),
+                    name,
+                    file_type,
+                    Mode::from_raw_mode(0o600),
+                    dev,
+                )
+                .map_err(fail)?;
             }
             other => {
                 return Err(Error::InvalidEntry {
@@ -229,7 +297,13 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
             meta::set_xattr(&parent, name, attr, value).map_err(|e| io_err(&path, e))?;
         }
         if kind != tar::EntryType::Symlink {
-            rustix::fs::chmodat(parent.as_fd(), name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(fail)?;
+            rustix::fs::chmodat(
+                parent.as_fd(),
+                name,
+                Mode::from_raw_mode(mode),
+                AtFlags::empty(),
+            )
+            .map_err(fail)?;
         }
         if kind != tar::EntryType::Directory {
             set_mtime(&parent, name, mtime).map_err(|e| io_err(&path, e))?;
@@ -262,29 +336,45 @@ impl Extensions {
         let kind = entry.header().entry_type();
         if !matches!(
             kind,
-            tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink
+            tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
         ) {
             return Ok(false);
         }
         let mut data = Vec::new();
-        entry.take(1 << 20).read_to_end(&mut data).map_err(|e| io_err(b"<extension header>", e))?;
+        entry
+            .take(1 << 20)
+            .read_to_end(&mut data)
+            .map_err(|e| io_err(b"<extension header>", e))?;
         let c_string = |d: &[u8]| d.split(|&b| b == 0).next().unwrap_or_default().to_vec();
         match kind {
             tar::EntryType::GNULongName => self.path = Some(c_string(&data)),
             tar::EntryType::GNULongLink => self.link = Some(c_string(&data)),
             tar::EntryType::XHeader => {
-                let records = strata_tarsplit::parse_pax_records(&data).map_err(|reason| Error::InvalidEntry {
-                    path: "<PAX header>".into(),
-                    reason: reason.into(),
+                let records = strata_tarsplit::parse_pax_records(&data).map_err(|reason| {
+                    Error::InvalidEntry {
+                        path: "<PAX header>".into(),
+                        reason: reason.into(),
+                    }
                 })?;
                 for (key, value) in records {
                     match key.as_slice() {
                         b"path" => self.path = Some(value),
                         b"linkpath" => self.link = Some(value),
-                        b"size" => self.size = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()),
+                        b"size" => {
+                            self.size = std::str::from_utf8(&value)
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                        }
                         k => {
-                            if let Some(name) = k.strip_prefix(b"SCHILY.xattr.").filter(|n| meta::exported_xattr(n)) {
-                                self.xattrs.push((String::from_utf8_lossy(name).into_owned(), value));
+                            if let Some(name) = k
+                                .strip_prefix(b"SCHILY.xattr.")
+                                .filter(|n| meta::exported_xattr(n))
+                            {
+                                self.xattrs
+                                    .push((String::from_utf8_lossy(name).into_owned(), value));
                             }
                         }
                     }
@@ -297,13 +387,33 @@ impl Extensions {
 }
 
 fn chown(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-    let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
-    rustix::fs::chownat(dir.as_fd(), name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(uid),
+        rustix::fs::Gid::from_raw(gid),
+    );
+    rustix::fs::chownat(
+        dir.as_fd(),
+        name,
+        Some(uid),
+        Some(gid),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }
 
 fn set_mtime(dir: &Dir, name: &OsStr, mtime: i64) -> io::Result<()> {
-    let t = rustix::fs::Timespec { tv_sec: mtime, tv_nsec: 0 };
-    rustix::fs::utimensat(dir.as_fd(), name, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)?;
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    rustix::fs::utimensat(
+        dir.as_fd(),
+        name,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }

@@ -10,11 +10,22 @@ use crate::meta::{Kind, Meta};
 /// `./`, no trailing `/`).
 pub enum Change<'a> {
     /// Add or replace an entry. Regular files come with their content.
-    Entry { path: &'a [u8], meta: &'a Meta, content: Option<&'a mut dyn Read> },
+    Entry {
+        path: &'a [u8],
+        meta: &'a Meta,
+        content: Option<&'a mut dyn Read>,
+    },
     /// A second name of a file already emitted at `target`.
-    HardLink { path: &'a [u8], target: &'a [u8], meta: &'a Meta },
+    HardLink {
+        path: &'a [u8],
+        target: &'a [u8],
+        meta: &'a Meta,
+    },
     /// The name was deleted.
-    Whiteout { path: &'a [u8], meta: Option<&'a Meta> },
+    Whiteout {
+        path: &'a [u8],
+        meta: Option<&'a Meta>,
+    },
     /// Everything the lower layers had under this directory is hidden.
     Opaque { dir: &'a [u8], meta: &'a Meta },
 }
@@ -24,7 +35,9 @@ impl std::fmt::Debug for Change<'_> {
         let text = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
         match self {
             Change::Entry { path, meta, .. } => write!(f, "Entry({}, {:?})", text(path), meta.kind),
-            Change::HardLink { path, target, .. } => write!(f, "HardLink({} -> {})", text(path), text(target)),
+            Change::HardLink { path, target, .. } => {
+                write!(f, "HardLink({} -> {})", text(path), text(target))
+            }
             Change::Whiteout { path, .. } => write!(f, "Whiteout({})", text(path)),
             Change::Opaque { dir, .. } => write!(f, "Opaque({})", text(dir)),
         }
@@ -92,10 +105,16 @@ impl<W: Write> TarSink<W> {
     fn xattrs(&mut self, meta: &Meta) -> io::Result<()> {
         let records: Vec<(String, &[u8])> = meta
             .exported_xattrs()
-            .map(|(n, v)| (format!("SCHILY.xattr.{}", String::from_utf8_lossy(n.as_bytes())), v.as_slice()))
+            .map(|(n, v)| {
+                (
+                    format!("SCHILY.xattr.{}", String::from_utf8_lossy(n.as_bytes())),
+                    v.as_slice(),
+                )
+            })
             .collect();
         if !records.is_empty() {
-            self.builder.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
+            self.builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
         }
         Ok(())
     }
@@ -104,7 +123,11 @@ impl<W: Write> TarSink<W> {
 impl<W: Write> ChangeSink for TarSink<W> {
     fn change(&mut self, change: Change<'_>) -> io::Result<()> {
         match change {
-            Change::Entry { path, meta, content } => {
+            Change::Entry {
+                path,
+                meta,
+                content,
+            } => {
                 let mut h = header_for(meta);
                 let path = OsStr::from_bytes(path);
                 self.xattrs(meta)?;
@@ -112,11 +135,15 @@ impl<W: Write> ChangeSink for TarSink<W> {
                     Kind::File => {
                         h.set_entry_type(tar::EntryType::Regular);
                         h.set_size(meta.size);
-                        let content = content.ok_or_else(|| io::Error::other("regular file without content"))?;
+                        let content = content
+                            .ok_or_else(|| io::Error::other("regular file without content"))?;
                         // The header promised `size` bytes: give exactly that
                         // many, or fail if the file shrank meanwhile.
                         let mut limited = content.take(meta.size);
-                        let mut counted = CountingReader { inner: &mut limited, count: 0 };
+                        let mut counted = CountingReader {
+                            inner: &mut limited,
+                            count: 0,
+                        };
                         self.builder.append_data(&mut h, path, &mut counted)?;
                         if counted.count != meta.size {
                             return Err(io::Error::other("file changed size while being read"));
@@ -150,7 +177,11 @@ impl<W: Write> ChangeSink for TarSink<W> {
             Change::HardLink { path, target, meta } => {
                 let mut h = header_for(meta);
                 h.set_entry_type(tar::EntryType::Link);
-                self.builder.append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(target))?;
+                self.builder.append_link(
+                    &mut h,
+                    OsStr::from_bytes(path),
+                    OsStr::from_bytes(target),
+                )?;
             }
             Change::Whiteout { path, meta } => {
                 let mut h = tar::Header::new_gnu();
@@ -162,7 +193,11 @@ impl<W: Write> ChangeSink for TarSink<W> {
                     h.set_gid(u64::from(m.gid));
                     h.set_mtime(m.mtime.max(0) as u64);
                 }
-                self.builder.append_data(&mut h, OsStr::from_bytes(&whiteout_name(path)), io::empty())?;
+                self.builder.append_data(
+                    &mut h,
+                    OsStr::from_bytes(&whiteout_name(path)),
+                    io::empty(),
+                )?;
             }
             Change::Opaque { dir, meta } => {
                 let mut h = tar::Header::new_gnu();
@@ -172,7 +207,11 @@ impl<W: Write> ChangeSink for TarSink<W> {
                 h.set_gid(u64::from(meta.gid));
                 h.set_mtime(0);
                 h.set_size(0);
-                self.builder.append_data(&mut h, OsStr::from_bytes(&join(dir, b".wh..wh..opq")), io::empty())?;
+                self.builder.append_data(
+                    &mut h,
+                    OsStr::from_bytes(&join(dir, b".wh..wh..opq")),
+                    io::empty(),
+                )?;
             }
         }
         Ok(())

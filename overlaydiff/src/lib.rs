@@ -25,7 +25,10 @@ pub use walk::WalkDiffer;
 #[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The upperdir uses `redirect_dir` or `metacopy`: its contents are not
     /// the whole change. Use the walking differ instead.
     #[error("{path} has {xattr}: this upperdir needs the walking differ")]
@@ -41,7 +44,10 @@ pub enum Error {
 impl Error {
     pub(crate) fn io_at(path: &[OsString], source: std::io::Error) -> Self {
         let path = upper::display(path);
-        Error::Io { path: if path.is_empty() { ".".into() } else { path }, source }
+        Error::Io {
+            path: if path.is_empty() { ".".into() } else { path },
+            source,
+        }
     }
 }
 

@@ -44,7 +44,10 @@ pub struct Meta {
 
 impl Meta {
     pub fn xattr(&self, name: &str) -> Option<&[u8]> {
-        self.xattrs.iter().find(|(n, _)| n.as_bytes() == name.as_bytes()).map(|(_, v)| v.as_slice())
+        self.xattrs
+            .iter()
+            .find(|(n, _)| n.as_bytes() == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
     }
 
     /// A character device 0:0: how overlayfs records a deleted name.
@@ -59,7 +62,9 @@ impl Meta {
     /// The xattrs a layer carries: `security.capability`, `security.ima` and
     /// `user.*` except overlayfs's own `user.overlay.*`.
     pub fn exported_xattrs(&self) -> impl Iterator<Item = &(OsString, Vec<u8>)> {
-        self.xattrs.iter().filter(|(n, _)| exported_xattr(n.as_bytes()))
+        self.xattrs
+            .iter()
+            .filter(|(n, _)| exported_xattr(n.as_bytes()))
     }
 }
 
@@ -73,9 +78,9 @@ fn kind_of(dir: &Dir, name: &OsStr, st: &Stat) -> io::Result<Kind> {
     Ok(match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
-        FileType::Symlink => {
-            Kind::Symlink(OsString::from_vec(rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())?.into_bytes()))
-        }
+        FileType::Symlink => Kind::Symlink(OsString::from_vec(
+            rustix::fs::readlinkat(dir.as_fd(), name, Vec::new())?.into_bytes(),
+        )),
         FileType::CharacterDevice => Kind::Char(st.st_rdev),
         FileType::BlockDevice => Kind::Block(st.st_rdev),
         FileType::Fifo => Kind::Fifo,
@@ -89,7 +94,10 @@ fn kind_of(dir: &Dir, name: &OsStr, st: &Stat) -> io::Result<Kind> {
 /// descriptor, and the single-component name cannot climb out of it.
 fn proc_path(dir: &Dir, name: &OsStr) -> io::Result<CString> {
     if name.as_bytes().contains(&b'/') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "name with a slash"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "name with a slash",
+        ));
     }
     let mut path = format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()).into_bytes();
     path.extend_from_slice(name.as_bytes());
@@ -163,13 +171,21 @@ pub fn stat(dir: &Dir, name: &OsStr) -> io::Result<Option<Meta>> {
 
 /// Opens a regular file in `dir` for reading, refusing a symlink.
 pub fn open_file(dir: &Dir, name: &OsStr) -> io::Result<File> {
-    let fd = rustix::fs::openat(dir.as_fd(), name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rustix::fs::openat(
+        dir.as_fd(),
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     Ok(File::from(fd))
 }
 
 /// The names in a directory, sorted by their bytes.
 pub fn sorted_names(dir: &Dir) -> io::Result<Vec<OsString>> {
-    let mut names: Vec<OsString> = dir.entries()?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    let mut names: Vec<OsString> = dir
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(names)
 }

@@ -19,15 +19,35 @@ pub struct ReadOnlyOverlay {
 impl ReadOnlyOverlay {
     pub fn mount(layers: &[PathBuf]) -> io::Result<Self> {
         match layers {
-            [] => Err(io::Error::new(io::ErrorKind::InvalidInput, "no layers to view")),
-            [only] => Ok(ReadOnlyOverlay { path: only.clone(), mountpoint: None }),
+            [] => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no layers to view",
+            )),
+            [only] => Ok(ReadOnlyOverlay {
+                path: only.clone(),
+                mountpoint: None,
+            }),
             _ => {
                 let dir = tempfile::Builder::new().prefix("strata-view-").tempdir()?;
-                let options = MountOptions { lowers: layers.to_vec(), ..MountOptions::default() }.to_string();
-                let data = std::ffi::CString::new(options)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a layer path"))?;
-                rustix::mount::mount("overlay", dir.path(), "overlay", MountFlags::RDONLY, Some(data.as_c_str()))?;
-                Ok(ReadOnlyOverlay { path: dir.path().to_path_buf(), mountpoint: Some(dir) })
+                let options = MountOptions {
+                    lowers: layers.to_vec(),
+                    ..MountOptions::default()
+                }
+                .to_string();
+                let data = std::ffi::CString::new(options).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "NUL in a layer path")
+                })?;
+                rustix::mount::mount(
+                    "overlay",
+                    dir.path(),
+                    "overlay",
+                    MountFlags::RDONLY,
+                    Some(data.as_c_str()),
+                )?;
+                Ok(ReadOnlyOverlay {
+                    path: dir.path().to_path_buf(),
+                    mountpoint: Some(dir),
+                })
             }
         }
     }

@@ -162,7 +162,10 @@ pub fn parse(options: &str) -> Result<MountOptions, OptionsError> {
         }
         seen.push(key.clone());
         let path = |v: &Option<String>| -> Result<PathBuf, OptionsError> {
-            let v = unescape(v.as_deref().ok_or_else(|| OptionsError::BadValue(raw.clone()))?);
+            let v = unescape(
+                v.as_deref()
+                    .ok_or_else(|| OptionsError::BadValue(raw.clone()))?,
+            );
             if v.is_empty() {
                 return Err(OptionsError::EmptyPath(raw.clone()));
             }
@@ -195,16 +198,31 @@ pub fn parse(options: &str) -> Result<MountOptions, OptionsError> {
                 on_off(&raw, v)?;
                 out.other.push(raw.clone());
             }
-            ("xino", Some(v)) if matches!(v.as_str(), "on" | "off" | "auto") => out.other.push(raw.clone()),
-            ("uuid", Some(v)) if matches!(v.as_str(), "on" | "off" | "null" | "auto") => out.other.push(raw.clone()),
-            ("verity", Some(v)) if matches!(v.as_str(), "on" | "off" | "require") => out.other.push(raw.clone()),
-            ("datadir+", Some(_)) => return Err(OptionsError::Unknown(format!("{raw} (data-only lowers need metacopy)"))),
+            ("xino", Some(v)) if matches!(v.as_str(), "on" | "off" | "auto") => {
+                out.other.push(raw.clone())
+            }
+            ("uuid", Some(v)) if matches!(v.as_str(), "on" | "off" | "null" | "auto") => {
+                out.other.push(raw.clone())
+            }
+            ("verity", Some(v)) if matches!(v.as_str(), "on" | "off" | "require") => {
+                out.other.push(raw.clone())
+            }
+            ("datadir+", Some(_)) => {
+                return Err(OptionsError::Unknown(format!(
+                    "{raw} (data-only lowers need metacopy)"
+                )));
+            }
             ("volatile" | "default_permissions", None) => out.other.push(raw.clone()),
             // Generic mount flags and SELinux labels.
-            ("ro" | "rw" | "nodev" | "dev" | "nosuid" | "suid" | "noexec" | "exec" | "noatime" | "atime"
-            | "relatime" | "norelatime" | "strictatime" | "nodiratime" | "diratime" | "sync" | "async"
-            | "lazytime" | "nolazytime" | "silent" | "loud", None) => out.other.push(raw.clone()),
-            ("context" | "fscontext" | "defcontext" | "rootcontext", Some(_)) => out.other.push(raw.clone()),
+            (
+                "ro" | "rw" | "nodev" | "dev" | "nosuid" | "suid" | "noexec" | "exec" | "noatime"
+                | "atime" | "relatime" | "norelatime" | "strictatime" | "nodiratime" | "diratime"
+                | "sync" | "async" | "lazytime" | "nolazytime" | "silent" | "loud",
+                None,
+            ) => out.other.push(raw.clone()),
+            ("context" | "fscontext" | "defcontext" | "rootcontext", Some(_)) => {
+                out.other.push(raw.clone())
+            }
             _ => return Err(OptionsError::Unknown(raw.clone())),
         }
     }
@@ -238,19 +256,36 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let o = parse(r"lowerdir=/a\:b:/c\,d:/e\\f,upperdir=/u,workdir=/w,userxattr,index=off").expect("valid");
+        let o = parse(r"lowerdir=/a\:b:/c\,d:/e\\f,upperdir=/u,workdir=/w,userxattr,index=off")
+            .expect("valid");
         assert_eq!(o.lowers[2], PathBuf::from("/e\\f"));
         assert_eq!(parse(&o.to_string()).expect("reparse"), o);
     }
 
     #[test]
     fn refuses_what_it_does_not_know() {
-        assert!(matches!(parse("lowerdir=/a,frobnicate"), Err(OptionsError::Unknown(_))));
-        assert!(matches!(parse("lowerdir=/a,index=maybe"), Err(OptionsError::BadValue(_))));
+        assert!(matches!(
+            parse("lowerdir=/a,frobnicate"),
+            Err(OptionsError::Unknown(_))
+        ));
+        assert!(matches!(
+            parse("lowerdir=/a,index=maybe"),
+            Err(OptionsError::BadValue(_))
+        ));
         assert!(matches!(parse("upperdir=/u"), Err(OptionsError::NoLower)));
-        assert!(matches!(parse("lowerdir=/a,lowerdir=/b"), Err(OptionsError::Repeated(_))));
-        assert!(matches!(parse("lowerdir=/a::/b"), Err(OptionsError::EmptyPath(_))));
-        assert!(parse("lowerdir=/a,redirect_dir=on").expect("known").redirect_dir);
+        assert!(matches!(
+            parse("lowerdir=/a,lowerdir=/b"),
+            Err(OptionsError::Repeated(_))
+        ));
+        assert!(matches!(
+            parse("lowerdir=/a::/b"),
+            Err(OptionsError::EmptyPath(_))
+        ));
+        assert!(
+            parse("lowerdir=/a,redirect_dir=on")
+                .expect("known")
+                .redirect_dir
+        );
         assert!(parse("lowerdir=/a,metacopy=on").expect("known").metacopy);
     }
 }

@@ -30,7 +30,11 @@ struct Walk<'s, S: ChangeSink + ?Sized> {
 
 impl<'a> UpperDiffer<'a> {
     pub fn new(upper: &'a Dir, lower: &'a LowerView, xattrs: XattrNamespace) -> Self {
-        UpperDiffer { upper, lower, xattrs }
+        UpperDiffer {
+            upper,
+            lower,
+            xattrs,
+        }
     }
 
     /// Emits the layer's changes into `sink`, parents before children, names
@@ -40,7 +44,10 @@ impl<'a> UpperDiffer<'a> {
     /// ([`Error::NeedsWalk`]): their contents are not the whole change, and
     /// the caller must fall back to the walking differ.
     pub fn diff<S: ChangeSink + ?Sized>(&self, sink: &mut S) -> Result<()> {
-        let mut walk = Walk { sink, links: HashMap::new() };
+        let mut walk = Walk {
+            sink,
+            links: HashMap::new(),
+        };
         self.dir(self.upper, &mut Vec::new(), false, &mut walk)
     }
 
@@ -94,7 +101,10 @@ impl<'a> UpperDiffer<'a> {
         };
         for attr in ["redirect", "metacopy"] {
             if meta.xattr(&self.xattrs.name(attr)).is_some() {
-                return Err(Error::NeedsWalk { path: display(path), xattr: self.xattrs.name(attr) });
+                return Err(Error::NeedsWalk {
+                    path: display(path),
+                    xattr: self.xattrs.name(attr),
+                });
             }
         }
         let rel = rel_path(path);
@@ -103,7 +113,12 @@ impl<'a> UpperDiffer<'a> {
             // Only a name the lower layers have needs deleting.
             if let Some(lower) = self.lower_meta(path, below_opaque)? {
                 let _ = lower;
-                walk.sink.change(Change::Whiteout { path: &rel, meta: Some(&meta) }).map_err(sink_err)?;
+                walk.sink
+                    .change(Change::Whiteout {
+                        path: &rel,
+                        meta: Some(&meta),
+                    })
+                    .map_err(sink_err)?;
             }
             return Ok(());
         }
@@ -117,29 +132,63 @@ impl<'a> UpperDiffer<'a> {
                 // changed, with nothing of its own changed, is left out.
                 let same_as_lower = lower_dir.is_some_and(|l| same_dir_metadata(l, &meta));
                 if opaque || !same_as_lower {
-                    walk.sink.change(Change::Entry { path: &rel, meta: &meta, content: None }).map_err(sink_err)?;
+                    walk.sink
+                        .change(Change::Entry {
+                            path: &rel,
+                            meta: &meta,
+                            content: None,
+                        })
+                        .map_err(sink_err)?;
                 }
                 if opaque && lower_dir.is_some() {
-                    walk.sink.change(Change::Opaque { dir: &rel, meta: &meta }).map_err(sink_err)?;
+                    walk.sink
+                        .change(Change::Opaque {
+                            dir: &rel,
+                            meta: &meta,
+                        })
+                        .map_err(sink_err)?;
                 }
                 let sub = meta::open_dir(dir, name).map_err(sink_err)?;
-                self.dir(&sub, path, below_opaque || opaque || lower_dir.is_none(), walk)
+                self.dir(
+                    &sub,
+                    path,
+                    below_opaque || opaque || lower_dir.is_none(),
+                    walk,
+                )
             }
             _ => {
                 if meta.nlink > 1 && !meta.is_dir() {
                     let key = (meta.dev, meta.ino);
                     if let Some(target) = walk.links.get(&key) {
                         let target = target.clone();
-                        walk.sink.change(Change::HardLink { path: &rel, target: &target, meta: &meta }).map_err(sink_err)?;
+                        walk.sink
+                            .change(Change::HardLink {
+                                path: &rel,
+                                target: &target,
+                                meta: &meta,
+                            })
+                            .map_err(sink_err)?;
                         return Ok(());
                     }
                     walk.links.insert(key, rel.clone());
                 }
                 if meta.kind == meta::Kind::File {
                     let mut file = meta::open_file(dir, name).map_err(sink_err)?;
-                    walk.sink.change(Change::Entry { path: &rel, meta: &meta, content: Some(&mut file) }).map_err(sink_err)
+                    walk.sink
+                        .change(Change::Entry {
+                            path: &rel,
+                            meta: &meta,
+                            content: Some(&mut file),
+                        })
+                        .map_err(sink_err)
                 } else {
-                    walk.sink.change(Change::Entry { path: &rel, meta: &meta, content: None }).map_err(sink_err)
+                    walk.sink
+                        .change(Change::Entry {
+                            path: &rel,
+                            meta: &meta,
+                            content: None,
+                        })
+                        .map_err(sink_err)
                 }
             }
         }

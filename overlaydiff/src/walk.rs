@@ -77,7 +77,14 @@ fn entry<S: ChangeSink + ?Sized>(
     let rel = rel_path(path);
     let (before, after) = match (before, after) {
         (None, None) => return Ok(()),
-        (Some(_), None) => return sink.change(Change::Whiteout { path: &rel, meta: None }).map_err(err),
+        (Some(_), None) => {
+            return sink
+                .change(Change::Whiteout {
+                    path: &rel,
+                    meta: None,
+                })
+                .map_err(err);
+        }
         (b, Some(a)) => (b, a),
     };
     if after.kind == Kind::Socket {
@@ -86,7 +93,12 @@ fn entry<S: ChangeSink + ?Sized>(
     if after.is_dir() {
         let old_dir = before.as_ref().filter(|b| b.is_dir());
         if !old_dir.is_some_and(|b| same_dir_metadata(b, &after)) {
-            sink.change(Change::Entry { path: &rel, meta: &after, content: None }).map_err(err)?;
+            sink.change(Change::Entry {
+                path: &rel,
+                meta: &after,
+                content: None,
+            })
+            .map_err(err)?;
         }
         let old_sub = match (old, old_dir) {
             (Some(d), Some(_)) => Some(meta::open_dir(d, name).map_err(err)?),
@@ -105,15 +117,31 @@ fn entry<S: ChangeSink + ?Sized>(
         let key = (after.dev, after.ino);
         if let Some(target) = links.get(&key) {
             let target = target.clone();
-            return sink.change(Change::HardLink { path: &rel, target: &target, meta: &after }).map_err(err);
+            return sink
+                .change(Change::HardLink {
+                    path: &rel,
+                    target: &target,
+                    meta: &after,
+                })
+                .map_err(err);
         }
         links.insert(key, rel.clone());
     }
     if after.kind == Kind::File {
         let mut file = meta::open_file(new, name).map_err(err)?;
-        sink.change(Change::Entry { path: &rel, meta: &after, content: Some(&mut file) }).map_err(err)
+        sink.change(Change::Entry {
+            path: &rel,
+            meta: &after,
+            content: Some(&mut file),
+        })
+        .map_err(err)
     } else {
-        sink.change(Change::Entry { path: &rel, meta: &after, content: None }).map_err(err)
+        sink.change(Change::Entry {
+            path: &rel,
+            meta: &after,
+            content: None,
+        })
+        .map_err(err)
     }
 }
 

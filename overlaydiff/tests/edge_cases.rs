@@ -7,16 +7,31 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::{Overlay, applied, can_mount_overlay, is_root, layer_names, open, snapshot, upper_layer, walk_layer};
+use common::{
+    Overlay, applied, can_mount_overlay, is_root, layer_names, open, snapshot, upper_layer,
+    walk_layer,
+};
 use strata_overlaydiff::{Error, LowerView, TarSink, UpperDiffer, XattrNamespace};
 
 fn whiteout(path: &Path) {
-    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
-        .expect("mknod 0:0");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .expect("mknod 0:0");
 }
 
 fn opaque(path: &Path) {
-    rustix::fs::setxattr(path, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).expect("opaque xattr");
+    rustix::fs::setxattr(
+        path,
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("opaque xattr");
 }
 
 fn dirs(base: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -71,13 +86,22 @@ fn parent_only_dirs_are_left_out() {
     ov.mount();
     fs::write(ov.merged.join("a/b/c/file"), b"new content").expect("write");
     ov.unmount();
-    assert!(ov.upper.join("a/b/c").is_dir(), "overlay copied the parents up");
-    assert_eq!(layer_names(&upper_layer(&ov.lower, &ov.upper)), vec!["a/b/c/file"]);
+    assert!(
+        ov.upper.join("a/b/c").is_dir(),
+        "overlay copied the parents up"
+    );
+    assert_eq!(
+        layer_names(&upper_layer(&ov.lower, &ov.upper)),
+        vec!["a/b/c/file"]
+    );
     // A parent whose own metadata changed is emitted.
     ov.mount();
     std::os::unix::fs::lchown(ov.merged.join("a/b"), Some(42), Some(42)).expect("chown");
     ov.unmount();
-    assert_eq!(layer_names(&upper_layer(&ov.lower, &ov.upper)), vec!["a/b", "a/b/c/file"]);
+    assert_eq!(
+        layer_names(&upper_layer(&ov.lower, &ov.upper)),
+        vec!["a/b", "a/b/c/file"]
+    );
 }
 
 /// Mounts, runs `change` on the merged view, and checks that both differs'
@@ -92,8 +116,16 @@ fn check_both_differs(setup: impl Fn(&Path), change: impl Fn(&Path)) -> Vec<Stri
     let walk = walk_layer(&ov.lower, &ov.merged);
     ov.unmount();
     let upper = upper_layer(&ov.lower, &ov.upper);
-    assert_eq!(snapshot(&applied(base.path(), "u", &ov.lower, &upper)), merged, "upperdir differ");
-    assert_eq!(snapshot(&applied(base.path(), "w", &ov.lower, &walk)), merged, "walking differ");
+    assert_eq!(
+        snapshot(&applied(base.path(), "u", &ov.lower, &upper)),
+        merged,
+        "upperdir differ"
+    );
+    assert_eq!(
+        snapshot(&applied(base.path(), "w", &ov.lower, &walk)),
+        merged,
+        "walking differ"
+    );
     layer_names(&upper)
 }
 
@@ -182,7 +214,10 @@ fn names_with_newlines_and_invalid_utf8() {
             fs::write(merged.join("dir\nwith newline").join(odd), b"new").expect("write");
         },
     );
-    assert!(names.contains(&".wh.line\nbreak \u{fffd}\u{fffd}".to_string()), "{names:?}");
+    assert!(
+        names.contains(&".wh.line\nbreak \u{fffd}\u{fffd}".to_string()),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -194,13 +229,23 @@ fn redirect_and_metacopy_upperdirs_are_refused() {
     let base = tempfile::tempdir().expect("tempdir");
     let (lower, upper) = dirs(base.path());
     fs::create_dir(upper.join("moved")).expect("mkdir");
-    rustix::fs::setxattr(&upper.join("moved"), "trusted.overlay.redirect", b"/orig", rustix::fs::XattrFlags::empty())
-        .expect("xattr");
+    rustix::fs::setxattr(
+        &upper.join("moved"),
+        "trusted.overlay.redirect",
+        b"/orig",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("xattr");
     let view = LowerView::new(vec![open(&lower)], XattrNamespace::Trusted);
     let mut sink = TarSink::new(Vec::new());
-    let err = UpperDiffer::new(&open(&upper), &view, XattrNamespace::Trusted).diff(&mut sink).expect_err("refused");
+    let err = UpperDiffer::new(&open(&upper), &view, XattrNamespace::Trusted)
+        .diff(&mut sink)
+        .expect_err("refused");
     assert!(matches!(err, Error::NeedsWalk { .. }), "{err}");
-    assert!(err.to_string().contains("trusted.overlay.redirect"), "{err}");
+    assert!(
+        err.to_string().contains("trusted.overlay.redirect"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -219,9 +264,16 @@ fn apply_refuses_escaping_names() {
         h.set_cksum();
         b.append(&h, &b"x"[..]).expect("append");
         let tar = b.into_inner().expect("tar");
-        let err = strata_overlaydiff::apply_layer(&tar[..], &open(&root), strata_overlaydiff::Whiteouts::Remove)
-            .expect_err("refused");
+        let err = strata_overlaydiff::apply_layer(
+            &tar[..],
+            &open(&root),
+            strata_overlaydiff::Whiteouts::Remove,
+        )
+        .expect_err("refused");
         assert!(matches!(err, Error::UnsafePath { .. }), "{name}: {err}");
-        assert!(!base.path().join("escaped").exists(), "{name}: wrote outside the root");
+        assert!(
+            !base.path().join("escaped").exists(),
+            "{name}: wrote outside the root"
+        );
     }
 }

@@ -69,7 +69,10 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("tar-split") => bench_tar_split(&args[1..]),
         Some("fsverity") => bench_fsverity(&args[1..]),
         Some("overlay-diff") => bench_overlay_diff(&args[1..]),
-        other => Err(format!("unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff").into()),
+        other => Err(format!(
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff"
+        )
+        .into()),
     }
 }
 
@@ -352,26 +355,46 @@ fn bench_overlay_diff(args: &[String]) -> Result<(), Error> {
         let partial = work.join("lower.partial");
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
-        eprintln!("copying /usr/bin, /usr/share/doc and /usr/lib/python3.11 into {}", lower.display());
+        eprintln!(
+            "copying /usr/bin, /usr/share/doc and /usr/lib/python3.11 into {}",
+            lower.display()
+        );
         for src in ["usr/bin", "usr/share/doc", "usr/lib/python3.11"] {
-            run(Command::new("cp").arg("-a").arg("--parents").arg(src).arg(&partial).current_dir("/"))?;
+            run(Command::new("cp")
+                .arg("-a")
+                .arg("--parents")
+                .arg(src)
+                .arg(&partial)
+                .current_dir("/"))?;
         }
         std::fs::rename(&partial, &lower)?;
     }
     let (upper, workdir, merged) = (work.join("upper"), work.join("work"), work.join("merged"));
-    let _ = Command::new("umount").arg(&merged).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg(&merged)
+        .stderr(Stdio::null())
+        .status();
     for d in [&upper, &workdir] {
         let _ = std::fs::remove_dir_all(d);
     }
     for d in [&upper, &workdir, &merged] {
         std::fs::create_dir_all(d)?;
     }
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), workdir.display());
-    run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        workdir.display()
+    );
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged))?;
     let result = (|| -> Result<(Duration, Duration, u64, usize), Error> {
         // A small change set: edits, additions, deletions, a chmod, an rm -rf.
         let doc = merged.join("usr/share/doc");
-        let mut names: Vec<_> = std::fs::read_dir(&doc)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut names: Vec<_> = std::fs::read_dir(&doc)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         names.sort();
         for (i, dir) in names.iter().take(60).enumerate() {
             let copyright = dir.join("copyright");
@@ -386,8 +409,14 @@ fn bench_overlay_diff(args: &[String]) -> Result<(), Error> {
         std::fs::create_dir(&names[61])?;
         run(Command::new("chmod").arg("700").arg(merged.join("usr/bin")))?;
 
-        let files = Command::new("sh").arg("-c").arg(format!("find {} | wc -l", lower.display())).output()?;
-        let count: u64 = String::from_utf8_lossy(&files.stdout).trim().parse().unwrap_or(0);
+        let files = Command::new("sh")
+            .arg("-c")
+            .arg(format!("find {} | wc -l", lower.display()))
+            .output()?;
+        let count: u64 = String::from_utf8_lossy(&files.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let open = |p: &Path| Dir::open_ambient_dir(p, ambient_authority());
         let (lower_dir, upper_dir, merged_dir) = (open(&lower)?, open(&upper)?, open(&merged)?);
         let view = LowerView::new(vec![open(&lower)?], XattrNamespace::Trusted);
@@ -416,9 +445,19 @@ fn bench_overlay_diff(args: &[String]) -> Result<(), Error> {
     })();
     let _ = Command::new("umount").arg(&merged).status();
     let (upper_time, walk_time, count, bytes) = result?;
-    println!("overlay diff benchmark: lower {} ({count} entries), small change set, median of {runs} runs", lower.display());
-    println!("  walking differ   {:>10.3} ms", walk_time.as_secs_f64() * 1e3);
-    println!("  upperdir differ  {:>10.3} ms   ratio {:.0}x   (layer {bytes} bytes)", upper_time.as_secs_f64() * 1e3, walk_time.as_secs_f64() / upper_time.as_secs_f64());
+    println!(
+        "overlay diff benchmark: lower {} ({count} entries), small change set, median of {runs} runs",
+        lower.display()
+    );
+    println!(
+        "  walking differ   {:>10.3} ms",
+        walk_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "  upperdir differ  {:>10.3} ms   ratio {:.0}x   (layer {bytes} bytes)",
+        upper_time.as_secs_f64() * 1e3,
+        walk_time.as_secs_f64() / upper_time.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -472,7 +511,10 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    let all: [(&str, &[&str]); 2] = [("tarsplit", &["tar_reader", "metadata"]), ("overlaydiff", &["mount_options"])];
+    let all: [(&str, &[&str]); 2] = [
+        ("tarsplit", &["tar_reader", "metadata"]),
+        ("overlaydiff", &["mount_options"]),
+    ];
     for (dir, targets) in all {
         for &target in targets {
             eprintln!("fuzzing {dir}/{target} for {seconds}s");

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use strata_overlaydiff::{LowerView, TarSink, UpperDiffer, WalkDiffer, Whiteouts, XattrNamespace, apply_layer};
+use strata_overlaydiff::{
+    LowerView, TarSink, UpperDiffer, WalkDiffer, Whiteouts, XattrNamespace, apply_layer,
+};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -22,7 +24,8 @@ pub fn can_mount_overlay() -> bool {
         eprintln!("SKIPPED: mounting overlayfs needs root");
         return false;
     }
-    let ok = fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
+    let ok = fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
     if !ok {
         eprintln!("SKIPPED: this kernel has no overlayfs");
     }
@@ -64,14 +67,21 @@ impl Overlay {
             self.upper.display(),
             self.work.display()
         );
-        let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&self.merged).status().expect("mount");
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&self.merged)
+            .status()
+            .expect("mount");
         assert!(st.success(), "mount overlay");
         self.mounted = true;
     }
 
     pub fn unmount(&mut self) {
         if self.mounted {
-            let st = Command::new("umount").arg(&self.merged).status().expect("umount");
+            let st = Command::new("umount")
+                .arg(&self.merged)
+                .status()
+                .expect("umount");
             assert!(st.success(), "umount");
             self.mounted = false;
         }
@@ -104,13 +114,22 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
-    let mut entries: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     entries.sort();
     for path in entries {
         let m = fs::symlink_metadata(&path).expect("lstat");
         let ft = m.file_type();
         let (kind, content) = if ft.is_symlink() {
-            ("symlink".to_string(), fs::read_link(&path).expect("readlink").into_os_string().into_vec())
+            (
+                "symlink".to_string(),
+                fs::read_link(&path)
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_vec(),
+            )
         } else if ft.is_dir() {
             ("dir".to_string(), Vec::new())
         } else if ft.is_file() {
@@ -125,9 +144,28 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
             ("other".to_string(), Vec::new())
         };
         let xattrs = user_xattrs(&path);
-        let rel = path.strip_prefix(root).expect("under root").as_os_str().as_bytes().to_vec();
-        let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
-        out.insert(rel, Node { kind, mode, uid: m.uid(), gid: m.gid(), content, xattrs });
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            m.mode() & 0o7777
+        };
+        out.insert(
+            rel,
+            Node {
+                kind,
+                mode,
+                uid: m.uid(),
+                gid: m.gid(),
+                content,
+                xattrs,
+            },
+        );
         if ft.is_dir() {
             walk(root, &path, out);
         }
@@ -136,9 +174,14 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, Node>) {
 
 fn user_xattrs(path: &Path) -> Vec<(OsString, Vec<u8>)> {
     let mut names = vec![0u8; 4096];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else { return Vec::new() };
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|n| n.starts_with(b"user.") && !n.starts_with(b"user.overlay.")) {
+    for name in names[..n]
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(b"user.") && !n.starts_with(b"user.overlay."))
+    {
         let mut value = vec![0u8; 4096];
         if let Ok(len) = rustix::fs::lgetxattr(path, name, &mut value) {
             out.push((OsString::from_vec(name.to_vec()), value[..len].to_vec()));
@@ -152,14 +195,18 @@ pub fn upper_layer(lower: &Path, upper: &Path) -> Vec<u8> {
     let (lower, upper) = (open(lower), open(upper));
     let view = LowerView::new(vec![lower], XattrNamespace::Trusted);
     let mut sink = TarSink::new(Vec::new());
-    UpperDiffer::new(&upper, &view, XattrNamespace::Trusted).diff(&mut sink).expect("upper diff");
+    UpperDiffer::new(&upper, &view, XattrNamespace::Trusted)
+        .diff(&mut sink)
+        .expect("upper diff");
     sink.finish().expect("tar")
 }
 
 pub fn walk_layer(old: &Path, new: &Path) -> Vec<u8> {
     let (old, new) = (open(old), open(new));
     let mut sink = TarSink::new(Vec::new());
-    WalkDiffer::new(&old, &new).diff(&mut sink).expect("walk diff");
+    WalkDiffer::new(&old, &new)
+        .diff(&mut sink)
+        .expect("walk diff");
     sink.finish().expect("tar")
 }
 
@@ -167,7 +214,12 @@ pub fn walk_layer(old: &Path, new: &Path) -> Vec<u8> {
 pub fn applied(base: &Path, name: &str, lower: &Path, layer: &[u8]) -> PathBuf {
     let dest = base.join(name);
     fs::create_dir_all(&dest).expect("mkdir");
-    let st = Command::new("cp").arg("-a").arg(format!("{}/.", lower.display())).arg(&dest).status().expect("cp");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", lower.display()))
+        .arg(&dest)
+        .status()
+        .expect("cp");
     assert!(st.success(), "cp -a");
     apply_layer(layer, &open(&dest), Whiteouts::Remove).expect("apply layer");
     dest
