@@ -230,7 +230,7 @@ fn redirect_and_metacopy_upperdirs_are_refused() {
     let (lower, upper) = dirs(base.path());
     fs::create_dir(upper.join("moved")).expect("mkdir");
     rustix::fs::setxattr(
-        &upper.join("moved"),
+        upper.join("moved"),
         "trusted.overlay.redirect",
         b"/orig",
         rustix::fs::XattrFlags::empty(),
