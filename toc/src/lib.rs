@@ -1,0 +1,3 @@
+//! zstd:chunked tables of contents.
+
+pub mod chunker;
