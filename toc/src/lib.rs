@@ -1,3 +1,14 @@
-//! zstd:chunked tables of contents.
+#![doc = include_str!("../README.md")]
 
+pub mod annotations;
 pub mod chunker;
+mod error;
+pub mod footer;
+mod read_at;
+mod toc;
+mod zstd_chunked;
+
+pub use error::{Error, Result};
+pub use read_at::ReadAt;
+pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc};
+pub use zstd_chunked::{ChunkedToc, MAX_TAR_SPLIT, MAX_TOC, read_zstd_chunked};

@@ -535,6 +535,11 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
 /// Starts each corpus from real inputs so the fuzzer begins past the
 /// header checksums.
 fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
+    if dir == "toc" {
+        let seed = br#"{"version":1,"entries":[{"type":"reg","name":"f","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","offset":10,"endOffset":20}]}"#;
+        std::fs::write(corpus.join("toc.json"), seed)?;
+        return Ok(());
+    }
     if dir == "overlaydiff" {
         let seed = r"lowerdir=/l/a\:b:/l/c,upperdir=/u,workdir=/w,index=off,userxattr,redirect_dir=off,metacopy=off";
         std::fs::write(corpus.join("sample"), seed)?;
