@@ -4,6 +4,7 @@ mod demo;
 mod fsverity;
 mod output;
 mod overlay;
+mod toc;
 mod tar_split;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     /// Enable, measure and compute fs-verity digests.
     #[command(subcommand)]
     Fsverity(fsverity::Command),
+    /// Tables of contents of zstd:chunked layers.
+    #[command(subcommand)]
+    Toc(toc::Command),
     /// Overlay upperdirs as OCI layers.
     #[command(subcommand)]
     Overlay(overlay::Command),
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::TarSplit(cmd) => tar_split::run(cmd),
         Command::Fsverity(cmd) => fsverity::run(cmd),
         Command::Overlay(cmd) => overlay::run(cmd),
+        Command::Toc(cmd) => toc::run(cmd),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -1,0 +1,46 @@
+//! `strata toc inspect`: a zstd:chunked blob's TOC as JSON.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use strata_toc::read_zstd_chunked;
+
+use crate::output::BoxError;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the TOC of a zstd:chunked blob as JSON, after checking it.
+    Inspect {
+        blob: PathBuf,
+        /// The layer descriptor's annotations (a JSON object, or a
+        /// descriptor with an `annotations` field): the TOC is then located
+        /// by them and its digest checked. Without, the footer locates it.
+        #[arg(long)]
+        annotations: Option<String>,
+    },
+}
+
+fn parse_annotations(text: &str) -> Result<BTreeMap<String, String>, BoxError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("--annotations is not JSON: {e}"))?;
+    let object = value.get("annotations").unwrap_or(&value);
+    Ok(serde_json::from_value(object.clone()).map_err(|e| format!("--annotations is not a string map: {e}"))?)
+}
+
+pub fn run(cmd: Command) -> Result<(), BoxError> {
+    let Command::Inspect { blob, annotations } = cmd;
+    let file = std::fs::File::open(&blob).map_err(|e| format!("cannot open {}: {e}", blob.display()))?;
+    let annotations = annotations.as_deref().map(parse_annotations).transpose()?;
+    let read = read_zstd_chunked(&file, annotations.as_ref()).map_err(|e| format!("{}: {e}", blob.display()))?;
+    let report = serde_json::json!({
+        "tocDigest": read.toc_digest,
+        "verified": read.verified,
+        "tarSplitBytes": read.tar_split.as_ref().map(Vec::len),
+        "toc": read.toc,
+    });
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &report)?;
+    writeln!(out)?;
+    Ok(())
+}
