@@ -4,8 +4,8 @@ mod demo;
 mod fsverity;
 mod output;
 mod overlay;
-mod toc;
 mod tar_split;
+mod toc;
 
 use std::process::ExitCode;
 
@@ -51,6 +51,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`strata … | head`) is not an error worth a message.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("strata: error: {}", output::error_chain(e.as_ref()));
             ExitCode::FAILURE

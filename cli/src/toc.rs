@@ -23,22 +23,34 @@ pub enum Command {
 }
 
 fn parse_annotations(text: &str) -> Result<BTreeMap<String, String>, BoxError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("--annotations is not JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("--annotations is not JSON: {e}"))?;
     let object = value.get("annotations").unwrap_or(&value);
-    Ok(serde_json::from_value(object.clone()).map_err(|e| format!("--annotations is not a string map: {e}"))?)
+    Ok(serde_json::from_value(object.clone())
+        .map_err(|e| format!("--annotations is not a string map: {e}"))?)
 }
 
 pub fn run(cmd: Command) -> Result<(), BoxError> {
     let Command::Inspect { blob, annotations } = cmd;
-    let file = std::fs::File::open(&blob).map_err(|e| format!("cannot open {}: {e}", blob.display()))?;
+    let file =
+        std::fs::File::open(&blob).map_err(|e| format!("cannot open {}: {e}", blob.display()))?;
     let annotations = annotations.as_deref().map(parse_annotations).transpose()?;
-    let read = read_zstd_chunked(&file, annotations.as_ref()).map_err(|e| format!("{}: {e}", blob.display()))?;
-    let report = serde_json::json!({
-        "tocDigest": read.toc_digest,
-        "verified": read.verified,
-        "tarSplitBytes": read.tar_split.as_ref().map(Vec::len),
-        "toc": read.toc,
-    });
+    let read = read_zstd_chunked(&file, annotations.as_ref())
+        .map_err(|e| format!("{}: {e}", blob.display()))?;
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Report<'a> {
+        toc_digest: &'a str,
+        verified: bool,
+        tar_split_bytes: Option<usize>,
+        toc: &'a strata_toc::Toc,
+    }
+    let report = Report {
+        toc_digest: &read.toc_digest,
+        verified: read.verified,
+        tar_split_bytes: read.tar_split.as_ref().map(Vec::len),
+        toc: &read.toc,
+    };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;

@@ -30,7 +30,10 @@ impl Rollsum {
     fn roll(&mut self, byte: u8) {
         let drop = u32::from(self.window[self.at]);
         self.s1 = self.s1.wrapping_add(u32::from(byte)).wrapping_sub(drop);
-        self.s2 = self.s2.wrapping_add(self.s1).wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET));
+        self.s2 = self
+            .s2
+            .wrapping_add(self.s1)
+            .wrapping_sub((WINDOW as u32).wrapping_mul(drop + CHAR_OFFSET));
         self.window[self.at] = byte;
         self.at = (self.at + 1) & (WINDOW - 1);
     }
@@ -71,7 +74,12 @@ pub struct Chunker {
 
 impl Default for Chunker {
     fn default() -> Self {
-        Chunker { sum: Rollsum::new(), pos: 0, start: 0, zeros: 0 }
+        Chunker {
+            sum: Rollsum::new(),
+            pos: 0,
+            start: 0,
+            zeros: 0,
+        }
     }
 }
 
@@ -92,7 +100,11 @@ impl Chunker {
             self.sum.roll(b);
             self.pos += 1;
             if self.sum.on_split() {
-                emit(Chunk { offset: self.start, len: self.pos - self.start, kind: ChunkKind::Data });
+                emit(Chunk {
+                    offset: self.start,
+                    len: self.pos - self.start,
+                    kind: ChunkKind::Data,
+                });
                 self.start = self.pos;
             }
         }
@@ -108,7 +120,11 @@ impl Chunker {
         let run_start = self.pos - self.zeros;
         if self.zeros >= HOLE_THRESHOLD as u64 {
             if run_start > self.start {
-                emit(Chunk { offset: self.start, len: run_start - self.start, kind: ChunkKind::Data });
+                emit(Chunk {
+                    offset: self.start,
+                    len: run_start - self.start,
+                    kind: ChunkKind::Data,
+                });
             }
             for _ in 0..self.zeros.min(WINDOW as u64 * 2) {
                 // Rolling zeros past one window repeats the same state
@@ -119,14 +135,22 @@ impl Chunker {
             if self.zeros > WINDOW as u64 * 2 {
                 self.roll_zeros_rest(self.zeros - WINDOW as u64 * 2);
             }
-            emit(Chunk { offset: run_start, len: self.zeros, kind: ChunkKind::Zeros });
+            emit(Chunk {
+                offset: run_start,
+                len: self.zeros,
+                kind: ChunkKind::Zeros,
+            });
             self.start = self.pos;
         } else {
             for i in 0..self.zeros {
                 self.sum.roll(0);
                 if self.sum.on_split() {
                     let end = run_start + i + 1;
-                    emit(Chunk { offset: self.start, len: end - self.start, kind: ChunkKind::Data });
+                    emit(Chunk {
+                        offset: self.start,
+                        len: end - self.start,
+                        kind: ChunkKind::Data,
+                    });
                     self.start = end;
                 }
             }
@@ -146,7 +170,11 @@ impl Chunker {
     pub fn finish(mut self, mut emit: impl FnMut(Chunk)) {
         self.end_zero_run(&mut emit);
         if self.pos > self.start {
-            emit(Chunk { offset: self.start, len: self.pos - self.start, kind: ChunkKind::Data });
+            emit(Chunk {
+                offset: self.start,
+                len: self.pos - self.start,
+                kind: ChunkKind::Data,
+            });
         }
     }
 }
@@ -187,18 +215,71 @@ mod tests {
         data.extend(lcg(&mut s, 100_000));
         data.extend(std::iter::repeat_n(0, 500));
         data.extend(lcg(&mut s, 50_000));
-        assert_eq!(hex(&Sha256::digest(&data)), "210e6ea75da4c272e7b859b5571563c01f821c57a45ee26e5b7fce218f5e91cd");
+        assert_eq!(
+            hex(&Sha256::digest(&data)),
+            "210e6ea75da4c272e7b859b5571563c01f821c57a45ee26e5b7fce218f5e91cd"
+        );
         let want = [
-            (0, 49253, ChunkKind::Data, "f587f476846be1f1e1e2d71afe5a5d4be745860f5c623a15944c3d8489c2bb59"),
-            (49253, 65256, ChunkKind::Data, "db7d98cd2527cbd63bcf2cd1da57053f08038496924120989a02b20e01c37e9a"),
-            (114509, 41131, ChunkKind::Data, "361f918fee21a0ac8dcb62a1e889901df4ff1e920777df4b48be4cec6305bdd9"),
-            (155640, 11963, ChunkKind::Data, "1ad558a7ffd8afff24f7e49843a9700a1b143f05945f5653066431aa87b5435f"),
-            (167603, 32397, ChunkKind::Data, "22075e5b2f2693c911cf7ea01030d8e81cb2c843673ae1337eb8c6988641c87f"),
-            (200000, 5000, ChunkKind::Zeros, "7ca5bd879f393d9dd05b14f38add9c0fc6b67928f7f2d261b2e47a32ee8219e3"),
-            (205000, 45388, ChunkKind::Data, "5c0b7085e95b110651412eacf48f0cd63665068ef95c75afb799663858b1c5dd"),
-            (250388, 18138, ChunkKind::Data, "a63067769393c5fafeffbbb5fa2ff5e153c1a3dc54707e86550b200dc9dfc417"),
-            (268526, 75674, ChunkKind::Data, "c6b057abecb921028938b06e43482cef6e6f12196fb6b748a44dff5fd6960a45"),
-            (344200, 11300, ChunkKind::Data, "c983390a9318b44e3099ab6217220aa2c85e4cc1f8f984fe3b307b7fdf499c19"),
+            (
+                0,
+                49253,
+                ChunkKind::Data,
+                "f587f476846be1f1e1e2d71afe5a5d4be745860f5c623a15944c3d8489c2bb59",
+            ),
+            (
+                49253,
+                65256,
+                ChunkKind::Data,
+                "db7d98cd2527cbd63bcf2cd1da57053f08038496924120989a02b20e01c37e9a",
+            ),
+            (
+                114509,
+                41131,
+                ChunkKind::Data,
+                "361f918fee21a0ac8dcb62a1e889901df4ff1e920777df4b48be4cec6305bdd9",
+            ),
+            (
+                155640,
+                11963,
+                ChunkKind::Data,
+                "1ad558a7ffd8afff24f7e49843a9700a1b143f05945f5653066431aa87b5435f",
+            ),
+            (
+                167603,
+                32397,
+                ChunkKind::Data,
+                "22075e5b2f2693c911cf7ea01030d8e81cb2c843673ae1337eb8c6988641c87f",
+            ),
+            (
+                200000,
+                5000,
+                ChunkKind::Zeros,
+                "7ca5bd879f393d9dd05b14f38add9c0fc6b67928f7f2d261b2e47a32ee8219e3",
+            ),
+            (
+                205000,
+                45388,
+                ChunkKind::Data,
+                "5c0b7085e95b110651412eacf48f0cd63665068ef95c75afb799663858b1c5dd",
+            ),
+            (
+                250388,
+                18138,
+                ChunkKind::Data,
+                "a63067769393c5fafeffbbb5fa2ff5e153c1a3dc54707e86550b200dc9dfc417",
+            ),
+            (
+                268526,
+                75674,
+                ChunkKind::Data,
+                "c6b057abecb921028938b06e43482cef6e6f12196fb6b748a44dff5fd6960a45",
+            ),
+            (
+                344200,
+                11300,
+                ChunkKind::Data,
+                "c983390a9318b44e3099ab6217220aa2c85e4cc1f8f984fe3b307b7fdf499c19",
+            ),
         ];
         let got = chunks(&data);
         assert_eq!(got.len(), want.len(), "{got:?}");
@@ -211,8 +292,22 @@ mod tests {
 
     #[test]
     fn zero_run_edges() {
-        assert_eq!(chunks(&[0; 1024]), vec![Chunk { offset: 0, len: 1024, kind: ChunkKind::Zeros }]);
-        assert_eq!(chunks(&[0; 1023]), vec![Chunk { offset: 0, len: 1023, kind: ChunkKind::Data }]);
+        assert_eq!(
+            chunks(&[0; 1024]),
+            vec![Chunk {
+                offset: 0,
+                len: 1024,
+                kind: ChunkKind::Zeros
+            }]
+        );
+        assert_eq!(
+            chunks(&[0; 1023]),
+            vec![Chunk {
+                offset: 0,
+                len: 1023,
+                kind: ChunkKind::Data
+            }]
+        );
         assert!(chunks(&[]).is_empty());
     }
 }

@@ -43,23 +43,36 @@ pub fn parse(tail: &[u8]) -> Result<Footer> {
     let frame = |payload_len: usize| -> Option<&[u8]> {
         let start = tail.len().checked_sub(8 + payload_len)?;
         let header = &tail[start..start + 8];
-        (header[..4] == SKIPPABLE_MAGIC && u64::from(u32::from_le_bytes([header[4], header[5], header[6], header[7]])) == payload_len as u64)
+        (header[..4] == SKIPPABLE_MAGIC
+            && u64::from(u32::from_le_bytes([
+                header[4], header[5], header[6], header[7],
+            ])) == payload_len as u64)
             .then(|| &tail[start + 8..])
     };
     let (dialect, payload) = if let Some(p) = frame(64).filter(|p| &p[56..64] == MAGIC_CURRENT) {
         (Dialect::Current, p)
-    } else if let Some(p) = frame(56).filter(|p| &p[32..40] == MAGIC_LEGACY && p[40..56].iter().all(|&b| b == 0)) {
+    } else if let Some(p) =
+        frame(56).filter(|p| &p[32..40] == MAGIC_LEGACY && p[40..56].iter().all(|&b| b == 0))
+    {
         (Dialect::Buggy56, p)
     } else if let Some(p) = frame(40).filter(|p| &p[32..40] == MAGIC_LEGACY) {
         (Dialect::Legacy40, p)
     } else {
-        return Err(Error::BadFooter("no zstd:chunked footer (magic GNUlInUx or GnUlInUx) at the end of the blob"));
+        return Err(Error::BadFooter(
+            "no zstd:chunked footer (magic GNUlInUx or GnUlInUx) at the end of the blob",
+        ));
     };
     if u64_at(payload, 24) != 1 {
         return Err(Error::BadFooter("footer manifest type is not 1"));
     }
     let tar_split = (dialect == Dialect::Current)
-        .then(|| (u64_at(payload, 32), u64_at(payload, 40), u64_at(payload, 48)))
+        .then(|| {
+            (
+                u64_at(payload, 32),
+                u64_at(payload, 40),
+                u64_at(payload, 48),
+            )
+        })
         .filter(|&(offset, len, _)| offset != 0 || len != 0);
     Ok(Footer {
         dialect,
@@ -76,7 +89,18 @@ pub fn encode(f: &Footer) -> [u8; FOOTER_READ] {
     out[..4].copy_from_slice(&SKIPPABLE_MAGIC);
     out[4..8].copy_from_slice(&64u32.to_le_bytes());
     let (ts_offset, ts_len, ts_ulen) = f.tar_split.unwrap_or((0, 0, 0));
-    for (i, v) in [f.toc_offset, f.toc_compressed_len, f.toc_len, 1, ts_offset, ts_len, ts_ulen].into_iter().enumerate() {
+    for (i, v) in [
+        f.toc_offset,
+        f.toc_compressed_len,
+        f.toc_len,
+        1,
+        ts_offset,
+        ts_len,
+        ts_ulen,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         out[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
     }
     out[64..72].copy_from_slice(MAGIC_CURRENT);
@@ -89,7 +113,13 @@ mod tests {
 
     #[test]
     fn current_round_trips() {
-        let f = Footer { dialect: Dialect::Current, toc_offset: 100, toc_compressed_len: 20, toc_len: 80, tar_split: Some((128, 10, 300)) };
+        let f = Footer {
+            dialect: Dialect::Current,
+            toc_offset: 100,
+            toc_compressed_len: 20,
+            toc_len: 80,
+            tar_split: Some((128, 10, 300)),
+        };
         let bytes = encode(&f);
         assert_eq!(parse(&bytes).expect("parse"), f);
         let mut longer = vec![0xaa; 1000];
@@ -107,7 +137,16 @@ mod tests {
         }
         legacy.extend_from_slice(MAGIC_LEGACY);
         let f = parse(&legacy).expect("40-byte footer");
-        assert_eq!((f.dialect, f.toc_offset, f.toc_compressed_len, f.toc_len, f.tar_split), (Dialect::Legacy40, 7, 8, 9, None));
+        assert_eq!(
+            (
+                f.dialect,
+                f.toc_offset,
+                f.toc_compressed_len,
+                f.toc_len,
+                f.tar_split
+            ),
+            (Dialect::Legacy40, 7, 8, 9, None)
+        );
 
         let mut buggy = Vec::new();
         buggy.extend_from_slice(&SKIPPABLE_MAGIC);
@@ -117,12 +156,21 @@ mod tests {
         }
         buggy.extend_from_slice(MAGIC_LEGACY);
         buggy.extend_from_slice(&[0; 16]);
-        assert_eq!(parse(&buggy).expect("56-byte footer").dialect, Dialect::Buggy56);
+        assert_eq!(
+            parse(&buggy).expect("56-byte footer").dialect,
+            Dialect::Buggy56
+        );
     }
 
     #[test]
     fn wrong_magic_is_refused() {
-        let f = Footer { dialect: Dialect::Current, toc_offset: 1, toc_compressed_len: 1, toc_len: 1, tar_split: None };
+        let f = Footer {
+            dialect: Dialect::Current,
+            toc_offset: 1,
+            toc_compressed_len: 1,
+            toc_len: 1,
+            tar_split: None,
+        };
         let mut bytes = encode(&f);
         bytes[71] ^= 1;
         assert!(matches!(parse(&bytes), Err(Error::BadFooter(_))));

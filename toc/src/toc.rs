@@ -71,9 +71,12 @@ pub struct Entry {
 }
 
 /// The digest of empty content, which an empty `reg` entry may omit.
-pub const EMPTY_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+pub const EMPTY_DIGEST: &str =
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-const KINDS: [&str; 8] = ["reg", "dir", "symlink", "hardlink", "char", "block", "fifo", "chunk"];
+const KINDS: [&str; 8] = [
+    "reg", "dir", "symlink", "hardlink", "char", "block", "fifo", "chunk",
+];
 
 /// A file's payload as pieces of the blob: one per chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,15 +102,25 @@ impl Toc {
     /// to its size, payload offsets ordered and inside `[0, data_end)`.
     pub fn validate(&self, data_end: u64) -> Result<()> {
         if self.version != 1 {
-            return Err(Error::InvalidToc(format!("version {}, expected 1", self.version)));
+            return Err(Error::InvalidToc(format!(
+                "version {}, expected 1",
+                self.version
+            )));
         }
         if !self.tar_split_digest.is_empty() && !valid_digest(&self.tar_split_digest) {
-            return Err(Error::InvalidToc(format!("tarSplitDigest {:?} is not a sha256 digest", self.tar_split_digest)));
+            return Err(Error::InvalidToc(format!(
+                "tarSplitDigest {:?} is not a sha256 digest",
+                self.tar_split_digest
+            )));
         }
         let mut i = 0;
         while i < self.entries.len() {
             let e = &self.entries[i];
-            let bad = |reason: String| Error::InvalidEntry { index: i, name: e.name.clone(), reason };
+            let bad = |reason: String| Error::InvalidEntry {
+                index: i,
+                name: e.name.clone(),
+                reason,
+            };
             if !KINDS.contains(&e.kind.as_str()) {
                 return Err(bad(format!("unknown type {:?}", e.kind)));
             }
@@ -117,7 +130,13 @@ impl Toc {
             if e.name.is_empty() {
                 return Err(bad("empty name".into()));
             }
-            for (what, v) in [("size", e.size), ("uid", e.uid), ("gid", e.gid), ("offset", e.offset), ("endOffset", e.end_offset)] {
+            for (what, v) in [
+                ("size", e.size),
+                ("uid", e.uid),
+                ("gid", e.gid),
+                ("offset", e.offset),
+                ("endOffset", e.end_offset),
+            ] {
                 if v < 0 {
                     return Err(bad(format!("negative {what}")));
                 }
@@ -125,7 +144,10 @@ impl Toc {
             if e.kind == "hardlink" && e.link_name.is_empty() {
                 return Err(bad("hardlink without linkName".into()));
             }
-            let chunks = self.entries[i + 1..].iter().take_while(|c| c.kind == "chunk").count();
+            let chunks = self.entries[i + 1..]
+                .iter()
+                .take_while(|c| c.kind == "chunk")
+                .count();
             if e.kind == "reg" {
                 self.validate_payload(i, chunks, data_end)?;
             } else if chunks > 0 {
@@ -138,7 +160,11 @@ impl Toc {
 
     fn validate_payload(&self, i: usize, chunks: usize, data_end: u64) -> Result<()> {
         let e = &self.entries[i];
-        let bad = |reason: String| Error::InvalidEntry { index: i, name: e.name.clone(), reason };
+        let bad = |reason: String| Error::InvalidEntry {
+            index: i,
+            name: e.name.clone(),
+            reason,
+        };
         if e.size == 0 {
             if chunks > 0 || e.offset != 0 {
                 return Err(bad("empty file with a payload".into()));
@@ -156,28 +182,46 @@ impl Toc {
         let mut last_offset = 0u64;
         for (k, p) in pieces.iter().enumerate() {
             if p.file_offset != covered {
-                return Err(bad(format!("chunk {k} starts at {} instead of {covered}", p.file_offset)));
+                return Err(bad(format!(
+                    "chunk {k} starts at {} instead of {covered}",
+                    p.file_offset
+                )));
             }
             if p.offset == 0 || p.offset >= data_end {
-                return Err(bad(format!("chunk {k} offset {} outside the payload area (0, {data_end})", p.offset)));
+                return Err(bad(format!(
+                    "chunk {k} offset {} outside the payload area (0, {data_end})",
+                    p.offset
+                )));
             }
             if k > 0 && p.offset <= last_offset {
-                return Err(bad(format!("chunk {k} offset {} does not follow the previous chunk", p.offset)));
+                return Err(bad(format!(
+                    "chunk {k} offset {} does not follow the previous chunk",
+                    p.offset
+                )));
             }
             if let Some(d) = &p.digest
                 && !valid_digest(d)
             {
-                return Err(bad(format!("chunk {k} digest {d:?} is not a sha256 digest")));
+                return Err(bad(format!(
+                    "chunk {k} digest {d:?} is not a sha256 digest"
+                )));
             }
             last_offset = p.offset;
-            covered = covered.checked_add(p.len).ok_or_else(|| bad("chunk sizes overflow".into()))?;
+            covered = covered
+                .checked_add(p.len)
+                .ok_or_else(|| bad("chunk sizes overflow".into()))?;
         }
         if covered != e.size as u64 {
-            return Err(bad(format!("chunks cover {covered} bytes of a {}-byte file", e.size)));
+            return Err(bad(format!(
+                "chunks cover {covered} bytes of a {}-byte file",
+                e.size
+            )));
         }
         let end = e.end_offset as u64;
         if end != 0 && (end <= last_offset || end > data_end) {
-            return Err(bad(format!("endOffset {end} is not after the last chunk and within {data_end}")));
+            return Err(bad(format!(
+                "endOffset {end} is not after the last chunk and within {data_end}"
+            )));
         }
         Ok(())
     }
@@ -185,9 +229,18 @@ impl Toc {
     /// The payload pieces of the `reg` entry at `index`.
     pub fn pieces(&self, index: usize) -> Result<Vec<Piece>, String> {
         let e = &self.entries[index];
-        let chunks: Vec<&Entry> = self.entries[index + 1..].iter().take_while(|c| c.kind == "chunk").collect();
+        let chunks: Vec<&Entry> = self.entries[index + 1..]
+            .iter()
+            .take_while(|c| c.kind == "chunk")
+            .collect();
         if chunks.is_empty() {
-            return Ok(vec![Piece { offset: e.offset as u64, file_offset: 0, len: e.size as u64, digest: None, zeros: e.chunk_type == "zeros" }]);
+            return Ok(vec![Piece {
+                offset: e.offset as u64,
+                file_offset: 0,
+                len: e.size as u64,
+                digest: None,
+                zeros: e.chunk_type == "zeros",
+            }]);
         }
         let mut out = Vec::with_capacity(chunks.len() + 1);
         let mut remaining = e.size;
@@ -199,9 +252,15 @@ impl Toc {
                 return Err(format!("chunk {k} has a negative field"));
             }
             // A last chunk without a size (eStargz) takes what is left.
-            let len = if c.chunk_size == 0 && k == chunks.len() { remaining } else { c.chunk_size };
+            let len = if c.chunk_size == 0 && k == chunks.len() {
+                remaining
+            } else {
+                c.chunk_size
+            };
             if len <= 0 || len > remaining {
-                return Err(format!("chunk {k} size {len} does not fit the {remaining} bytes left"));
+                return Err(format!(
+                    "chunk {k} size {len} does not fit the {remaining} bytes left"
+                ));
             }
             remaining -= len;
             out.push(Piece {
@@ -224,7 +283,9 @@ fn key_is(key: &str, want: &str) -> bool {
 }
 
 /// `null` reads as the zero value, as in Go.
-fn or_default<'de, T: Deserialize<'de> + Default, A: MapAccess<'de>>(map: &mut A) -> Result<T, A::Error> {
+fn or_default<'de, T: Deserialize<'de> + Default, A: MapAccess<'de>>(
+    map: &mut A,
+) -> Result<T, A::Error> {
     Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
 }
 
@@ -287,7 +348,10 @@ impl<'de> Deserialize<'de> for Toc {
                     if key_is(&key, "version") {
                         toc.version = or_default(&mut map)?;
                     } else if key_is(&key, "entries") {
-                        toc.entries = map.next_value::<Option<Entries>>()?.map(|e| e.0).unwrap_or_default();
+                        toc.entries = map
+                            .next_value::<Option<Entries>>()?
+                            .map(|e| e.0)
+                            .unwrap_or_default();
                     } else if key_is(&key, "tarSplitDigest") {
                         toc.tar_split_digest = or_default(&mut map)?;
                     } else {
@@ -331,7 +395,15 @@ mod tests {
     const D: &str = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
 
     fn reg(size: i64, offset: i64, end: i64) -> Entry {
-        Entry { kind: "reg".into(), name: "f".into(), size, offset, end_offset: end, digest: D.into(), ..Entry::default() }
+        Entry {
+            kind: "reg".into(),
+            name: "f".into(),
+            size,
+            offset,
+            end_offset: end,
+            digest: D.into(),
+            ..Entry::default()
+        }
     }
 
     #[test]
@@ -344,7 +416,10 @@ mod tests {
         assert_eq!(toc.entries[0].name, "etc/hosts");
         assert_eq!(toc.entries[1].mode, 493);
         toc.validate(1000).expect("consistent");
-        assert!(Toc::parse(br#"{"version":1} {"version":1}"#).is_err(), "data after the TOC");
+        assert!(
+            Toc::parse(br#"{"version":1} {"version":1}"#).is_err(),
+            "data after the TOC"
+        );
     }
 
     #[test]
@@ -361,21 +436,53 @@ mod tests {
             chunk_digest: D.into(),
             ..Entry::default()
         };
-        let ok = Toc { version: 1, entries: vec![first.clone(), chunk(40, 100, 150), chunk(60, 250, 50)], ..Toc::default() };
+        let ok = Toc {
+            version: 1,
+            entries: vec![first.clone(), chunk(40, 100, 150), chunk(60, 250, 50)],
+            ..Toc::default()
+        };
         ok.validate(100).expect("valid chunks");
         assert_eq!(ok.pieces(0).expect("pieces").len(), 3);
         for (entries, what) in [
-            (vec![first.clone(), chunk(40, 100, 150)], "chunks short of the size"),
-            (vec![first.clone(), chunk(40, 100, 150), chunk(30, 250, 50)], "offsets going back"),
-            (vec![first.clone(), chunk(40, 90, 150), chunk(60, 240, 60)], "a gap in the file"),
-            (vec![first.clone(), chunk(40, 100, 150), chunk(200, 250, 50)], "offset past the data"),
+            (
+                vec![first.clone(), chunk(40, 100, 150)],
+                "chunks short of the size",
+            ),
+            (
+                vec![first.clone(), chunk(40, 100, 150), chunk(30, 250, 50)],
+                "offsets going back",
+            ),
+            (
+                vec![first.clone(), chunk(40, 90, 150), chunk(60, 240, 60)],
+                "a gap in the file",
+            ),
+            (
+                vec![first.clone(), chunk(40, 100, 150), chunk(200, 250, 50)],
+                "offset past the data",
+            ),
             (vec![chunk(40, 0, 10)], "orphan chunk"),
             (vec![reg(5, 0, 0)], "payload at offset 0"),
-            (vec![Entry { digest: "md5:x".into(), ..reg(5, 10, 20) }], "bad digest"),
-            (vec![Entry { kind: "socket".into(), ..reg(0, 0, 0) }], "unknown type"),
+            (
+                vec![Entry {
+                    digest: "md5:x".into(),
+                    ..reg(5, 10, 20)
+                }],
+                "bad digest",
+            ),
+            (
+                vec![Entry {
+                    kind: "socket".into(),
+                    ..reg(0, 0, 0)
+                }],
+                "unknown type",
+            ),
             (vec![reg(-1, 10, 20)], "negative size"),
         ] {
-            let toc = Toc { version: 1, entries, ..Toc::default() };
+            let toc = Toc {
+                version: 1,
+                entries,
+                ..Toc::default()
+            };
             assert!(toc.validate(100).is_err(), "{what}");
         }
     }

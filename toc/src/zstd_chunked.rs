@@ -34,15 +34,33 @@ pub struct ChunkedToc {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
-fn read_range<R: ReadAt + ?Sized>(blob: &R, what: &'static str, offset: u64, len: u64, blob_len: u64, limit: u64) -> Result<Vec<u8>> {
+fn read_range<R: ReadAt + ?Sized>(
+    blob: &R,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+    blob_len: u64,
+    limit: u64,
+) -> Result<Vec<u8>> {
     if len > limit {
         return Err(Error::TooLarge { what, len, limit });
     }
     if offset.checked_add(len).is_none_or(|end| end > blob_len) {
-        return Err(Error::OutOfBounds { what, offset, len, blob_len });
+        return Err(Error::OutOfBounds {
+            what,
+            offset,
+            len,
+            blob_len,
+        });
     }
     let mut buf = vec![0u8; len as usize];
     blob.read_exact_at(&mut buf, offset)?;
@@ -51,12 +69,22 @@ fn read_range<R: ReadAt + ?Sized>(blob: &R, what: &'static str, offset: u64, len
 
 fn decompress(what: &'static str, compressed: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {
     if declared > limit {
-        return Err(Error::TooLarge { what, len: declared, limit });
+        return Err(Error::TooLarge {
+            what,
+            len: declared,
+            limit,
+        });
     }
-    let out = zstd::bulk::decompress(compressed, declared as usize)
-        .map_err(|e| Error::Decompress { what, reason: e.to_string() })?;
+    let out =
+        zstd::bulk::decompress(compressed, declared as usize).map_err(|e| Error::Decompress {
+            what,
+            reason: e.to_string(),
+        })?;
     if out.len() as u64 != declared {
-        return Err(Error::Decompress { what, reason: format!("{} bytes, the blob declared {declared}", out.len()) });
+        return Err(Error::Decompress {
+            what,
+            reason: format!("{} bytes, the blob declared {declared}", out.len()),
+        });
     }
     Ok(out)
 }
@@ -64,7 +92,10 @@ fn decompress(what: &'static str, compressed: &[u8], declared: u64, limit: u64) 
 /// Reads and checks the TOC of a zstd:chunked blob. With `annotations`, the
 /// location and digest come from them and the TOC must match; without, the
 /// footer locates it and `verified` is false.
-pub fn read_zstd_chunked<R: ReadAt + ?Sized>(blob: &R, annotations: Option<&BTreeMap<String, String>>) -> Result<ChunkedToc> {
+pub fn read_zstd_chunked<R: ReadAt + ?Sized>(
+    blob: &R,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<ChunkedToc> {
     let blob_len = blob.size()?;
     let from_annotations = match annotations {
         Some(a) => annotations::location(a)?,
@@ -74,7 +105,14 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(blob: &R, annotations: Option<&BTre
         Some(loc) => (loc, true),
         None => {
             let tail_len = blob_len.min(footer::FOOTER_READ as u64);
-            let tail = read_range(blob, "footer", blob_len - tail_len, tail_len, blob_len, footer::FOOTER_READ as u64)?;
+            let tail = read_range(
+                blob,
+                "footer",
+                blob_len - tail_len,
+                tail_len,
+                blob_len,
+                footer::FOOTER_READ as u64,
+            )?;
             let f = footer::parse(&tail)?;
             let loc = Location {
                 toc_digest: String::new(),
@@ -86,10 +124,21 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(blob: &R, annotations: Option<&BTre
             (loc, false)
         }
     };
-    let compressed = read_range(blob, "TOC", location.toc_offset, location.toc_compressed_len, blob_len, MAX_TOC)?;
+    let compressed = read_range(
+        blob,
+        "TOC",
+        location.toc_offset,
+        location.toc_compressed_len,
+        blob_len,
+        MAX_TOC,
+    )?;
     let digest = sha256(&compressed);
     if verified && digest != location.toc_digest {
-        return Err(Error::DigestMismatch { what: "TOC", expected: location.toc_digest.clone(), actual: digest });
+        return Err(Error::DigestMismatch {
+            what: "TOC",
+            expected: location.toc_digest.clone(),
+            actual: digest,
+        });
     }
     let json = decompress("TOC", &compressed, location.toc_len, MAX_TOC)?;
     let toc = Toc::parse(&json)?;
@@ -99,16 +148,29 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(blob: &R, annotations: Option<&BTre
     let tar_split = if toc.tar_split_digest.is_empty() {
         None
     } else {
-        let (offset, len, ulen) = location
-            .tar_split
-            .ok_or_else(|| Error::InvalidToc("the TOC names a tar-split digest but its position is unknown".into()))?;
+        let (offset, len, ulen) = location.tar_split.ok_or_else(|| {
+            Error::InvalidToc("the TOC names a tar-split digest but its position is unknown".into())
+        })?;
         let compressed = read_range(blob, "tar-split", offset, len, blob_len, MAX_TAR_SPLIT)?;
         let actual = sha256(&compressed);
         if actual != toc.tar_split_digest {
-            return Err(Error::DigestMismatch { what: "tar-split", expected: toc.tar_split_digest.clone(), actual });
+            return Err(Error::DigestMismatch {
+                what: "tar-split",
+                expected: toc.tar_split_digest.clone(),
+                actual,
+            });
         }
         Some(decompress("tar-split", &compressed, ulen, MAX_TAR_SPLIT)?)
     };
-    let location = Location { toc_digest: digest.clone(), ..location };
-    Ok(ChunkedToc { toc, toc_digest: digest, verified, location, tar_split })
+    let location = Location {
+        toc_digest: digest.clone(),
+        ..location
+    };
+    Ok(ChunkedToc {
+        toc,
+        toc_digest: digest,
+        verified,
+        location,
+        tar_split,
+    })
 }

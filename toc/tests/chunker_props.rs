@@ -23,12 +23,20 @@ fn reference(data: &[u8]) -> Vec<Chunk> {
         let run = data[i..].iter().take_while(|&&b| b == 0).count();
         if run >= 1024 {
             if i > start {
-                out.push(Chunk { offset: start as u64, len: (i - start) as u64, kind: ChunkKind::Data });
+                out.push(Chunk {
+                    offset: start as u64,
+                    len: (i - start) as u64,
+                    kind: ChunkKind::Data,
+                });
             }
             for _ in 0..run {
                 roll(0, &mut s1, &mut s2);
             }
-            out.push(Chunk { offset: i as u64, len: run as u64, kind: ChunkKind::Zeros });
+            out.push(Chunk {
+                offset: i as u64,
+                len: run as u64,
+                kind: ChunkKind::Zeros,
+            });
             i += run;
             start = i;
             continue;
@@ -36,12 +44,20 @@ fn reference(data: &[u8]) -> Vec<Chunk> {
         roll(data[i], &mut s1, &mut s2);
         i += 1;
         if s2 & 0xffff == 0xffff {
-            out.push(Chunk { offset: start as u64, len: (i - start) as u64, kind: ChunkKind::Data });
+            out.push(Chunk {
+                offset: start as u64,
+                len: (i - start) as u64,
+                kind: ChunkKind::Data,
+            });
             start = i;
         }
     }
     if i > start {
-        out.push(Chunk { offset: start as u64, len: (i - start) as u64, kind: ChunkKind::Data });
+        out.push(Chunk {
+            offset: start as u64,
+            len: (i - start) as u64,
+            kind: ChunkKind::Data,
+        });
     }
     out
 }

@@ -10,7 +10,13 @@ use strata_toc::footer::{self, Dialect, Footer};
 use strata_toc::{Entry, Error, Toc, read_zstd_chunked};
 
 fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    )
 }
 
 fn skippable(payload: &[u8]) -> Vec<u8> {
@@ -30,10 +36,16 @@ struct Built {
 }
 
 fn build(edit_toc: impl FnOnce(&mut Toc)) -> Built {
-    let files: [(&str, Vec<u8>); 2] = [("etc/hosts", b"127.0.0.1 localhost\n".to_vec()), ("usr/lib/big", vec![42u8; 5000])];
+    let files: [(&str, Vec<u8>); 2] = [
+        ("etc/hosts", b"127.0.0.1 localhost\n".to_vec()),
+        ("usr/lib/big", vec![42u8; 5000]),
+    ];
     let mut blob = Vec::new();
     let mut tar = Vec::new();
-    let mut toc = Toc { version: 1, ..Toc::default() };
+    let mut toc = Toc {
+        version: 1,
+        ..Toc::default()
+    };
     for (name, content) in &files {
         let mut h = tar::Header::new_gnu();
         h.set_path(name).expect("path");
@@ -89,7 +101,12 @@ fn build(edit_toc: impl FnOnce(&mut Toc)) -> Built {
         toc_len: json.len() as u64,
         tar_split: f.tar_split,
     };
-    Built { blob, tar, toc, annotations: annotations::annotations(&loc, false) }
+    Built {
+        blob,
+        tar,
+        toc,
+        annotations: annotations::annotations(&loc, false),
+    }
 }
 
 #[test]
@@ -98,13 +115,19 @@ fn reads_by_annotations_and_by_footer() {
     let read = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect("valid blob");
     assert!(read.verified);
     assert_eq!(read.toc, b.toc);
-    assert_eq!(read.tar_split.as_deref(), Some(&br#"{"type":2,"payload":"","position":0}"#[..]));
+    assert_eq!(
+        read.tar_split.as_deref(),
+        Some(&br#"{"type":2,"payload":"","position":0}"#[..])
+    );
     let by_footer = read_zstd_chunked(&b.blob, None).expect("valid footer");
     assert!(!by_footer.verified);
     assert_eq!(by_footer.toc_digest, read.toc_digest);
     // Any zstd decoder skips the skippable frames and yields the tar.
     let mut plain = Vec::new();
-    zstd::stream::read::Decoder::new(&b.blob[..]).expect("decoder").read_to_end(&mut plain).expect("decompress");
+    zstd::stream::read::Decoder::new(&b.blob[..])
+        .expect("decoder")
+        .read_to_end(&mut plain)
+        .expect("decompress");
     assert_eq!(plain, b.tar);
     // Each file's frames decompress to exactly its payload.
     for e in &read.toc.entries {
@@ -119,7 +142,10 @@ fn truncated_blob() {
     let b = build(|_| {});
     for cut in [b.blob.len() - 1, b.blob.len() - 80, 10, 0] {
         let err = read_zstd_chunked(&b.blob[..cut], None).expect_err("truncated");
-        assert!(matches!(err, Error::BadFooter(_) | Error::OutOfBounds { .. }), "{cut}: {err}");
+        assert!(
+            matches!(err, Error::BadFooter(_) | Error::OutOfBounds { .. }),
+            "{cut}: {err}"
+        );
         // The annotations locate the TOC without the footer, as in
         // containers-storage: only a cut into the TOC or tar-split matters.
         let with_annotations = read_zstd_chunked(&b.blob[..cut], Some(&b.annotations));
@@ -145,27 +171,42 @@ fn footer_with_wrong_magic() {
 fn toc_digest_mismatch() {
     let mut b = build(|_| {});
     let key = format!("{}{}", annotations::PREFIX, annotations::MANIFEST_CHECKSUM);
-    b.annotations.insert(key, format!("sha256:{}", "0".repeat(64)));
+    b.annotations
+        .insert(key, format!("sha256:{}", "0".repeat(64)));
     let err = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect_err("digest");
-    assert!(matches!(err, Error::DigestMismatch { what: "TOC", .. }), "{err}");
+    assert!(
+        matches!(err, Error::DigestMismatch { what: "TOC", .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn tar_split_digest_mismatch() {
     let b = build(|toc| toc.tar_split_digest = format!("sha256:{}", "1".repeat(64)));
     let err = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect_err("digest");
-    assert!(matches!(err, Error::DigestMismatch { what: "tar-split", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::DigestMismatch {
+                what: "tar-split",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn positions_past_the_end() {
     let mut b = build(|_| {});
     let key = format!("{}{}", annotations::PREFIX, annotations::MANIFEST_POSITION);
-    b.annotations.insert(key, format!("{}:100:100:1", b.blob.len() - 50));
+    b.annotations
+        .insert(key, format!("{}:100:100:1", b.blob.len() - 50));
     let err = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect_err("out of bounds");
     assert!(matches!(err, Error::OutOfBounds { .. }), "{err}");
     let key = format!("{}{}", annotations::PREFIX, annotations::MANIFEST_POSITION);
-    b.annotations.insert(key, format!("0:{}:{}:1", 200 << 20, 200 << 20));
+    b.annotations
+        .insert(key, format!("0:{}:{}:1", 200 << 20, 200 << 20));
     let err = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect_err("too large");
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
 }
@@ -174,7 +215,10 @@ fn positions_past_the_end() {
 fn lying_entries() {
     // A payload offset past the TOC.
     let b = build(|toc| toc.entries[1].offset = 1 << 40);
-    assert!(matches!(read_zstd_chunked(&b.blob, Some(&b.annotations)), Err(Error::InvalidEntry { .. })));
+    assert!(matches!(
+        read_zstd_chunked(&b.blob, Some(&b.annotations)),
+        Err(Error::InvalidEntry { .. })
+    ));
     // Overlapping chunks: the second chunk starts before the first.
     let b = build(|toc| {
         let first = toc.entries[1].clone();
@@ -194,11 +238,28 @@ fn lying_entries() {
         );
     });
     let err = read_zstd_chunked(&b.blob, Some(&b.annotations)).expect_err("overlap");
-    assert!(err.to_string().contains("does not follow the previous chunk"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not follow the previous chunk"),
+        "{err}"
+    );
     // A declared uncompressed size that is wrong.
     let mut b = build(|_| {});
-    let loc = annotations::location(&b.annotations).expect("valid").expect("chunked");
+    let loc = annotations::location(&b.annotations)
+        .expect("valid")
+        .expect("chunked");
     let key = format!("{}{}", annotations::PREFIX, annotations::MANIFEST_POSITION);
-    b.annotations.insert(key, format!("{}:{}:{}:1", loc.toc_offset, loc.toc_compressed_len, loc.toc_len + 1));
-    assert!(matches!(read_zstd_chunked(&b.blob, Some(&b.annotations)), Err(Error::Decompress { .. })));
+    b.annotations.insert(
+        key,
+        format!(
+            "{}:{}:{}:1",
+            loc.toc_offset,
+            loc.toc_compressed_len,
+            loc.toc_len + 1
+        ),
+    );
+    assert!(matches!(
+        read_zstd_chunked(&b.blob, Some(&b.annotations)),
+        Err(Error::Decompress { .. })
+    ));
 }
