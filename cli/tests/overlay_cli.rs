@@ -86,13 +86,7 @@ fn diff_from_dirs_and_from_mount_options() {
         "{}",
         String::from_utf8_lossy(&walk.stderr)
     );
-    assert!(
-        Command::new("umount")
-            .arg(&merged)
-            .status()
-            .expect("umount")
-            .success()
-    );
+    unmount(&merged);
 
     let out = base.path().join("layer.tar");
     let st = strata()
