@@ -4,6 +4,7 @@ pub mod annotations;
 pub mod chunker;
 mod error;
 pub mod footer;
+pub mod nydus;
 mod read_at;
 mod toc;
 mod zstd_chunked;

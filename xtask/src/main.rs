@@ -535,6 +535,13 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
 /// Starts each corpus from real inputs so the fuzzer begins past the
 /// header checksums.
 fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
+    if dir == "toc" && target == "nydus" {
+        let mut p = strata_toc::nydus::Packer::new(Vec::new());
+        p.add("image.blob", &b"data"[..], false)?;
+        p.add("image.boot", &b"boot"[..], true)?;
+        std::fs::write(corpus.join("sample"), p.finish()?.0)?;
+        return Ok(());
+    }
     if dir == "toc" {
         let seed = br#"{"version":1,"entries":[{"type":"reg","name":"f","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","offset":10,"endOffset":20}]}"#;
         std::fs::write(corpus.join("toc.json"), seed)?;
