@@ -5,13 +5,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use strata_toc::read_zstd_chunked;
+use strata_toc::estargz::{TOC_DIGEST_ANNOTATION, read_estargz};
+use strata_toc::{Error, read_zstd_chunked};
 
 use crate::output::BoxError;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the TOC of a zstd:chunked blob as JSON, after checking it.
+    /// Print the TOC of a zstd:chunked or eStargz blob as JSON, after checking it.
     Inspect {
         blob: PathBuf,
         /// The layer descriptor's annotations (a JSON object, or a
@@ -37,22 +38,28 @@ pub fn run(cmd: Command) -> Result<(), BoxError> {
     let annotations = annotations.as_deref().map(parse_annotations).transpose()?;
     let read = read_zstd_chunked(&file, annotations.as_ref())
         .map_err(|e| format!("{}: {e}", blob.display()))?;
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Report<'a> {
-        toc_digest: &'a str,
-        verified: bool,
-        tar_split_bytes: Option<usize>,
-        toc: &'a strata_toc::Toc,
-    }
-    let report = Report {
+    print(&Report {
+        format: "zstd:chunked",
         toc_digest: &read.toc_digest,
         verified: read.verified,
         tar_split_bytes: read.tar_split.as_ref().map(Vec::len),
         toc: &read.toc,
-    };
+    })
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    format: &'static str,
+    toc_digest: &'a str,
+    verified: bool,
+    tar_split_bytes: Option<usize>,
+    toc: &'a strata_toc::Toc,
+}
+
+fn print(report: &Report<'_>) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &report)?;
+    serde_json::to_writer_pretty(&mut out, report)?;
     writeln!(out)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod annotations;
 pub mod chunker;
 mod error;
+pub mod estargz;
 pub mod footer;
 pub mod nydus;
 mod read_at;

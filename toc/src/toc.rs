@@ -68,6 +68,9 @@ pub struct Entry {
     pub chunk_digest: String,
     #[serde(rename = "chunkType", skip_serializing_if = "String::is_empty")]
     pub chunk_type: String,
+    /// eStargz only: bytes to skip after decompressing from `offset`.
+    #[serde(rename = "innerOffset", skip_serializing_if = "is_zero")]
+    pub inner_offset: i64,
 }
 
 /// The digest of empty content, which an empty `reg` entry may omit.
@@ -140,6 +143,11 @@ impl Toc {
                 if v < 0 {
                     return Err(bad(format!("negative {what}")));
                 }
+            }
+            if e.inner_offset != 0 {
+                // Members shared between chunks (eStargz MinChunkSize): not
+                // something containers-storage reads correctly either.
+                return Err(bad("innerOffset is not supported".into()));
             }
             if e.kind == "hardlink" && e.link_name.is_empty() {
                 return Err(bad("hardlink without linkName".into()));
@@ -322,6 +330,7 @@ impl<'de> Deserialize<'de> for Entry {
                         _ if key_is(k, "chunkOffset") => e.chunk_offset = or_default(&mut map)?,
                         _ if key_is(k, "chunkDigest") => e.chunk_digest = or_default(&mut map)?,
                         _ if key_is(k, "chunkType") => e.chunk_type = or_default(&mut map)?,
+                        _ if key_is(k, "innerOffset") => e.inner_offset = or_default(&mut map)?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
