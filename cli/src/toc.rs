@@ -36,8 +36,30 @@ pub fn run(cmd: Command) -> Result<(), BoxError> {
     let file =
         std::fs::File::open(&blob).map_err(|e| format!("cannot open {}: {e}", blob.display()))?;
     let annotations = annotations.as_deref().map(parse_annotations).transpose()?;
-    let read = read_zstd_chunked(&file, annotations.as_ref())
-        .map_err(|e| format!("{}: {e}", blob.display()))?;
+    let estargz_declared = annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(TOC_DIGEST_ANNOTATION));
+    let chunked = if estargz_declared {
+        Err(Error::BadFooter("declared eStargz"))
+    } else {
+        read_zstd_chunked(&file, annotations.as_ref())
+    };
+    let read = match chunked {
+        Ok(read) => read,
+        // No zstd:chunked footer: an eStargz blob, perhaps.
+        Err(Error::BadFooter(_)) => {
+            let e = read_estargz(&file, annotations.as_ref())
+                .map_err(|e| format!("{}: {e}", blob.display()))?;
+            return print(&Report {
+                format: "estargz",
+                toc_digest: &e.toc_digest,
+                verified: e.verified,
+                tar_split_bytes: None,
+                toc: &e.toc,
+            });
+        }
+        Err(e) => return Err(format!("{}: {e}", blob.display()).into()),
+    };
     print(&Report {
         format: "zstd:chunked",
         toc_digest: &read.toc_digest,
