@@ -48,8 +48,15 @@ pub fn run(cmd: Command) -> Result<(), BoxError> {
         Ok(read) => read,
         // No zstd:chunked footer: an eStargz blob, perhaps.
         Err(Error::BadFooter(_)) => {
-            let e = read_estargz(&file, annotations.as_ref())
-                .map_err(|e| format!("{}: {e}", blob.display()))?;
+            let e = read_estargz(&file, annotations.as_ref()).map_err(|e| match e {
+                Error::BadFooter(_) => {
+                    format!(
+                        "{}: neither a zstd:chunked nor an eStargz blob (no footer)",
+                        blob.display()
+                    )
+                }
+                e => format!("{}: {e}", blob.display()),
+            })?;
             return print(&Report {
                 format: "estargz",
                 toc_digest: &e.toc_digest,
