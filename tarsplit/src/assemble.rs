@@ -77,7 +77,7 @@ fn layout_of(segment: &[u8], file: &FileEntry) -> Layout {
     let Ok(Some(entry)) = tar::next_entry(&mut src, 0, (segment.len() % BLOCK) as u64) else {
         return fallback;
     };
-    if entry.name != file.name || entry.size != file.size {
+    if entry.info.name != file.name || entry.info.size != file.size {
         return fallback;
     }
     match entry.sparse {

@@ -4,6 +4,7 @@ use std::io::{self, Read, Write};
 
 use crate::error::{Error, Name, Result};
 use crate::files::FilePutter;
+use crate::tar::info::HeaderInfo;
 use crate::metadata::MetadataWriter;
 use crate::payload::{ChunkSource, Payload};
 use crate::stream::TeeStream;
@@ -30,6 +31,35 @@ impl<R: Read, W: Write> ChunkSource for TeeStream<R, W> {
 
     fn advance(&mut self, n: usize) {
         TeeStream::advance(self, n);
+    }
+}
+
+/// Receives a tar stream split into its parts, in stream order, while
+/// [`split`] reads it: what a converter (tar → zstd:chunked) or an extractor
+/// needs, with the full header of every entry next to its raw bytes.
+pub trait SplitSink {
+    /// Bytes that are not file payload: headers, padding, the end-of-archive
+    /// marker, data after it.
+    fn raw(&mut self, bytes: &[u8]) -> Result<()>;
+    /// One entry, after the raw bytes of its headers. `payload` is given
+    /// when the entry's size is positive; what the sink leaves unread is
+    /// still checksummed.
+    fn entry(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> io::Result<()>;
+}
+
+/// Adapts a [`FilePutter`]: payloads only.
+struct PutterSink<'p, P: ?Sized>(&'p mut P);
+
+impl<P: FilePutter + ?Sized> SplitSink for PutterSink<'_, P> {
+    fn raw(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn entry(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> io::Result<()> {
+        match payload {
+            Some(p) => self.0.put(&header.name, p),
+            None => Ok(()),
+        }
     }
 }
 
@@ -60,11 +90,13 @@ where
     let mut summary = Summary::default();
     let (mut unread, mut padding) = (0u64, 0u64);
     while let Some(entry) = tar::next_entry(&mut stream, unread, padding)? {
-        metadata.segment(&stream.take_raw())?;
-        metadata.claim_name(&entry.name)?;
+        let raw = stream.take_raw();
+        metadata.segment(&raw)?;
+        sink.raw(&raw)?;
+        metadata.claim_name(&entry.info.name)?;
         let mut crc = None;
         unread = entry.data_len;
-        if entry.size > 0 {
+        if entry.info.size > 0 {
             // Go's reader serves a plain entry's data area, whatever its
             // size field said; a sparse entry expands to its logical size.
             let (len, stored) = match &entry.sparse {
@@ -77,19 +109,24 @@ where
                     reason: "sparse map does not match the stored data size",
                 });
             }
-            crc = Some(put_payload(&mut stream, &entry, len, putter)?);
+            crc = Some(put_payload(&mut stream, &entry, len, sink)?);
             unread = 0;
             summary.payload_size += len;
+        } else {
+            sink.entry(&entry.info, None).map_err(|source| Error::Put { name: Name::from(entry.info.name.as_slice()), source })?;
         }
-        metadata.file(&entry.name, entry.size, crc)?;
+        metadata.file(&entry.info.name, entry.info.size, crc)?;
         let raw = stream.take_raw();
         if !raw.is_empty() {
             metadata.segment(&raw)?;
+            sink.raw(&raw)?;
         }
         padding = entry.padding;
         summary.entries += 1;
     }
-    metadata.segment(&stream.take_raw())?;
+    let raw = stream.take_raw();
+    metadata.segment(&raw)?;
+    sink.raw(&raw)?;
 
     // Whatever follows the end-of-archive marker (record padding, usually)
     // is kept too, then closed with an empty segment as tar-split 0.11 does.
@@ -99,6 +136,7 @@ where
         stream.read_trailing(&mut trailing, TRAILING_CHUNK)?;
         if !trailing.is_empty() {
             metadata.segment(&trailing)?;
+            sink.raw(&trailing)?;
         }
         if trailing.len() < TRAILING_CHUNK {
             break;
@@ -114,11 +152,11 @@ fn stream_offset<R: Read, W: Write>(stream: &TeeStream<R, W>) -> u64 {
     crate::tar::Source::offset(stream)
 }
 
-fn put_payload<R: Read, W: Write, P: FilePutter + ?Sized>(
+fn put_payload<R: Read, W: Write, S: SplitSink + ?Sized>(
     stream: &mut TeeStream<R, W>,
     entry: &tar::Entry,
     len: u64,
-    putter: &mut P,
+    sink: &mut S,
 ) -> Result<[u8; 8]> {
     enum Failure {
         Input(Option<io::Error>),
@@ -126,7 +164,7 @@ fn put_payload<R: Read, W: Write, P: FilePutter + ?Sized>(
     }
     let result = {
         let mut payload = Payload::new(stream, len, entry.sparse.as_ref());
-        let put = putter.put(&entry.name, &mut payload);
+        let put = sink.entry(&entry.info, Some(&mut payload));
         if payload.input_failed() {
             Err(Failure::Input(put.err()))
         } else if let Err(e) = put {
@@ -137,7 +175,7 @@ fn put_payload<R: Read, W: Write, P: FilePutter + ?Sized>(
     };
     result.map_err(|failure| match failure {
         Failure::Put(source) => Error::Put {
-            name: Name::from(entry.name.as_slice()),
+            name: Name::from(entry.info.name.as_slice()),
             source,
         },
         Failure::Input(Some(e)) if e.kind() != io::ErrorKind::UnexpectedEof => Error::Io(e),

@@ -14,7 +14,7 @@ mod stream;
 mod tar;
 
 pub use assemble::{AssembleSummary, assemble};
-pub use disassemble::{Summary, disassemble};
+pub use disassemble::{SplitSink, Summary, disassemble, split};
 pub use error::{Error, Name, Result};
 pub use files::{
     DirGetter, DirPutter, DiscardPutter, FileGetter, FilePutter, HashPutter, HashedFile,
@@ -22,6 +22,7 @@ pub use files::{
 };
 pub use metadata::{Entry, FileEntry, MetadataReader, MetadataWriter};
 pub use payload::Payload;
+pub use tar::info::{HeaderInfo, Time};
 
 /// The records of a PAX extended header (`"%d key=value\n"` …), in order.
 /// Values are raw bytes and may hold newlines (binary xattrs do).

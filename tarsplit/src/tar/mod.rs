@@ -3,6 +3,7 @@
 //! exactly as in Go's `archive/tar`.
 
 pub(crate) mod header;
+pub(crate) mod info;
 mod numbers;
 pub(crate) mod pax;
 pub(crate) mod sparse;
@@ -26,10 +27,9 @@ pub(crate) trait Source {
 /// A file entry as tar-split reports it.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The resolved name (PAX path, GNU long name, USTAR prefix).
-    pub name: Vec<u8>,
-    /// The size tar-split records: the logical size (0 for a PAX global header).
-    pub size: i64,
+    /// The resolved header; `info.size` is the size tar-split records (the
+    /// logical size, 0 for a PAX global header).
+    pub info: info::HeaderInfo,
     /// Bytes of data area still to read after the headers.
     pub data_len: u64,
     /// Padding after the data area.
@@ -80,6 +80,7 @@ pub(crate) fn next_entry<S: Source>(
 ) -> Result<Option<Entry>> {
     let mut pax: Option<pax::Records> = None;
     let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
     let (mut unread, mut padding) = (unread, padding);
     let mut block: Block = [0; BLOCK];
     loop {
@@ -116,13 +117,8 @@ pub(crate) fn next_entry<S: Source>(
                     if let Some(path) = records.get(pax::PATH).filter(|p| !p.is_empty()) {
                         name.clone_from(path);
                     }
-                    return Ok(Some(Entry {
-                        name,
-                        size: 0,
-                        data_len: 0,
-                        padding,
-                        sparse: None,
-                    }));
+                    let info = info::resolve(&block, hdr.format, hdr.typeflag, name, 0, Some(&records), None);
+                    return Ok(Some(Entry { info, data_len: 0, padding, sparse: None }));
                 }
                 pax = Some(records);
             }
@@ -131,9 +127,11 @@ pub(crate) fn next_entry<S: Source>(
                 unread = 0;
                 if hdr.typeflag == header::TYPE_GNU_LONG_NAME {
                     long_name = Some(numbers::c_string(&data).to_vec());
+                } else {
+                    long_link = Some(numbers::c_string(&data).to_vec());
                 }
             }
-            _ => return file_entry(src, hdr, &block, at, pax.as_ref(), long_name).map(Some),
+            _ => return file_entry(src, hdr, &block, at, pax.as_ref(), long_name, long_link).map(Some),
         }
     }
 }
@@ -153,6 +151,7 @@ fn file_entry<S: Source>(
     at: u64,
     pax: Option<&pax::Records>,
     long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
 ) -> Result<Entry> {
     let (mut name, mut size) = (hdr.name, hdr.size);
     if let Some(records) = pax {
@@ -207,13 +206,8 @@ fn file_entry<S: Source>(
             Some(SparseMap::new(&entries, size).map_err(|r| invalid(at, r))?)
         }
     };
-    Ok(Entry {
-        name,
-        size,
-        data_len,
-        padding,
-        sparse,
-    })
+    let info = info::resolve(block, hdr.format, typeflag, name, size, pax, long_link);
+    Ok(Entry { info, data_len, padding, sparse })
 }
 
 /// GNU sparse files in PAX form (0.0, 0.1, 1.0). Unknown versions are plain
