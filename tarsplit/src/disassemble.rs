@@ -4,11 +4,11 @@ use std::io::{self, Read, Write};
 
 use crate::error::{Error, Name, Result};
 use crate::files::FilePutter;
-use crate::tar::info::HeaderInfo;
 use crate::metadata::MetadataWriter;
 use crate::payload::{ChunkSource, Payload};
 use crate::stream::TeeStream;
 use crate::tar;
+use crate::tar::info::HeaderInfo;
 
 /// Data after the end-of-archive marker is stored in segments of this size.
 const TRAILING_CHUNK: usize = 1 << 20;
@@ -86,6 +86,23 @@ where
     M: Write,
     P: FilePutter + ?Sized,
 {
+    split(input, passthrough, metadata, &mut PutterSink(putter))
+}
+
+/// [`disassemble`], handing `sink` every raw segment and every entry's
+/// resolved header as well as the payloads.
+pub fn split<R, T, M, S>(
+    input: R,
+    passthrough: T,
+    metadata: &mut MetadataWriter<M>,
+    sink: &mut S,
+) -> Result<Summary>
+where
+    R: Read,
+    T: Write,
+    M: Write,
+    S: SplitSink + ?Sized,
+{
     let mut stream = TeeStream::new(input, passthrough);
     let mut summary = Summary::default();
     let (mut unread, mut padding) = (0u64, 0u64);
@@ -113,7 +130,10 @@ where
             unread = 0;
             summary.payload_size += len;
         } else {
-            sink.entry(&entry.info, None).map_err(|source| Error::Put { name: Name::from(entry.info.name.as_slice()), source })?;
+            sink.entry(&entry.info, None).map_err(|source| Error::Put {
+                name: Name::from(entry.info.name.as_slice()),
+                source,
+            })?;
         }
         metadata.file(&entry.info.name, entry.info.size, crc)?;
         let raw = stream.take_raw();

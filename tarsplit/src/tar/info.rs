@@ -51,7 +51,10 @@ fn pax_time(v: &[u8]) -> Option<Time> {
     }
     // "-1.5" is 1.5 seconds before the epoch.
     if v.first() == Some(&b'-') && nanos > 0 {
-        return Some(Time { secs: secs - 1, nanos: 1_000_000_000 - nanos });
+        return Some(Time {
+            secs: secs - 1,
+            nanos: 1_000_000_000 - nanos,
+        });
     }
     Some(Time { secs, nanos })
 }
@@ -79,7 +82,10 @@ pub(crate) fn resolve(
         mode: field(block, 100, 8),
         uid: field(block, 108, 8),
         gid: field(block, 116, 8),
-        mtime: Time { secs: field(block, 136, 12), nanos: 0 },
+        mtime: Time {
+            secs: field(block, 136, 12),
+            nanos: 0,
+        },
         ..HeaderInfo::default()
     };
     info.link_name = c_string(&block[157..257]).to_vec();
@@ -98,8 +104,14 @@ pub(crate) fn resolve(
             }
         }
         Format::Star => {
-            info.atime = Some(Time { secs: field(block, 476, 12), nanos: 0 });
-            info.ctime = Some(Time { secs: field(block, 488, 12), nanos: 0 });
+            info.atime = Some(Time {
+                secs: field(block, 476, 12),
+                nanos: 0,
+            });
+            info.ctime = Some(Time {
+                secs: field(block, 488, 12),
+                nanos: 0,
+            });
         }
         _ => {}
     }
@@ -126,7 +138,10 @@ pub(crate) fn resolve(
     if let Some(records) = pax {
         let mut xattrs: Vec<(String, Vec<u8>)> = records
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix(b"SCHILY.xattr.").map(|n| (String::from_utf8_lossy(n).into_owned(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(b"SCHILY.xattr.")
+                    .map(|n| (String::from_utf8_lossy(n).into_owned(), v.clone()))
+            })
             .collect();
         xattrs.sort();
         info.xattrs = xattrs;
@@ -143,10 +158,28 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(pax_time(b"1700000000.5"), Some(Time { secs: 1_700_000_000, nanos: 500_000_000 }));
+        assert_eq!(
+            pax_time(b"1700000000.5"),
+            Some(Time {
+                secs: 1_700_000_000,
+                nanos: 500_000_000
+            })
+        );
         assert_eq!(pax_time(b"12"), Some(Time { secs: 12, nanos: 0 }));
-        assert_eq!(pax_time(b"-1.25"), Some(Time { secs: -2, nanos: 750_000_000 }));
-        assert_eq!(pax_time(b"1.1234567891"), Some(Time { secs: 1, nanos: 123_456_789 }));
+        assert_eq!(
+            pax_time(b"-1.25"),
+            Some(Time {
+                secs: -2,
+                nanos: 750_000_000
+            })
+        );
+        assert_eq!(
+            pax_time(b"1.1234567891"),
+            Some(Time {
+                secs: 1,
+                nanos: 123_456_789
+            })
+        );
         assert_eq!(pax_time(b"1.x"), None);
     }
 }

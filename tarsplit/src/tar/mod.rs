@@ -117,8 +117,21 @@ pub(crate) fn next_entry<S: Source>(
                     if let Some(path) = records.get(pax::PATH).filter(|p| !p.is_empty()) {
                         name.clone_from(path);
                     }
-                    let info = info::resolve(&block, hdr.format, hdr.typeflag, name, 0, Some(&records), None);
-                    return Ok(Some(Entry { info, data_len: 0, padding, sparse: None }));
+                    let info = info::resolve(
+                        &block,
+                        hdr.format,
+                        hdr.typeflag,
+                        name,
+                        0,
+                        Some(&records),
+                        None,
+                    );
+                    return Ok(Some(Entry {
+                        info,
+                        data_len: 0,
+                        padding,
+                        sparse: None,
+                    }));
                 }
                 pax = Some(records);
             }
@@ -131,7 +144,10 @@ pub(crate) fn next_entry<S: Source>(
                     long_link = Some(numbers::c_string(&data).to_vec());
                 }
             }
-            _ => return file_entry(src, hdr, &block, at, pax.as_ref(), long_name, long_link).map(Some),
+            _ => {
+                return file_entry(src, hdr, &block, at, pax.as_ref(), long_name, long_link)
+                    .map(Some);
+            }
         }
     }
 }
@@ -207,7 +223,12 @@ fn file_entry<S: Source>(
         }
     };
     let info = info::resolve(block, hdr.format, typeflag, name, size, pax, long_link);
-    Ok(Entry { info, data_len, padding, sparse })
+    Ok(Entry {
+        info,
+        data_len,
+        padding,
+        sparse,
+    })
 }
 
 /// GNU sparse files in PAX form (0.0, 0.1, 1.0). Unknown versions are plain
