@@ -6,6 +6,8 @@ use std::io;
 pub enum Error {
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Tar(#[from] strata_tarsplit::Error),
     #[error("bad footer: {0}")]
     BadFooter(&'static str),
     #[error("bad annotation {key}: {reason}")]

@@ -8,9 +8,11 @@ pub mod footer;
 pub mod nydus;
 mod read_at;
 mod toc;
+mod writer;
 mod zstd_chunked;
 
 pub use error::{Error, Result};
 pub use read_at::ReadAt;
 pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc};
+pub use writer::{WriteOptions, Written, write_zstd_chunked};
 pub use zstd_chunked::{ChunkedToc, MAX_TAR_SPLIT, MAX_TOC, read_zstd_chunked};
