@@ -1,5 +1,6 @@
 //! `strata`: container-image layer storage from the command line.
 
+mod convert;
 mod demo;
 mod fsverity;
 mod output;
@@ -30,6 +31,8 @@ enum Command {
     /// Enable, measure and compute fs-verity digests.
     #[command(subcommand)]
     Fsverity(fsverity::Command),
+    /// Convert a layer tar (plain, gzip or zstd) to zstd:chunked; prints the descriptor.
+    Convert(convert::Args),
     /// Tables of contents of zstd:chunked layers.
     #[command(subcommand)]
     Toc(toc::Command),
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Fsverity(cmd) => fsverity::run(cmd),
         Command::Overlay(cmd) => overlay::run(cmd),
         Command::Toc(cmd) => toc::run(cmd),
+        Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
-use strata_toc::read_zstd_chunked;
+use strata_toc::{WriteOptions, read_zstd_chunked, write_zstd_chunked};
 
 fn have_skopeo() -> bool {
     let ok = Command::new("skopeo")
@@ -43,16 +43,33 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> String {
 
 /// An OCI layout holding one image with `layer` as its only layer.
 fn oci_layout(dir: &Path, layer: &[u8]) {
+    let digest = sha(layer);
+    oci_layout_with(
+        dir,
+        layer,
+        "application/vnd.oci.image.layer.v1.tar",
+        &digest,
+        BTreeMap::new(),
+    );
+}
+
+fn oci_layout_with(
+    dir: &Path,
+    layer: &[u8],
+    media_type: &str,
+    diff_id: &str,
+    annotations: BTreeMap<String, String>,
+) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
     let layer_digest = put_blob(dir, layer);
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer_digest]}, "config": {}});
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "config": {}});
     let config = serde_json::to_vec(&config).expect("json");
     let config_digest = put_blob(dir, &config);
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": layer.len(), "annotations": annotations}],
     });
     let manifest = serde_json::to_vec(&manifest).expect("json");
     let manifest_digest = put_blob(dir, &manifest);
@@ -156,4 +173,84 @@ fn reads_what_skopeo_writes() {
         "TOC has entries the tar does not"
     );
     assert!(files > 100, "only {files} files checked");
+}
+
+/// The other direction: a blob strata writes, in an OCI layout, is accepted
+/// by skopeo, which recompresses it to gzip; the result is the original tar,
+/// and plain `zstd -d` gives the original tar too.
+#[test]
+fn skopeo_and_zstd_accept_what_strata_writes() {
+    if !have_skopeo() {
+        return;
+    }
+    let base = tempfile::tempdir().expect("tempdir");
+    let tar_path = base.path().join("layer.tar");
+    let st = Command::new("tar")
+        .args(["--format=pax", "-cf"])
+        .arg(&tar_path)
+        .args(["-C", "/usr/share/doc", "."])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let tar = std::fs::read(&tar_path).expect("tar");
+    let mut blob = Vec::new();
+    let written = write_zstd_chunked(
+        &tar[..],
+        &mut blob,
+        &WriteOptions {
+            legacy_annotations: true,
+            ..WriteOptions::default()
+        },
+    )
+    .expect("write");
+    assert_eq!(written.diff_id, sha(&tar));
+
+    let blob_path = base.path().join("layer.zst");
+    std::fs::write(&blob_path, &blob).expect("blob");
+    let plain = Command::new("zstd")
+        .arg("-dc")
+        .arg(&blob_path)
+        .output()
+        .expect("zstd");
+    assert!(
+        plain.status.success(),
+        "zstd -d: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    assert!(
+        plain.stdout == tar,
+        "zstd -d of strata's blob is the original tar"
+    );
+
+    let (src, dst) = (base.path().join("strata"), base.path().join("gzip"));
+    oci_layout_with(
+        &src,
+        &blob,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        &written.diff_id,
+        written.annotations.clone(),
+    );
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
+        .arg(format!("oci:{}:latest", src.display()))
+        .arg(format!("oci:{}:latest", dst.display()))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = read_json(&dst.join("index.json"));
+    let manifest_digest = index["manifests"][0]["digest"].as_str().expect("digest");
+    let manifest = read_json(&dst.join("blobs/sha256").join(&manifest_digest[7..]));
+    let gz_digest = manifest["layers"][0]["digest"].as_str().expect("digest");
+    let gz = std::fs::read(dst.join("blobs/sha256").join(&gz_digest[7..])).expect("gzip layer");
+    let mut gunzipped = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut gunzipped)
+        .expect("gunzip");
+    assert!(
+        gunzipped == tar,
+        "skopeo's recompressed layer is the original tar"
+    );
 }

@@ -96,10 +96,10 @@ pub(crate) fn resolve(
     match format {
         Format::Gnu => {
             for (start, slot) in [(345, &mut info.atime), (357, &mut info.ctime)] {
-                if block[start] != 0 {
-                    if let Some(secs) = parse_numeric(&block[start..start + 12]) {
-                        *slot = Some(Time { secs, nanos: 0 });
-                    }
+                if block[start] != 0
+                    && let Some(secs) = parse_numeric(&block[start..start + 12])
+                {
+                    *slot = Some(Time { secs, nanos: 0 });
                 }
             }
         }
