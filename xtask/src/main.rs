@@ -5,6 +5,7 @@
 //! cargo xtask bench tar-split [--runs N] [--tar FILE]
 //! cargo xtask bench fsverity [--runs N]
 //! cargo xtask bench overlay-diff [--runs N]
+//! cargo xtask bench convert [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! ```
 
@@ -69,8 +70,9 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("tar-split") => bench_tar_split(&args[1..]),
         Some("fsverity") => bench_fsverity(&args[1..]),
         Some("overlay-diff") => bench_overlay_diff(&args[1..]),
+        Some("convert") => bench_convert(&args[1..]),
         other => Err(format!(
-            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff"
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert"
         )
         .into()),
     }
@@ -457,6 +459,100 @@ fn bench_overlay_diff(args: &[String]) -> Result<(), Error> {
         "  upperdir differ  {:>10.3} ms   ratio {:.0}x   (layer {bytes} bytes)",
         upper_time.as_secs_f64() * 1e3,
         walk_time.as_secs_f64() / upper_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `strata convert --to zstd:chunked` against `skopeo copy
+/// --dest-compress-format zstd:chunked` on the same real layer (from an OCI
+/// layout, so skopeo reads the same uncompressed tar from disk).
+fn bench_convert(args: &[String]) -> Result<(), Error> {
+    use sha2::Digest as _;
+    let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
+    require("skopeo", "skopeo")?;
+    let root = workspace_root();
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "strata-cli"])
+        .current_dir(&root))?;
+    let strata = root.join("target/release/strata");
+    let work = root.join("target/bench/convert");
+    std::fs::create_dir_all(&work)?;
+    let tar = work.join("layer.tar");
+    if !tar.exists() {
+        let partial = work.join("layer.tar.partial");
+        run(Command::new("tar")
+            .args(["--format=gnu", "-cf"])
+            .arg(&partial)
+            .args(["-C", "/", "usr/bin", "usr/share/doc"]))?;
+        std::fs::rename(&partial, &tar)?;
+    }
+    let layer = std::fs::read(&tar)?;
+    let hex = |b: &[u8]| {
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let src = work.join("oci-src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(src.join("blobs/sha256"))?;
+    let layer_hex = hex(&layer);
+    std::fs::copy(&tar, src.join("blobs/sha256").join(&layer_hex))?;
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{layer_hex}"]}},"config":{{}}}}"#
+    );
+    let config_hex = hex(config.as_bytes());
+    std::fs::write(src.join("blobs/sha256").join(&config_hex), &config)?;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{layer_hex}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let manifest_hex = hex(manifest.as_bytes());
+    std::fs::write(src.join("blobs/sha256").join(&manifest_hex), &manifest)?;
+    std::fs::write(
+        src.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#,
+            manifest.len()
+        ),
+    )?;
+    std::fs::write(src.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    drop(layer);
+
+    let dst = work.join("oci-dst");
+    let skopeo = time_median(runs, || {
+        let _ = std::fs::remove_dir_all(&dst);
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:latest", src.display()))
+            .arg(format!("oci:{}:latest", dst.display()));
+        c
+    })?;
+    let out = work.join("layer.zst");
+    let ours = time_median(runs, || {
+        let mut c = Command::new(&strata);
+        c.arg("convert").arg(&tar).arg("-o").arg(&out);
+        c
+    })?;
+    let size = std::fs::metadata(&tar)?.len();
+    let out_size = std::fs::metadata(&out)?.len();
+    println!(
+        "convert benchmark: {} ({:.0} MiB uncompressed), median of {runs} runs",
+        tar.display(),
+        mib(size)
+    );
+    println!(
+        "  skopeo copy --dest-compress-format zstd:chunked {:>8.3} s {:>7.0} MiB/s",
+        skopeo.as_secs_f64(),
+        mib(size) / skopeo.as_secs_f64()
+    );
+    println!(
+        "  strata convert                                 {:>8.3} s {:>7.0} MiB/s   ratio {:.2}x   (blob {:.0} MiB)",
+        ours.as_secs_f64(),
+        mib(size) / ours.as_secs_f64(),
+        skopeo.as_secs_f64() / ours.as_secs_f64(),
+        mib(out_size)
     );
     Ok(())
 }
