@@ -26,21 +26,49 @@ fn converts_plain_gzip_and_zstd_layers() {
     let tar = layer();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).expect("gzip");
-    let inputs = [("plain.tar", tar.clone()), ("layer.tar.gz", gz.finish().expect("gzip")), ("layer.tar.zst", zstd::encode_all(&tar[..], 3).expect("zstd"))];
+    let inputs = [
+        ("plain.tar", tar.clone()),
+        ("layer.tar.gz", gz.finish().expect("gzip")),
+        (
+            "layer.tar.zst",
+            zstd::encode_all(&tar[..], 3).expect("zstd"),
+        ),
+    ];
     for (name, bytes) in inputs {
         let input = dir.path().join(name);
         std::fs::write(&input, bytes).expect("write");
         let output = dir.path().join(format!("{name}.chunked"));
-        let out = strata().arg("convert").arg(&input).arg("-o").arg(&output).output().expect("run");
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let descriptor: serde_json::Value = serde_json::from_slice(&out.stdout).expect("descriptor JSON");
-        assert!(descriptor["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"].is_string());
+        let out = strata()
+            .arg("convert")
+            .arg(&input)
+            .arg("-o")
+            .arg(&output)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let descriptor: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("descriptor JSON");
+        assert!(
+            descriptor["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"]
+                .is_string()
+        );
         let blob = std::fs::read(&output).expect("blob");
         assert_eq!(descriptor["size"].as_u64(), Some(blob.len() as u64));
         let mut plain = Vec::new();
-        zstd::stream::read::Decoder::new(&blob[..]).expect("decoder").read_to_end(&mut plain).expect("decompress");
+        zstd::stream::read::Decoder::new(&blob[..])
+            .expect("decoder")
+            .read_to_end(&mut plain)
+            .expect("decompress");
         assert!(plain == tar, "{name}: the blob decompresses to the layer");
-        let inspect = strata().args(["toc", "inspect"]).arg(&output).output().expect("run");
+        let inspect = strata()
+            .args(["toc", "inspect"])
+            .arg(&output)
+            .output()
+            .expect("run");
         assert!(inspect.status.success());
     }
 }
@@ -54,11 +82,23 @@ fn refusals_are_one_line_and_leave_no_output() {
     tar.truncate(2000);
     std::fs::write(&input, &tar).expect("write");
     let output = dir.path().join("out");
-    let out = strata().arg("convert").arg(&input).arg("-o").arg(&output).output().expect("run");
+    let out = strata()
+        .arg("convert")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!output.exists(), "no output after a failure");
-    let out = strata().args(["convert", "--to", "estargz"]).arg(&input).arg("-o").arg(&output).output().expect("run");
+    let out = strata()
+        .args(["convert", "--to", "estargz"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .expect("run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported target format"));
 }

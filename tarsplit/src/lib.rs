@@ -24,6 +24,20 @@ pub use metadata::{Entry, FileEntry, MetadataReader, MetadataWriter};
 pub use payload::Payload;
 pub use tar::info::{HeaderInfo, Time};
 
+/// The resolved header of the entry whose headers end a metadata segment
+/// (the segment written just before that entry's file record). `None` when
+/// the segment does not end in a parseable header.
+pub fn header_of(segment: &[u8]) -> Option<HeaderInfo> {
+    let mut src = tar::SliceSource {
+        bytes: segment,
+        pos: 0,
+    };
+    match tar::next_entry(&mut src, 0, (segment.len() % 512) as u64) {
+        Ok(Some(entry)) => Some(entry.info),
+        _ => None,
+    }
+}
+
 /// The records of a PAX extended header (`"%d key=value\n"` …), in order.
 /// Values are raw bytes and may hold newlines (binary xattrs do).
 pub fn parse_pax_records(data: &[u8]) -> Result<Vec<tar::pax::PaxRecord>, &'static str> {

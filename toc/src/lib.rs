@@ -2,6 +2,7 @@
 
 pub mod annotations;
 pub mod chunker;
+mod consistency;
 mod error;
 pub mod estargz;
 pub mod footer;

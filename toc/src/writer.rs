@@ -178,7 +178,7 @@ fn kind_of(typeflag: u8) -> Option<&'static str> {
 
 /// The TOC fields a tar header determines (containers-storage compares
 /// exactly these with the tar-split when it pulls).
-fn entry_from_header(h: &HeaderInfo) -> io::Result<Entry> {
+pub(crate) fn entry_from_header(h: &HeaderInfo) -> io::Result<Entry> {
     let kind = kind_of(h.typeflag).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,

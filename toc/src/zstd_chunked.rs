@@ -160,7 +160,9 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(
                 actual,
             });
         }
-        Some(decompress("tar-split", &compressed, ulen, MAX_TAR_SPLIT)?)
+        let tar_split = decompress("tar-split", &compressed, ulen, MAX_TAR_SPLIT)?;
+        crate::consistency::check(&toc, &tar_split)?;
+        Some(tar_split)
     };
     let location = Location {
         toc_digest: digest.clone(),
