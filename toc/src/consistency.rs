@@ -29,7 +29,7 @@ fn clean(name: &str) -> String {
 
 /// Seconds and nanoseconds of an RFC 3339 time; `None` for the zero time,
 /// the epoch, or an empty string (all "unset" to containers-storage).
-fn instant(text: &str) -> Result<Option<(i64, u32)>, String> {
+fn instant(text: &str) -> Result<Instant, String> {
     if text.is_empty() {
         return Ok(None);
     }
@@ -93,8 +93,11 @@ fn instant(text: &str) -> Result<Option<(i64, u32)>, String> {
     Ok(Some((secs, nanos)))
 }
 
+/// An instant as seconds and nanoseconds, `None` when unset.
+type Instant = Option<(i64, u32)>;
+
 /// The fields containers-storage compares, in comparable form.
-fn comparable(e: &Entry) -> Result<(Entry, [Option<(i64, u32)>; 3]), String> {
+fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     let times = [
         instant(&e.mod_time)?,
         instant(&e.access_time)?,
