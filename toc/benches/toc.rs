@@ -21,14 +21,23 @@ fn big_toc() -> Vec<u8> {
             ..Entry::default()
         })
         .collect();
-    serde_json::to_vec(&Toc { version: 1, entries, tar_split_digest: digest }).expect("json")
+    serde_json::to_vec(&Toc {
+        version: 1,
+        entries,
+        tar_split_digest: digest,
+    })
+    .expect("json")
 }
 
 fn layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..2000 {
-        let len = if i % 50 == 0 { 1 << 20 } else { 4000 + (i % 13) * 700 };
+        let len = if i % 50 == 0 {
+            1 << 20
+        } else {
+            4000 + (i % 13) * 700
+        };
         // Text-like content: compressible, as real layers mostly are.
         let data: Vec<u8> = (0..len)
             .map(|_| {
@@ -41,7 +50,8 @@ fn layer() -> Vec<u8> {
         let mut h = tar::Header::new_gnu();
         h.set_size(len as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, format!("usr/share/f{i}"), &data[..]).expect("append");
+        b.append_data(&mut h, format!("usr/share/f{i}"), &data[..])
+            .expect("append");
     }
     b.into_inner().expect("tar")
 }
@@ -64,7 +74,10 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(tar.len() as u64));
     group.sample_size(10);
     group.bench_function("tar to zstd:chunked, level 3", |b| {
-        b.iter(|| write_zstd_chunked(black_box(&tar[..]), io::sink(), &WriteOptions::default()).expect("convert"))
+        b.iter(|| {
+            write_zstd_chunked(black_box(&tar[..]), io::sink(), &WriteOptions::default())
+                .expect("convert")
+        })
     });
     group.finish();
 }

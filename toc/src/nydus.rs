@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::read_at::ReadAt;
+use crate::read_at::{ReadAt, read_range};
 
 const HEADER: u64 = 512;
 const ENTRY: usize = 128;
@@ -149,45 +149,19 @@ pub fn parse_header(b: &[u8]) -> Result<(String, u64)> {
     Ok((name, size))
 }
 
-fn read_vec<R: ReadAt + ?Sized>(
-    blob: &R,
-    offset: u64,
-    len: u64,
-    blob_len: u64,
-    what: &'static str,
-) -> Result<Vec<u8>> {
-    if offset.checked_add(len).is_none_or(|end| end > blob_len) {
-        return Err(Error::OutOfBounds {
-            what,
-            offset,
-            len,
-            blob_len,
-        });
-    }
-    let mut buf = vec![
-        0u8;
-        usize::try_from(len).map_err(|_| Error::TooLarge {
-            what,
-            len,
-            limit: usize::MAX as u64
-        })?
-    ];
-    blob.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
-}
-
 /// The TOC at the tail of a blob; `None` for a blob without one.
 pub fn read_toc<R: ReadAt + ?Sized>(blob: &R) -> Result<Option<Vec<TocEntry>>> {
     let blob_len = blob.size()?;
     if blob_len < HEADER {
         return Err(invalid("blob shorter than one header"));
     }
-    let (name, size) = parse_header(&read_vec(
+    let (name, size) = parse_header(&read_range(
         blob,
+        "nydus header",
         blob_len - HEADER,
         HEADER,
         blob_len,
-        "nydus header",
+        u64::MAX,
     )?)?;
     if name != TOC_NAME {
         return Ok(None);
@@ -207,7 +181,7 @@ pub fn read_toc<R: ReadAt + ?Sized>(blob: &R) -> Result<Option<Vec<TocEntry>>> {
     let start = (blob_len - HEADER)
         .checked_sub(size)
         .ok_or_else(|| invalid("TOC larger than the blob"))?;
-    let data = read_vec(blob, start, size, blob_len, "nydus TOC")?;
+    let data = read_range(blob, "nydus TOC", start, size, blob_len, u64::MAX)?;
     data.chunks_exact(ENTRY)
         .map(TocEntry::parse)
         .collect::<Result<Vec<_>>>()
@@ -222,7 +196,14 @@ pub fn find_by_walk<R: ReadAt + ?Sized>(blob: &R, name: &str) -> Result<Option<(
         .checked_sub(HEADER)
         .ok_or_else(|| invalid("blob shorter than one header"))?;
     loop {
-        let (found, size) = parse_header(&read_vec(blob, cur, HEADER, blob_len, "nydus header")?)?;
+        let (found, size) = parse_header(&read_range(
+            blob,
+            "nydus header",
+            cur,
+            HEADER,
+            blob_len,
+            u64::MAX,
+        )?)?;
         let start = cur
             .checked_sub(size)
             .ok_or_else(|| invalid(format!("section {found:?} is larger than what precedes it")))?;
@@ -249,12 +230,13 @@ pub fn unpack<R: ReadAt + ?Sized, W: Write>(
         // The image.blob entry's offset is unreliable in real blobs, and its
         // digest covers its header too: locate it by the header walk.
         if name != "image.blob" {
-            let data = read_vec(
+            let data = read_range(
                 blob,
+                "nydus section",
                 entry.compressed_offset,
                 entry.compressed_size,
                 blob_len,
-                "nydus section",
+                u64::MAX,
             )?;
             let content = match entry.flags & COMPRESSOR_MASK {
                 COMPRESSOR_ZSTD => zstd::bulk::decompress(&data, entry.uncompressed_size as usize)
@@ -291,7 +273,7 @@ pub fn unpack<R: ReadAt + ?Sized, W: Write>(
     let Some((offset, size)) = find_by_walk(blob, name)? else {
         return Ok(None);
     };
-    let data = read_vec(blob, offset, size, blob_len, "nydus section")?;
+    let data = read_range(blob, "nydus section", offset, size, blob_len, u64::MAX)?;
     out.write_all(&data)?;
     Ok(Some(size))
 }

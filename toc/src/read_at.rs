@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::error::{Error, Result};
+
 /// Reads exact byte ranges of a blob of known size.
 pub trait ReadAt {
     /// The blob's length.
@@ -55,4 +57,30 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_exact_at(buf, offset)
     }
+}
+
+/// Reads `len` bytes at `offset` after checking them against the blob's
+/// length and a size limit, so a lying length never becomes an allocation.
+pub(crate) fn read_range<R: ReadAt + ?Sized>(
+    blob: &R,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+    blob_len: u64,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    if len > limit {
+        return Err(Error::TooLarge { what, len, limit });
+    }
+    if offset.checked_add(len).is_none_or(|end| end > blob_len) {
+        return Err(Error::OutOfBounds {
+            what,
+            offset,
+            len,
+            blob_len,
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    blob.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }

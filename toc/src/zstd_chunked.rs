@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::annotations::{self, Location};
 use crate::error::{Error, Result};
 use crate::footer;
-use crate::read_at::ReadAt;
+use crate::read_at::{ReadAt, read_range};
 use crate::toc::Toc;
 
 /// Largest TOC accepted, compressed or not (containers-storage's limit).
@@ -41,30 +41,6 @@ fn sha256(bytes: &[u8]) -> String {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     )
-}
-
-fn read_range<R: ReadAt + ?Sized>(
-    blob: &R,
-    what: &'static str,
-    offset: u64,
-    len: u64,
-    blob_len: u64,
-    limit: u64,
-) -> Result<Vec<u8>> {
-    if len > limit {
-        return Err(Error::TooLarge { what, len, limit });
-    }
-    if offset.checked_add(len).is_none_or(|end| end > blob_len) {
-        return Err(Error::OutOfBounds {
-            what,
-            offset,
-            len,
-            blob_len,
-        });
-    }
-    let mut buf = vec![0u8; len as usize];
-    blob.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
 }
 
 fn decompress(what: &'static str, compressed: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {

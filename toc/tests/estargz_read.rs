@@ -1,24 +1,17 @@
 //! Reading eStargz blobs built here by the layout of the spec (no eStargz
 //! writer is packaged in Debian to test against).
 
+mod common;
+
+use common::sha;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 use strata_toc::estargz::{TOC_DIGEST_ANNOTATION, footer, read_estargz};
 use strata_toc::{Entry, Error, Toc};
-
-fn sha(b: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
-}
 
 fn member(bytes: &[u8]) -> Vec<u8> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::best());

@@ -3,11 +3,14 @@
 //! dialect). strata reads the TOC by the manifest's annotations, and it
 //! matches the original tar entry by entry.
 
+mod common;
+
+use common::sha;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
 use strata_toc::{WriteOptions, read_zstd_chunked, write_zstd_chunked};
 
 fn have_skopeo() -> bool {
@@ -23,16 +26,6 @@ fn have_skopeo() -> bool {
         eprintln!("SKIPPED: skopeo not installed (apt-get install -y skopeo)");
     }
     ok
-}
-
-fn sha(b: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
 }
 
 fn put_blob(layout: &Path, bytes: &[u8]) -> String {

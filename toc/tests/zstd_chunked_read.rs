@@ -1,23 +1,16 @@
 //! Reading zstd:chunked blobs: a well-formed blob built here, and every way
 //! a blob can lie.
 
+mod common;
+
+use common::sha;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
 use strata_toc::annotations::{self, Location};
 use strata_toc::footer::{self, Dialect, Footer};
 use strata_toc::{Entry, Error, Toc, read_zstd_chunked};
-
-fn sha(b: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
-}
 
 fn skippable(payload: &[u8]) -> Vec<u8> {
     let mut out = footer::SKIPPABLE_MAGIC.to_vec();

@@ -3,24 +3,17 @@
 //! the TOC says, and the embedded tar-split rebuilds the tar from the pieces
 //! (the partial-pull path, offline).
 
+mod common;
+
+use common::sha;
+
 use std::collections::HashMap;
 use std::io::{self, Read};
 
 use proptest::prelude::*;
-use sha2::{Digest, Sha256};
 use strata_tarsplit::{FileGetter, MetadataReader, assemble};
 use strata_toc::chunker::chunks;
 use strata_toc::{ChunkedToc, WriteOptions, read_zstd_chunked, write_zstd_chunked};
-
-fn sha(b: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    )
-}
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
