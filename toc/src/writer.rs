@@ -9,6 +9,7 @@ use std::io::{self, BufRead, Read, Write};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time, split};
+use zstd::stream::raw::{CParameter, Encoder as RawEncoder, InBuffer, Operation, OutBuffer};
 
 use crate::annotations::{self, Location};
 use crate::chunker::{Chunk, ChunkKind, Chunker};
@@ -24,6 +25,9 @@ pub struct WriteOptions {
     /// Also write the `io.containers.` annotation keys that
     /// containers-storage ≤ 1.43 (podman 4.3) reads.
     pub legacy_annotations: bool,
+    /// Compression threads; `None` for the machine's cores. The blob is the
+    /// same whatever the number.
+    pub threads: Option<usize>,
 }
 
 impl Default for WriteOptions {
@@ -31,6 +35,7 @@ impl Default for WriteOptions {
         WriteOptions {
             level: 3,
             legacy_annotations: false,
+            threads: None,
         }
     }
 }
@@ -77,58 +82,77 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// The zstd frame being written, opened only when bytes arrive, so no
-/// empty frame is ever emitted.
-enum Frames<W: Write> {
-    Idle(Counting<W>),
-    Open(zstd::stream::write::Encoder<'static, Counting<W>>),
-    Broken,
+/// The zstd frames of the blob, all made by one compression context that is
+/// reset between frames (so its worker threads live for the whole blob). A
+/// frame is begun by the first byte written to it, so none is ever empty.
+struct Frames<W: Write> {
+    out: Counting<W>,
+    encoder: RawEncoder<'static>,
+    scratch: Vec<u8>,
+    open: bool,
 }
 
 impl<W: Write> Frames<W> {
-    fn write(&mut self, bytes: &[u8], level: i32) -> io::Result<()> {
+    fn new(out: Counting<W>, level: i32, threads: u32) -> io::Result<Self> {
+        let mut encoder = RawEncoder::new(level)?;
+        encoder.set_parameter(CParameter::ChecksumFlag(true))?;
+        // Always at least one worker: zstd's output is then the same for
+        // any number of workers, so blobs do not depend on the machine.
+        encoder.set_parameter(CParameter::NbWorkers(threads.max(1)))?;
+        Ok(Frames {
+            out,
+            encoder,
+            scratch: vec![0; 128 << 10],
+            open: false,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        if let Frames::Idle(_) = self {
-            let Frames::Idle(out) = std::mem::replace(self, Frames::Broken) else {
-                unreachable!()
+        self.open = true;
+        let mut input = InBuffer::around(bytes);
+        while input.pos() < bytes.len() {
+            let n = {
+                let mut output = OutBuffer::around(&mut self.scratch[..]);
+                self.encoder.run(&mut input, &mut output)?;
+                output.pos()
             };
-            let mut enc = zstd::stream::write::Encoder::new(out, level)?;
-            enc.include_checksum(true)?;
-            *self = Frames::Open(enc);
+            self.out.write_all(&self.scratch[..n])?;
         }
-        match self {
-            Frames::Open(enc) => enc.write_all(bytes),
-            _ => Err(io::Error::other("zstd:chunked writer failed earlier")),
-        }
+        Ok(())
     }
 
     fn close(&mut self) -> io::Result<()> {
-        if let Frames::Open(_) = self {
-            let Frames::Open(enc) = std::mem::replace(self, Frames::Broken) else {
-                unreachable!()
-            };
-            *self = Frames::Idle(enc.finish()?);
+        if !self.open {
+            return Ok(());
         }
+        loop {
+            let (n, remaining) = {
+                let mut output = OutBuffer::around(&mut self.scratch[..]);
+                let remaining = self.encoder.finish(&mut output, true)?;
+                (output.pos(), remaining)
+            };
+            self.out.write_all(&self.scratch[..n])?;
+            if remaining == 0 {
+                break;
+            }
+        }
+        self.encoder.reinit()?;
+        self.open = false;
         Ok(())
     }
 
     /// Where the next frame will start (the current one is closed first).
     fn position(&mut self) -> io::Result<u64> {
         self.close()?;
-        match self {
-            Frames::Idle(out) => Ok(out.pos),
-            _ => Err(io::Error::other("zstd:chunked writer failed earlier")),
-        }
+        Ok(self.out.pos)
     }
 
     fn into_inner(mut self) -> io::Result<Counting<W>> {
         self.close()?;
-        match self {
-            Frames::Idle(out) => Ok(out),
-            _ => Err(io::Error::other("zstd:chunked writer failed earlier")),
-        }
+        Ok(self.out)
     }
 }
 
@@ -228,7 +252,6 @@ struct Written1 {
 
 struct ChunkedSink<W: Write> {
     frames: Frames<W>,
-    level: i32,
     entries: Vec<Entry>,
 }
 
@@ -255,19 +278,19 @@ impl<W: Write> ChunkedSink<W> {
             file_hash.update(buf);
             chunker.update(buf, |c| emitted.push(c));
             for c in emitted.drain(..) {
-                state.write_to(&mut self.frames, self.level, c.offset + c.len, base, buf)?;
+                state.write_to(&mut self.frames, c.offset + c.len, base, buf)?;
                 state.finish_chunk(&mut self.frames, c)?;
             }
             // Trailing zeros may yet become a chunk of their own: hold them.
             let zeros = buf.iter().rev().take_while(|&&b| b == 0).count() as u64;
             let keep_to = (base + n as u64 - zeros).max(state.written);
-            state.write_to(&mut self.frames, self.level, keep_to, base, buf)?;
+            state.write_to(&mut self.frames, keep_to, base, buf)?;
             base += n as u64;
             p.consume(n);
         }
         chunker.finish(|c| emitted.push(c));
         for c in emitted {
-            state.write_to(&mut self.frames, self.level, c.offset + c.len, base, &[])?;
+            state.write_to(&mut self.frames, c.offset + c.len, base, &[])?;
             state.finish_chunk(&mut self.frames, c)?;
         }
         let end = self.frames.position()?;
@@ -289,7 +312,6 @@ impl ChunkState {
     fn write_to<W: Write>(
         &mut self,
         frames: &mut Frames<W>,
-        level: i32,
         to: u64,
         base: u64,
         buf: &[u8],
@@ -304,7 +326,7 @@ impl ChunkState {
             if self.chunk_start_blob.is_none() {
                 self.chunk_start_blob = Some(frames.position()?);
             }
-            frames.write(bytes, level)?;
+            frames.write(bytes)?;
             self.chunk_hash.update(bytes);
             self.written += bytes.len() as u64;
         }
@@ -329,7 +351,7 @@ impl ChunkState {
 
 impl<W: Write> SplitSink for ChunkedSink<W> {
     fn raw(&mut self, bytes: &[u8]) -> strata_tarsplit::Result<()> {
-        self.frames.write(bytes, self.level)?;
+        self.frames.write(bytes)?;
         Ok(())
     }
 
@@ -430,9 +452,12 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
         pos: 0,
         hasher: Sha256::new(),
     };
+    let threads = options
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let frames = Frames::new(counting, options.level, u32::try_from(threads).unwrap_or(1))?;
     let mut sink = ChunkedSink {
-        frames: Frames::Idle(counting),
-        level: options.level,
+        frames,
         entries: Vec::new(),
     };
     let encoder = zstd::stream::write::Encoder::new(Vec::new(), options.level)?;
