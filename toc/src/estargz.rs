@@ -8,7 +8,7 @@ use std::io::Read;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::read_at::ReadAt;
+use crate::read_at::{ReadAt, read_range};
 use crate::toc::Toc;
 use crate::zstd_chunked::MAX_TOC;
 
@@ -90,15 +90,14 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
             len: 0,
             blob_len,
         })?;
-    if member_len > MAX_TOC {
-        return Err(Error::TooLarge {
-            what: "eStargz TOC",
-            len: member_len,
-            limit: MAX_TOC,
-        });
-    }
-    let mut member = vec![0u8; member_len as usize];
-    blob.read_exact_at(&mut member, toc_offset)?;
+    let member = read_range(
+        blob,
+        "eStargz TOC",
+        toc_offset,
+        member_len,
+        blob_len,
+        MAX_TOC,
+    )?;
 
     // The member holds a tar header for stargz.index.json, the JSON, padding
     // and the end-of-archive blocks.

@@ -77,6 +77,20 @@ fn oci_layout_with(
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
 }
 
+/// A tar of /usr/share/doc in the given `tar --format`.
+fn docs_tar(dir: &Path, format: &str) -> Vec<u8> {
+    let path = dir.join("layer.tar");
+    let st = Command::new("tar")
+        .arg(format!("--format={format}"))
+        .arg("-cf")
+        .arg(&path)
+        .args(["-C", "/usr/share/doc", "."])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    std::fs::read(&path).expect("tar")
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")
 }
@@ -87,15 +101,7 @@ fn reads_what_skopeo_writes() {
         return;
     }
     let base = tempfile::tempdir().expect("tempdir");
-    let tar_path = base.path().join("layer.tar");
-    let st = Command::new("tar")
-        .args(["--format=gnu", "-cf"])
-        .arg(&tar_path)
-        .args(["-C", "/usr/share/doc", "."])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    let tar = std::fs::read(&tar_path).expect("tar");
+    let tar = docs_tar(base.path(), "gnu");
     let (src, dst) = (base.path().join("src"), base.path().join("dst"));
     oci_layout(&src, &tar);
     let out = Command::new("skopeo")
@@ -177,15 +183,7 @@ fn skopeo_and_zstd_accept_what_strata_writes() {
         return;
     }
     let base = tempfile::tempdir().expect("tempdir");
-    let tar_path = base.path().join("layer.tar");
-    let st = Command::new("tar")
-        .args(["--format=pax", "-cf"])
-        .arg(&tar_path)
-        .args(["-C", "/usr/share/doc", "."])
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    let tar = std::fs::read(&tar_path).expect("tar");
+    let tar = docs_tar(base.path(), "pax");
     let mut blob = Vec::new();
     let written = write_zstd_chunked(
         &tar[..],
