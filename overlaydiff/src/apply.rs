@@ -1,15 +1,20 @@
 //! Applying an OCI layer tar to a directory: onto an overlay upperdir
 //! (whiteouts become overlay whiteouts) or onto a plain tree (whiteouts
 //! delete).
+//!
+//! The tar is read by strata-tarsplit's reader, the one that writes the
+//! layer's tar-split metadata, so the names the files are stored under are
+//! exactly the names a later reassembly asks for.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
+use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time};
 
 use crate::meta;
 use crate::options::XattrNamespace;
@@ -43,7 +48,15 @@ fn io_err(path: &[u8], source: io::Error) -> Error {
     }
 }
 
-/// A tar path as components, refusing absolute paths and `..`.
+fn invalid(path: &[u8], reason: impl Into<String>) -> Error {
+    Error::InvalidEntry {
+        path: String::from_utf8_lossy(path).into_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A tar path as components, refusing absolute paths and `..`. Empty for
+/// the root itself (`.`, `./`).
 fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
     if path.first() == Some(&b'/') {
         return Err(unsafe_path(path, "absolute path"));
@@ -56,37 +69,7 @@ fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
             p => parts.push(p),
         }
     }
-    if parts.is_empty() {
-        return Err(unsafe_path(path, "names the root"));
-    }
     Ok(parts)
-}
-
-/// Opens the directory at `parts` below `root`, creating missing ones. A
-/// component that exists but is not a directory (a symlink included) is an
-/// error, so nothing is ever created outside the root.
-fn open_parent(root: &Dir, parts: &[&[u8]], full: &[u8], create: bool) -> Result<Option<Dir>> {
-    let mut dir = root.try_clone().map_err(|e| io_err(full, e))?;
-    for part in parts {
-        let name = OsStr::from_bytes(part);
-        match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-            Ok(st)
-                if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
-                    && st.st_rdev == 0 =>
-            {
-                return Ok(None); // below an overlay whiteout: nothing to do
-            }
-            Ok(_) => return Err(unsafe_path(full, "a parent is not a directory")),
-            Err(rustix::io::Errno::NOENT) if create => {
-                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755))
-                    .map_err(|e| io_err(full, e.into()))?;
-            }
-            Err(e) => return Err(io_err(full, e.into())),
-        }
-        dir = meta::open_dir(&dir, name).map_err(|e| io_err(full, e))?;
-    }
-    Ok(Some(dir))
 }
 
 fn remove_all(dir: &Dir, name: &OsStr) -> io::Result<()> {
@@ -100,161 +83,270 @@ fn remove_all(dir: &Dir, name: &OsStr) -> io::Result<()> {
     }
 }
 
-/// Applies the layer in `tar` to `root`. Returns the number of entries.
-pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<u64> {
-    let mut archive = tar::Archive::new(tar);
-    let mut created: HashSet<Vec<u8>> = HashSet::new();
-    let mut dir_times: Vec<(Vec<u8>, i64)> = Vec::new();
-    let mut count = 0;
-    // Raw entries: the tar crate's own PAX parsing cuts values at newlines,
-    // which binary xattrs (security.capability) contain.
-    let mut ext = Extensions::default();
-    for entry in archive
-        .entries()
-        .map_err(|e| io_err(b"<layer>", e))?
-        .raw(true)
-    {
-        let mut entry = entry.map_err(|e| io_err(b"<layer>", e))?;
-        if ext.absorb(&mut entry)? {
-            continue;
-        }
-        let taken = std::mem::take(&mut ext);
-        let path = taken
-            .path
-            .unwrap_or_else(|| entry.path_bytes().into_owned());
-        let link_name = taken
-            .link
-            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-        if taken
-            .size
-            .is_some_and(|size| size != entry.header().size().unwrap_or(0))
-        {
-            return Err(Error::InvalidEntry {
-                path: String::from_utf8_lossy(&path).into(),
-                reason: "PAX size beyond the header's size field is not supported".into(),
-            });
-        }
-        let parts = components(&path)?;
-        let (name, parents) = parts.split_last().expect("components are not empty");
-        let clean: Vec<u8> = parts.join(&b'/');
-        count += 1;
+/// Extracts a layer entry by entry, as a [`SplitSink`] of strata-tarsplit:
+/// plug it into [`strata_tarsplit::split`] to extract while writing the
+/// tar-split metadata in the same pass, then call [`finish`](Self::finish).
+///
+/// Nothing is ever created outside the root: absolute names and `..` are
+/// refused, and a path whose parent is a symlink, a file or a device is an
+/// error (a layer never writes through a link).
+#[derive(Debug)]
+pub struct Extractor {
+    root: Dir,
+    whiteouts: Whiteouts,
+    root_metadata: bool,
+    owners: bool,
+    /// Paths this layer created (an opaque marker spares them).
+    created: HashSet<Vec<u8>>,
+    dir_times: Vec<(Vec<u8>, Time)>,
+    /// The last parent directory opened: entries come grouped by directory.
+    cached: Option<(Vec<u8>, Dir)>,
+    entries: u64,
+}
 
-        if name.starts_with(WHITEOUT_PREFIX) {
-            let Some(parent) = open_parent(root, parents, &path, true)? else {
-                continue;
-            };
-            if *name == OPAQUE_MARKER {
-                match whiteouts {
-                    Whiteouts::Overlay(ns) => {
-                        meta::set_xattr(&parent, OsStr::from_bytes(b"."), &ns.name("opaque"), b"y")
-                            .map_err(|e| io_err(&path, e))?
-                    }
-                    Whiteouts::Remove => {
-                        let dir_path = parents.join(&b'/');
-                        for child in meta::sorted_names(&parent).map_err(|e| io_err(&path, e))? {
-                            let mut child_path = dir_path.clone();
-                            if !child_path.is_empty() {
-                                child_path.push(b'/');
-                            }
-                            child_path.extend_from_slice(child.as_bytes());
-                            if !created.contains(&child_path) {
-                                remove_all(&parent, &child).map_err(|e| io_err(&path, e))?;
-                            }
+impl Extractor {
+    /// Extracts into `root`. Ownership is applied when running as root.
+    pub fn new(root: Dir, whiteouts: Whiteouts) -> Self {
+        Extractor {
+            root,
+            whiteouts,
+            root_metadata: false,
+            owners: rustix::process::geteuid().is_root(),
+            created: HashSet::new(),
+            dir_times: Vec::new(),
+            cached: None,
+            entries: 0,
+        }
+    }
+
+    /// Whether the tar's `.` entry sets the root's mode, owner and times
+    /// (containers-storage's vfs driver does; its overlay driver keeps the
+    /// layer root as it created it). Off by default.
+    pub fn root_metadata(mut self, apply: bool) -> Self {
+        self.root_metadata = apply;
+        self
+    }
+
+    /// Whether entries get the tar's uid and gid (default: when running as
+    /// root; without privileges chown would fail).
+    pub fn preserve_owners(mut self, preserve: bool) -> Self {
+        self.owners = preserve;
+        self
+    }
+
+    /// Sets directory times (creating children changed them). Returns the
+    /// number of entries applied.
+    pub fn finish(mut self) -> Result<u64> {
+        self.cached = None;
+        for (path, mtime) in std::mem::take(&mut self.dir_times).iter().rev() {
+            let parts = components(path)?;
+            match parts.split_last() {
+                None => set_times(&self.root, OsStr::new("."), *mtime),
+                Some((name, parents)) => match self.parent(parents, path, false)? {
+                    Some(parent) => set_times(&parent, OsStr::from_bytes(name), *mtime),
+                    None => Ok(()),
+                },
+            }
+            .map_err(|e| io_err(path, e))?;
+        }
+        Ok(self.entries)
+    }
+
+    /// Opens the directory at `parts` below the root, creating missing ones
+    /// when asked. `None` below an overlay whiteout.
+    fn parent(&mut self, parts: &[&[u8]], full: &[u8], create: bool) -> Result<Option<Dir>> {
+        let key = parts.join(&b'/');
+        if let Some((cached, dir)) = &self.cached
+            && *cached == key
+        {
+            return dir.try_clone().map(Some).map_err(|e| io_err(full, e));
+        }
+        let mut dir = self.root.try_clone().map_err(|e| io_err(full, e))?;
+        for part in parts {
+            let name = OsStr::from_bytes(part);
+            match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                Ok(st)
+                    if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+                        && st.st_rdev == 0 =>
+                {
+                    return Ok(None);
+                }
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                    return Err(unsafe_path(full, "a parent is a symlink"));
+                }
+                Ok(_) => return Err(unsafe_path(full, "a parent is not a directory")),
+                Err(rustix::io::Errno::NOENT) if create => {
+                    rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755))
+                        .map_err(|e| io_err(full, e.into()))?;
+                }
+                Err(e) => return Err(io_err(full, e.into())),
+            }
+            dir = meta::open_dir(&dir, name).map_err(|e| io_err(full, e))?;
+        }
+        let copy = dir.try_clone().map_err(|e| io_err(full, e))?;
+        self.cached = Some((key, copy));
+        Ok(Some(dir))
+    }
+
+    fn remove(&mut self, dir: &Dir, name: &OsStr, path: &[u8]) -> Result<()> {
+        // A removed directory may be the cached parent (or above it).
+        self.cached = None;
+        remove_all(dir, name).map_err(|e| io_err(path, e))
+    }
+
+    fn chown(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
+        if !self.owners {
+            return Ok(());
+        }
+        let id = |v: i64, what| u32::try_from(v).map_err(|_| invalid(path, format!("{what} {v} out of range")));
+        let (uid, gid) = (id(header.uid, "uid")?, id(header.gid, "gid")?);
+        rustix::fs::chownat(
+            dir.as_fd(),
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(path, e.into()))
+    }
+
+    fn whiteout(&mut self, header: &HeaderInfo, parents: &[&[u8]], name: &[u8]) -> Result<()> {
+        let path = header.name.as_slice();
+        let Some(parent) = self.parent(parents, path, true)? else {
+            return Ok(());
+        };
+        if name == OPAQUE_MARKER {
+            match self.whiteouts {
+                Whiteouts::Overlay(ns) => {
+                    meta::set_xattr(&parent, OsStr::new("."), &ns.name("opaque"), b"y")
+                        .map_err(|e| io_err(path, e))?;
+                }
+                Whiteouts::Remove => {
+                    let dir_path = parents.join(&b'/');
+                    for child in meta::sorted_names(&parent).map_err(|e| io_err(path, e))? {
+                        let mut child_path = dir_path.clone();
+                        if !child_path.is_empty() {
+                            child_path.push(b'/');
+                        }
+                        child_path.extend_from_slice(child.as_bytes());
+                        if !self.created.contains(&child_path) {
+                            self.remove(&parent, &child, path)?;
                         }
                     }
                 }
-                continue;
             }
-            if name.starts_with(b".wh..wh.") {
-                continue; // AUFS metadata (hard-link area): not content
-            }
-            let target = &name[WHITEOUT_PREFIX.len()..];
-            if target.is_empty() {
-                return Err(Error::InvalidEntry {
-                    path: String::from_utf8_lossy(&path).into(),
-                    reason: "whiteout of no name".into(),
-                });
-            }
-            let target = OsStr::from_bytes(target);
-            remove_all(&parent, target).map_err(|e| io_err(&path, e))?;
-            if let Whiteouts::Overlay(_) = whiteouts {
-                rustix::fs::mknodat(
-                    parent.as_fd(),
-                    target,
-                    FileType::CharacterDevice,
-                    Mode::empty(),
-                    0,
-                )
-                .map_err(|e| io_err(&path, e.into()))?;
-                let header = entry.header();
-                let (uid, gid) = (
-                    header.uid().unwrap_or(0) as u32,
-                    header.gid().unwrap_or(0) as u32,
-                );
-                chown(&parent, target, uid, gid).map_err(|e| io_err(&path, e))?;
-            }
-            continue;
+            return Ok(());
         }
+        if name.starts_with(b".wh..wh.") {
+            return Ok(()); // AUFS metadata (its hard-link area): not content
+        }
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if target.is_empty() {
+            return Err(invalid(path, "whiteout of no name"));
+        }
+        let target = OsStr::from_bytes(target);
+        self.remove(&parent, target, path)?;
+        if let Whiteouts::Overlay(_) = self.whiteouts {
+            rustix::fs::mknodat(parent.as_fd(), target, FileType::CharacterDevice, Mode::empty(), 0)
+                .map_err(|e| io_err(path, e.into()))?;
+            self.chown(&parent, target, header, path)?;
+        }
+        Ok(())
+    }
 
-        let parent = open_parent(root, parents, &path, true)?
-            .ok_or_else(|| unsafe_path(&path, "below a whiteout"))?;
+    fn root_entry(&mut self, header: &HeaderInfo) -> Result<()> {
+        if !self.root_metadata {
+            return Ok(());
+        }
+        if header.typeflag != b'5' {
+            return Err(invalid(&header.name, "the layer root is not a directory"));
+        }
+        let root = self.root.try_clone().map_err(|e| io_err(&header.name, e))?;
+        self.metadata(&root, OsStr::new("."), header, &header.name)?;
+        self.dir_times.push((Vec::new(), header.mtime));
+        Ok(())
+    }
+
+    /// Owner, xattrs and mode of a new or replaced entry.
+    fn metadata(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
+        self.chown(dir, name, header, path)?;
+        for (attr, value) in &header.xattrs {
+            if meta::exported_xattr(attr.as_bytes()) {
+                meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
+            }
+        }
+        if header.typeflag != b'2' {
+            // After chown, which clears set-id bits.
+            let mode = Mode::from_raw_mode((header.mode & 0o7777) as u32);
+            rustix::fs::chmodat(dir.as_fd(), name, mode, AtFlags::empty())
+                .map_err(|e| io_err(path, e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> Result<()> {
+        let path = header.name.as_slice();
+        let parts = components(path)?;
+        self.entries += 1;
+        let Some((name, parents)) = parts.split_last() else {
+            return self.root_entry(header);
+        };
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return self.whiteout(header, parents, name);
+        }
+        let clean: Vec<u8> = parts.join(&b'/');
+        let parent = self
+            .parent(parents, path, true)?
+            .ok_or_else(|| unsafe_path(path, "below a whiteout"))?;
         let name = OsStr::from_bytes(name);
-        let header = entry.header().clone();
-        let kind = header.entry_type();
-        let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let (uid, gid) = (
-            header.uid().unwrap_or(0) as u32,
-            header.gid().unwrap_or(0) as u32,
-        );
-        let mtime = header.mtime().unwrap_or(0) as i64;
-        let xattrs = taken.xattrs;
+        let kind = header.typeflag;
 
         let existing = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok();
         let existing_dir = existing
             .as_ref()
             .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
-        if existing.is_some() && !(existing_dir && kind.is_dir()) {
-            remove_all(&parent, name).map_err(|e| io_err(&path, e))?;
+        if existing.is_some() && !(existing_dir && kind == b'5') {
+            self.remove(&parent, name, path)?;
         }
-        let fail = |e: rustix::io::Errno| io_err(&path, e.into());
+        let fail = |e: rustix::io::Errno| io_err(path, e.into());
         match kind {
-            tar::EntryType::Directory => {
+            b'5' => {
                 if !existing_dir {
                     rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700))
                         .map_err(fail)?;
                 }
-                dir_times.push((clean.clone(), mtime));
+                self.dir_times.push((clean.clone(), header.mtime));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            b'0' | b'7' | b'S' => {
                 let fd = rustix::fs::openat(
                     parent.as_fd(),
                     name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(fail)?;
                 let mut file = std::fs::File::from(fd);
-                io::copy(&mut entry, &mut file).map_err(|e| io_err(&path, e))?;
+                if let Some(payload) = payload {
+                    copy_payload(payload, &mut file).map_err(|e| io_err(path, e))?;
+                }
             }
-            tar::EntryType::Symlink => {
-                let target = link_name
-                    .clone()
-                    .ok_or_else(|| unsafe_path(&path, "symlink without target"))?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), parent.as_fd(), name)
+            b'2' => {
+                if header.link_name.is_empty() {
+                    return Err(invalid(path, "symlink without target"));
+                }
+                rustix::fs::symlinkat(OsStr::from_bytes(&header.link_name), parent.as_fd(), name)
                     .map_err(fail)?;
             }
-            tar::EntryType::Link => {
-                let target = link_name
-                    .clone()
-                    .ok_or_else(|| unsafe_path(&path, "hard link without target"))?;
-                let target_parts = components(&target)?;
-                let (target_name, target_parents) = target_parts.split_last().expect("not empty");
-                let target_dir = open_parent(root, target_parents, &target, false)?
-                    .ok_or_else(|| unsafe_path(&path, "hard link target below a whiteout"))?;
+            b'1' => {
+                let target = header.link_name.as_slice();
+                let target_parts = components(target)?;
+                let Some((target_name, target_parents)) = target_parts.split_last() else {
+                    return Err(unsafe_path(path, "hard link to the root"));
+                };
+                let target_dir = self
+                    .parent(target_parents, target, false)?
+                    .ok_or_else(|| unsafe_path(path, "hard link target below a whiteout"))?;
                 rustix::fs::linkat(
                     target_dir.as_fd(),
                     OsStr::from_bytes(target_name),
@@ -263,148 +355,88 @@ pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<
                     AtFlags::empty(),
                 )
                 .map_err(fail)?;
-                created.insert(clean);
-                continue; // a link shares its target's metadata
+                self.created.insert(clean);
+                return Ok(()); // a link shares its target's metadata
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            b'3' | b'4' | b'6' => {
                 let file_type = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
+                    b'3' => FileType::CharacterDevice,
+                    b'4' => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let dev = rustix::fs::makedev(
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                );
-                rustix::fs::mknodat(
-                    parent.as_fd(),
-                    name,
-                    file_type,
-                    Mode::from_raw_mode(0o600),
-                    dev,
-                )
-                .map_err(fail)?;
+                let dev = rustix::fs::makedev(header.dev_major as u32, header.dev_minor as u32);
+                rustix::fs::mknodat(parent.as_fd(), name, file_type, Mode::from_raw_mode(0o600), dev)
+                    .map_err(fail)?;
             }
             other => {
-                return Err(Error::InvalidEntry {
-                    path: String::from_utf8_lossy(&path).into(),
-                    reason: format!("unsupported entry type {other:?}"),
-                });
+                return Err(invalid(
+                    path,
+                    format!("unsupported entry type {:?}", char::from(other)),
+                ));
             }
         }
-        chown(&parent, name, uid, gid).map_err(|e| io_err(&path, e))?;
-        for (attr, value) in &xattrs {
-            meta::set_xattr(&parent, name, attr, value).map_err(|e| io_err(&path, e))?;
+        self.metadata(&parent, name, header, path)?;
+        if kind != b'5' {
+            set_times(&parent, name, header.mtime).map_err(|e| io_err(path, e))?;
         }
-        if kind != tar::EntryType::Symlink {
-            rustix::fs::chmodat(
-                parent.as_fd(),
-                name,
-                Mode::from_raw_mode(mode),
-                AtFlags::empty(),
-            )
-            .map_err(fail)?;
-        }
-        if kind != tar::EntryType::Directory {
-            set_mtime(&parent, name, mtime).map_err(|e| io_err(&path, e))?;
-        }
-        created.insert(clean);
-    }
-    // Directory times last: creating their children changed them.
-    for (path, mtime) in dir_times.iter().rev() {
-        let parts = components(path)?;
-        let (name, parents) = parts.split_last().expect("not empty");
-        if let Some(parent) = open_parent(root, parents, path, false)? {
-            set_mtime(&parent, OsStr::from_bytes(name), *mtime).map_err(|e| io_err(path, e))?;
-        }
-    }
-    Ok(count)
-}
-
-/// What PAX and GNU extension headers say about the entry that follows.
-#[derive(Default)]
-struct Extensions {
-    path: Option<Vec<u8>>,
-    link: Option<Vec<u8>>,
-    size: Option<u64>,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
-impl Extensions {
-    /// Takes in an extension header; false for an ordinary entry.
-    fn absorb<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool> {
-        let kind = entry.header().entry_type();
-        if !matches!(
-            kind,
-            tar::EntryType::XHeader
-                | tar::EntryType::XGlobalHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            return Ok(false);
-        }
-        let mut data = Vec::new();
-        entry
-            .take(1 << 20)
-            .read_to_end(&mut data)
-            .map_err(|e| io_err(b"<extension header>", e))?;
-        let c_string = |d: &[u8]| d.split(|&b| b == 0).next().unwrap_or_default().to_vec();
-        match kind {
-            tar::EntryType::GNULongName => self.path = Some(c_string(&data)),
-            tar::EntryType::GNULongLink => self.link = Some(c_string(&data)),
-            tar::EntryType::XHeader => {
-                let records = strata_tarsplit::parse_pax_records(&data).map_err(|reason| {
-                    Error::InvalidEntry {
-                        path: "<PAX header>".into(),
-                        reason: reason.into(),
-                    }
-                })?;
-                for (key, value) in records {
-                    match key.as_slice() {
-                        b"path" => self.path = Some(value),
-                        b"linkpath" => self.link = Some(value),
-                        b"size" => {
-                            self.size = std::str::from_utf8(&value)
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                        }
-                        k => {
-                            if let Some(name) = k
-                                .strip_prefix(b"SCHILY.xattr.")
-                                .filter(|n| meta::exported_xattr(n))
-                            {
-                                self.xattrs
-                                    .push((String::from_utf8_lossy(name).into_owned(), value));
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {} // global headers carry nothing an extraction uses
-        }
-        Ok(true)
+        self.created.insert(clean);
+        Ok(())
     }
 }
 
-fn chown(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-    let (uid, gid) = (
-        rustix::fs::Uid::from_raw(uid),
-        rustix::fs::Gid::from_raw(gid),
-    );
-    rustix::fs::chownat(
-        dir.as_fd(),
-        name,
-        Some(uid),
-        Some(gid),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
+impl SplitSink for Extractor {
+    fn raw(&mut self, _: &[u8]) -> strata_tarsplit::Result<()> {
+        Ok(())
+    }
+
+    fn entry(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> io::Result<()> {
+        self.apply(header, payload).map_err(io::Error::other)
+    }
 }
 
-fn set_mtime(dir: &Dir, name: &OsStr, mtime: i64) -> io::Result<()> {
+fn copy_payload(payload: &mut Payload<'_>, out: &mut std::fs::File) -> io::Result<()> {
+    loop {
+        let chunk = payload.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len();
+        out.write_all(chunk)?;
+        payload.consume(n);
+    }
+}
+
+/// Applies the layer in `tar` to `root` (the tar's `.` entry is skipped).
+/// Returns the number of entries.
+pub fn apply_layer<R: Read>(tar: R, root: &Dir, whiteouts: Whiteouts) -> Result<u64> {
+    let root = root.try_clone().map_err(|e| io_err(b".", e))?;
+    let mut extractor = Extractor::new(root, whiteouts);
+    let mut metadata = MetadataWriter::new(io::sink());
+    strata_tarsplit::split(tar, io::sink(), &mut metadata, &mut extractor).map_err(from_split)?;
+    extractor.finish()
+}
+
+/// The extractor's own error when it caused the split to fail.
+pub(crate) fn from_split(e: strata_tarsplit::Error) -> Error {
+    match e {
+        strata_tarsplit::Error::Put { name, source } => match source.downcast::<Error>() {
+            Ok(inner) => inner,
+            Err(source) => Error::Io {
+                path: name.to_string(),
+                source,
+            },
+        },
+        other => Error::InvalidEntry {
+            path: "<layer>".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn set_times(dir: &Dir, name: &OsStr, mtime: Time) -> io::Result<()> {
     let t = rustix::fs::Timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
+        tv_sec: mtime.secs,
+        tv_nsec: mtime.nanos.into(),
     };
     rustix::fs::utimensat(
         dir.as_fd(),

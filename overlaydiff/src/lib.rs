@@ -11,7 +11,7 @@ mod walk;
 
 use std::ffi::OsString;
 
-pub use apply::{Whiteouts, apply_layer};
+pub use apply::{Extractor, Whiteouts, apply_layer};
 pub use change::{Change, ChangeSink, TarSink};
 pub use lower::LowerView;
 pub use meta::{Kind, Meta};
