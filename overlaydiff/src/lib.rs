@@ -2,6 +2,7 @@
 
 mod apply;
 mod change;
+mod copy;
 mod lower;
 mod meta;
 mod mount;
@@ -13,6 +14,7 @@ use std::ffi::OsString;
 
 pub use apply::{Extractor, Whiteouts, apply_layer};
 pub use change::{Change, ChangeSink, TarSink};
+pub use copy::copy_tree;
 pub use lower::LowerView;
 pub use meta::{Kind, Meta};
 pub use mount::ReadOnlyOverlay;

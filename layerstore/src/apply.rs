@@ -1,0 +1,281 @@
+//! Applying a layer blob to a staged tree in one pass: the compressed bytes
+//! are hashed, decompressed and hashed again on one thread while another
+//! splits the tar (writing the tar-split metadata) and extracts it.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+use strata_overlaydiff::Extractor;
+use strata_tarsplit::{HeaderInfo, Payload, SplitSink};
+
+use crate::backend::{ApplyMode, Staged};
+use crate::files::hex;
+use crate::{Error, Result};
+
+/// The compression of a layer blob, with containers-storage's codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Bzip2,
+    Gzip,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    /// Detects it from the first bytes.
+    pub fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The number `layers.json` records.
+    pub fn code(self) -> i32 {
+        match self {
+            Compression::None => 0,
+            Compression::Bzip2 => 1,
+            Compression::Gzip => 2,
+            Compression::Xz => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
+/// What a new layer is to be.
+#[derive(Clone, Debug, Default)]
+pub struct LayerOptions {
+    /// The ID; a random one when absent.
+    pub id: Option<String>,
+    /// The parent layer (ID, name or unique prefix).
+    pub parent: Option<String>,
+    pub names: Vec<String>,
+    /// The diffID the image config declares: a mismatch fails the apply
+    /// and nothing is kept.
+    pub expected_diff_id: Option<String>,
+    /// The blob digest the manifest declares, checked the same way.
+    pub expected_compressed_digest: Option<String>,
+    pub metadata: Option<String>,
+    /// Start from this layer's content (a copy) instead of empty.
+    pub template: Option<String>,
+}
+
+/// The digests and sets recorded for an applied layer.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub compressed_digest: String,
+    pub compressed_size: i64,
+    pub diff_digest: String,
+    pub diff_size: i64,
+    pub compression: Compression,
+    pub uids: BTreeSet<u32>,
+    pub gids: BTreeSet<u32>,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::None
+    }
+}
+
+/// The name of the tar-split file inside a staging directory.
+pub(crate) const STAGED_TAR_SPLIT: &str = "tar-split.gz";
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// The uncompressed stream, arriving from the decompressing thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(buf)) => {
+                    self.buf = buf;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the sender finished: end of stream
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Records uid/gid sets while the extractor works.
+struct LayerSink {
+    extractor: Extractor,
+    uids: BTreeSet<u32>,
+    gids: BTreeSet<u32>,
+}
+
+impl SplitSink for LayerSink {
+    fn raw(&mut self, bytes: &[u8]) -> strata_tarsplit::Result<()> {
+        self.extractor.raw(bytes)
+    }
+
+    fn entry(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> io::Result<()> {
+        let base = header.name.rsplit(|&b| b == b'/').find(|s| !s.is_empty()).unwrap_or_default();
+        if !base.starts_with(b".wh.") {
+            if let Ok(uid) = u32::try_from(header.uid) {
+                self.uids.insert(uid);
+            }
+            if let Ok(gid) = u32::try_from(header.gid) {
+                self.gids.insert(gid);
+            }
+        }
+        self.extractor.entry(header, payload)
+    }
+}
+
+const CHUNK: usize = 256 << 10;
+
+/// Decompresses and hashes `input`, sending the tar stream to `tx`.
+/// Returns the compressed and uncompressed digests and sizes.
+fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<(Compression, [u8; 32], u64, [u8; 32], u64)> {
+    let mut compressed = BufReader::with_capacity(
+        CHUNK,
+        HashingReader {
+            inner: input,
+            hash: Sha256::new(),
+            count: 0,
+        },
+    );
+    let compression = Compression::detect(compressed.fill_buf()?);
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(&mut compressed),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut compressed)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(&mut compressed)?),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{other:?} layers are not supported"),
+            ));
+        }
+    };
+    let mut diff = Sha256::new();
+    let mut diff_size = 0u64;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match decoder.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        diff.update(&buf);
+        diff_size += filled as u64;
+        if tx.send(Ok(buf)).is_err() {
+            return Err(io::Error::other("the extractor stopped"));
+        }
+    }
+    drop(decoder);
+    // Whatever follows the compressed stream still belongs to the blob.
+    io::copy(&mut compressed, &mut io::sink())?;
+    let inner = compressed.into_inner();
+    Ok((compression, inner.hash.finalize().into(), inner.count, diff.finalize().into(), diff_size))
+}
+
+/// Applies the layer blob `input` into `staged`'s tree and writes its
+/// tar-split metadata next to it.
+pub(crate) fn apply_blob<R: Read + Send>(input: R, staged: &Staged, mode: ApplyMode) -> Result<Applied> {
+    let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
+    let mut sink = LayerSink {
+        extractor: Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata),
+        uids: BTreeSet::new(),
+        gids: BTreeSet::new(),
+    };
+    let (tx, rx) = mpsc::sync_channel(8);
+    let file = staged
+        .dir
+        .create(STAGED_TAR_SPLIT)
+        .map_err(|e| Error::io(&staged.path, e))?;
+    let mut metadata = strata_tarsplit::gzip_metadata(io::BufWriter::with_capacity(CHUNK, file));
+
+    let (produced, split) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let err_tx = tx.clone();
+            let result = produce(input, tx);
+            if let Err(e) = &result {
+                let _ = err_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            result
+        });
+        let reader = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        let split = strata_tarsplit::split(reader, io::sink(), &mut metadata, &mut sink);
+        // Unblock a producer still sending (when the split failed).
+        (producer.join(), split)
+    });
+    let produced = produced.map_err(|_| Error::Unsupported("the decompressing thread panicked".into()))?;
+    let (compression, blob_digest, blob_size, diff_digest, diff_size) =
+        produced.map_err(|e| Error::io(std::path::Path::new("<layer blob>"), e))?;
+    split.map_err(|e| match e {
+        strata_tarsplit::Error::Put { name, source } => match source.downcast::<strata_overlaydiff::Error>() {
+            Ok(inner) => Error::Layer(inner),
+            Err(source) => Error::Io {
+                path: name.to_string(),
+                source,
+            },
+        },
+        other => Error::TarSplit(other),
+    })?;
+    sink.extractor.finish()?;
+    let mut out = metadata
+        .finish()?
+        .finish()
+        .map_err(|e| Error::io(&staged.path, e))?;
+    out.flush().map_err(|e| Error::io(&staged.path, e))?;
+    let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
+    let digest = |d: [u8; 32]| format!("sha256:{}", hex(&d));
+    Ok(Applied {
+        compressed_digest: digest(blob_digest),
+        compressed_size: blob_size as i64,
+        diff_digest: digest(diff_digest),
+        diff_size: diff_size as i64,
+        compression,
+        uids: sink.uids,
+        gids: sink.gids,
+    })
+}

@@ -1,0 +1,117 @@
+//! Private staging directories, where a layer is built before it is
+//! published. Each is held by a lock; a staging directory whose lock nobody
+//! holds was left by a dead process and is removed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cap_std::fs::Dir;
+
+use crate::lock::{LockGuard, LockKind};
+use crate::{Error, Result};
+
+const PREFIX: &str = "strata-";
+
+/// A layer under construction: `tree` is what the layer's files go into;
+/// `dir` (holding `tree`) can hold side files such as the tar-split.
+/// Dropping it removes whatever is still in the staging directory.
+#[derive(Debug)]
+pub struct Staged {
+    pub(crate) path: PathBuf,
+    pub(crate) dir: Dir,
+    pub(crate) tree: Dir,
+    lock_path: PathBuf,
+    _lock: LockGuard,
+}
+
+impl Staged {
+    /// Makes `<staging>/strata-<random>/tree` (mode `tree_mode`).
+    pub(crate) fn new(staging: &Path, tree_mode: u32) -> Result<Staged> {
+        std::fs::create_dir_all(staging).map_err(|e| Error::io(staging, e))?;
+        let name = format!("{PREFIX}{}", &crate::files::random_id().map_err(|e| Error::io(staging, e))?[..20]);
+        let path = staging.join(&name);
+        let lock_path = staging.join(format!("{name}.lock"));
+        let lock = LockGuard::acquire(&lock_path, LockKind::Exclusive, true).map_err(|e| Error::io(&lock_path, e))?;
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority()).map_err(|e| Error::io(&path, e))?;
+        dir.create_dir("tree").map_err(|e| Error::io(&path, e))?;
+        let tree = dir.open_dir("tree").map_err(|e| Error::io(&path, e))?;
+        rustix::fs::chmod(path.join("tree"), rustix::fs::Mode::from_raw_mode(tree_mode))
+            .map_err(|e| Error::io(&path, e.into()))?;
+        Ok(Staged {
+            path,
+            dir,
+            tree,
+            lock_path,
+            _lock: lock,
+        })
+    }
+
+    /// The directory of the tree to fill.
+    pub fn tree(&self) -> &Dir {
+        &self.tree
+    }
+
+    pub(crate) fn tree_path(&self) -> PathBuf {
+        self.path.join("tree")
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// `rm -rf`, making read-only directories writable on the way (a layer's
+/// root may be 0555 and its subdirectories anything).
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // As root the mode never stops us; without privileges, open up
+            // directories and retry.
+            fn open_up(p: &Path) {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(md) = std::fs::symlink_metadata(p)
+                    && md.is_dir()
+                {
+                    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+                    if let Ok(entries) = std::fs::read_dir(p) {
+                        for e in entries.flatten() {
+                            open_up(&e.path());
+                        }
+                    }
+                }
+            }
+            open_up(path);
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+/// Removes staging directories whose owner died (their lock is free).
+pub(crate) fn clean_stale(staging: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(staging) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(staging, e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(base) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let lock_path = staging.join(name);
+        if let Ok(Some(_held)) = LockGuard::try_acquire(&lock_path, LockKind::Exclusive, true) {
+            remove_tree(&staging.join(format!("{PREFIX}{base}"))).map_err(|e| Error::io(&lock_path, e))?;
+            let _ = std::fs::remove_file(&lock_path);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,210 @@
+//! Getting a layer back out: its original tar, bit for bit, from the
+//! tar-split metadata and the stored files; or its changes.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+use strata_overlaydiff::{ChangeSink, TarSink};
+use strata_tarsplit::{DirGetter, FileGetter};
+
+use crate::apply::Compression;
+use crate::files::hex;
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// How [`Store::diff`] writes a layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiffOptions {
+    /// `None` (the tar itself), `Gzip` or `Zstd`.
+    pub compression: Option<Compression>,
+    /// Recompute the tar's sha256 and fail unless it is the layer's diffID.
+    pub verify: bool,
+}
+
+/// Looks a file up in each directory in turn (the layer's own, then its
+/// lowers), as containers-storage's overlay file getter does.
+struct ChainGetter {
+    dirs: Vec<DirGetter>,
+}
+
+impl FileGetter for ChainGetter {
+    fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
+        let n = self.dirs.len();
+        if n == 1 {
+            return self.dirs[0].get(name);
+        }
+        let mut first_err = None;
+        for i in 0..n {
+            // Probe first: the borrow of a successful get must be the last.
+            let found = match self.dirs[i].get(name) {
+                Ok(_) => true,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    false
+                }
+            };
+            if found {
+                return self.dirs[i].get(name);
+            }
+        }
+        Err(first_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no layer directory")))
+    }
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hash: Option<Sha256>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The output, compressed as asked.
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, compression: Option<Compression>) -> Result<Self> {
+        Ok(match compression.unwrap_or(Compression::None) {
+            Compression::None => Encoder::Plain(out),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default())),
+            Compression::Zstd => Encoder::Zstd(
+                zstd::stream::write::Encoder::new(out, 3).map_err(|e| Error::io(std::path::Path::new("<zstd>"), e))?,
+            ),
+            other => return Err(Error::Unsupported(format!("writing {other:?} is not supported"))),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+impl Store {
+    /// Writes layer `key`'s tar to `out`: the original tar bit for bit when
+    /// the layer has tar-split metadata (every layer made from a tar does),
+    /// else a tar generated from its changes. Holds the layers lock shared
+    /// until done, so the layer cannot be deleted meanwhile. Returns the
+    /// number of uncompressed bytes.
+    pub fn diff<W: Write>(&self, key: &str, out: W, options: DiffOptions) -> Result<u64> {
+        let (_guard, layer) = match self.loaded_layer(key) {
+            Ok(found) => found,
+            Err(Error::NotFound(what)) => {
+                for extra in &self.additional {
+                    if extra.layer(key).is_ok() {
+                        return extra.diff(key, out, options);
+                    }
+                }
+                return Err(Error::NotFound(what));
+            }
+            Err(e) => return Err(e),
+        };
+        let id = &layer.id;
+        let split_name = format!("{id}.tar-split.gz");
+        let split_path = self.layers_path.join(&split_name);
+        let mut hashing = HashingWriter {
+            inner: Encoder::new(out, options.compression)?,
+            hash: options.verify.then(Sha256::new),
+        };
+        let written = match self.layers_dir.open(&split_name) {
+            Ok(file) => {
+                let metadata = strata_tarsplit::open_metadata(file.into_std()).map_err(|e| Error::io(&split_path, e))?;
+                let dirs = self.backend.content_dirs(id)?;
+                let mut getter = ChainGetter {
+                    dirs: dirs.into_iter().map(DirGetter::new).collect(),
+                };
+                strata_tarsplit::assemble(metadata, &mut getter, &mut hashing)?.tar_size
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut counter = CountingWriter { inner: &mut hashing, count: 0 };
+                let mut sink = TarSink::new(&mut counter);
+                self.backend.changes(id, non_empty(&layer.parent), &mut sink)?;
+                sink.finish().map_err(|e| Error::io(&split_path, e))?;
+                counter.count
+            }
+            Err(e) => return Err(Error::io(&split_path, e)),
+        };
+        if let Some(hash) = hashing.hash.take() {
+            let actual = format!("sha256:{}", hex(&hash.finalize()));
+            if !layer.diff_digest.is_empty() && actual != layer.diff_digest {
+                return Err(Error::DigestMismatch {
+                    what: format!("layer {id}"),
+                    expected: layer.diff_digest.clone(),
+                    actual,
+                });
+            }
+        }
+        let mut out = hashing.inner.finish().map_err(|e| Error::io(&split_path, e))?;
+        out.flush().map_err(|e| Error::io(&split_path, e))?;
+        Ok(written)
+    }
+
+    /// Layer `key`'s changes against its parent.
+    pub fn changes(&self, key: &str, sink: &mut dyn ChangeSink) -> Result<()> {
+        let (_guard, layer) = self.loaded_layer(key)?;
+        self.backend.changes(&layer.id, non_empty(&layer.parent), sink)
+    }
+
+    /// The size of the layer's tar: recorded, or measured by assembling it.
+    pub fn diff_size(&self, key: &str) -> Result<u64> {
+        let layer = self.layer(key)?;
+        if !layer.diff_digest.is_empty() {
+            return Ok(layer.diff_size as u64);
+        }
+        self.diff(key, io::sink(), DiffOptions::default())
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

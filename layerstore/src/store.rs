@@ -1,0 +1,915 @@
+//! The store: layer and image records in containers-storage's files, kept
+//! consistent across processes by its lock files, and the layer operations.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use cap_std::fs::Dir;
+
+use crate::apply::{self, Applied, LayerOptions};
+use crate::backend::{self, Overlay, StoreBackend, Vfs};
+use crate::files::{big_data_file_name, random_id, write_atomic};
+use crate::index::Index;
+use crate::lock::{LockGuard, LockKind, Token};
+use crate::records::{LayerRecord, MountRecord};
+use crate::{Error, Result, mounts};
+
+/// A storage driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    Vfs,
+    Overlay,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Vfs => "vfs",
+            Driver::Overlay => "overlay",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Driver> {
+        match s {
+            "vfs" => Some(Driver::Vfs),
+            "overlay" | "overlay2" => Some(Driver::Overlay),
+            _ => None,
+        }
+    }
+}
+
+/// Where a store lives and how it is used.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Persistent data (containers-storage's graphroot).
+    pub graphroot: PathBuf,
+    /// Run-time state, mount counts (containers-storage's runroot).
+    pub runroot: PathBuf,
+    /// The driver; when absent, the one the store already uses, else
+    /// overlay where the kernel supports it, else vfs.
+    pub driver: Option<Driver>,
+    /// Read-only stores are never written (not even lock tokens).
+    pub read_only: bool,
+    /// Other stores' graphroots whose layers are visible here, read-only.
+    pub additional_stores: Vec<PathBuf>,
+}
+
+impl StoreOptions {
+    pub fn new(graphroot: impl Into<PathBuf>, runroot: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            graphroot: graphroot.into(),
+            runroot: runroot.into(),
+            driver: None,
+            read_only: false,
+            additional_stores: Vec::new(),
+        }
+    }
+}
+
+/// Records as loaded, with the lock token and file time they were read
+/// under: the cache is reused only while both are unchanged.
+#[derive(Debug)]
+pub(crate) struct Loaded<T> {
+    pub(crate) records: Vec<T>,
+    pub(crate) index: Index,
+    /// IDs that came from (and go back to) the volatile file.
+    pub(crate) volatile: HashSet<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cached<T> {
+    pub(crate) loaded: Arc<Loaded<T>>,
+    token: Token,
+    mtime: Option<SystemTime>,
+}
+
+/// A containers-storage store (vfs or overlay driver). `Send + Sync`: one
+/// `Store` may serve many threads; many processes may open the same store.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) graphroot: PathBuf,
+    pub(crate) runroot: PathBuf,
+    pub(crate) driver: Driver,
+    pub(crate) backend: Box<dyn StoreBackend>,
+    pub(crate) overlay: Option<Overlay>,
+    pub(crate) layers_path: PathBuf,
+    pub(crate) layers_dir: Dir,
+    pub(crate) images_path: PathBuf,
+    pub(crate) images_dir: Dir,
+    pub(crate) run_path: PathBuf,
+    pub(crate) read_only: bool,
+    pub(crate) layer_cache: Mutex<Option<Cached<LayerRecord>>>,
+    pub(crate) image_cache: Mutex<Option<Cached<crate::records::ImageRecord>>>,
+    pub(crate) additional: Vec<Store>,
+}
+
+/// A problem `fsck` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What is affected: `layer ID`, `image ID` or a path.
+    pub subject: String,
+    pub message: String,
+    /// Removing the subject is what `--repair` does about it.
+    pub removable: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+fn open_dir(path: &Path) -> Result<Dir> {
+    Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(|e| Error::io(path, e))
+}
+
+fn detect_driver(graphroot: &Path) -> Option<Driver> {
+    if graphroot.join("overlay-layers").is_dir() {
+        Some(Driver::Overlay)
+    } else if graphroot.join("vfs-layers").is_dir() {
+        Some(Driver::Vfs)
+    } else {
+        None
+    }
+}
+
+impl Store {
+    /// Opens (creating it when writable and missing) the store at
+    /// `options.graphroot`. A writable open removes what crashed processes
+    /// left: incomplete layers and stale staging directories.
+    pub fn open(options: &StoreOptions) -> Result<Store> {
+        let graphroot = &options.graphroot;
+        let driver = options
+            .driver
+            .or_else(|| detect_driver(graphroot))
+            .unwrap_or(if crate::overlay_supported() { Driver::Overlay } else { Driver::Vfs });
+        if driver == Driver::Overlay && !options.read_only && !crate::overlay_supported() {
+            return Err(Error::Unsupported(
+                "the overlay driver needs overlayfs in the kernel and root; use --driver vfs".into(),
+            ));
+        }
+        let name = driver.name();
+        let layers_path = graphroot.join(format!("{name}-layers"));
+        let images_path = graphroot.join(format!("{name}-images"));
+        let run_path = options.runroot.join(format!("{name}-layers"));
+        let (backend, overlay): (Box<dyn StoreBackend>, Option<Overlay>) = if options.read_only {
+            if !layers_path.is_dir() {
+                return Err(Error::NotFound(format!("{name} store at {}", graphroot.display())));
+            }
+            match driver {
+                Driver::Vfs => (Box::new(Vfs::existing(graphroot)), None),
+                Driver::Overlay => (Box::new(Overlay::existing(graphroot)), Some(Overlay::existing(graphroot))),
+            }
+        } else {
+            crate::mkdir_mode(graphroot, 0o700)?;
+            for lock in ["storage.lock", "userns.lock"] {
+                let p = graphroot.join(lock);
+                if !p.exists() {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&p)
+                        .map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            for dir in [&layers_path, &images_path, &graphroot.join(format!("{name}-containers"))] {
+                crate::mkdir_mode(dir, 0o700)?;
+            }
+            crate::mkdir_mode(&run_path, 0o700)?;
+            match driver {
+                Driver::Vfs => (Box::new(Vfs::new(graphroot)?), None),
+                Driver::Overlay => (Box::new(Overlay::new(graphroot)?), Some(Overlay::new(graphroot)?)),
+            }
+        };
+        let additional = options
+            .additional_stores
+            .iter()
+            .map(|root| {
+                Store::open(&StoreOptions {
+                    graphroot: root.clone(),
+                    runroot: options.runroot.clone(),
+                    driver: Some(driver),
+                    read_only: true,
+                    additional_stores: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let store = Store {
+            layers_dir: open_dir(&layers_path)?,
+            images_dir: if images_path.is_dir() { open_dir(&images_path)? } else { open_dir(&layers_path)? },
+            graphroot: graphroot.clone(),
+            runroot: options.runroot.clone(),
+            driver,
+            backend,
+            overlay,
+            layers_path,
+            images_path,
+            run_path,
+            read_only: options.read_only,
+            layer_cache: Mutex::new(None),
+            image_cache: Mutex::new(None),
+            additional,
+        };
+        if !store.read_only {
+            backend::clean_stale(&store.staging_path())?;
+            drop(store.layers_write()?); // recovers incomplete layers
+        }
+        Ok(store)
+    }
+
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    pub fn graphroot(&self) -> &Path {
+        &self.graphroot
+    }
+
+    pub fn runroot(&self) -> &Path {
+        &self.runroot
+    }
+
+    pub(crate) fn staging_path(&self) -> PathBuf {
+        self.graphroot.join(self.driver.name()).join("staging")
+    }
+
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly(self.graphroot.display().to_string()))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn lock_at(&self, path: PathBuf, kind: LockKind) -> Result<LockGuard> {
+        LockGuard::acquire(&path, kind, !self.read_only).map_err(|e| Error::io(&path, e))
+    }
+
+    pub(crate) fn layers_lock(&self, kind: LockKind) -> Result<LockGuard> {
+        self.lock_at(self.layers_path.join("layers.lock"), kind)
+    }
+
+    /// Loads `file` (and `volatile`) under `guard`, or reuses the cache.
+    pub(crate) fn load<T>(
+        &self,
+        guard: &LockGuard,
+        cache: &Mutex<Option<Cached<T>>>,
+        dir: &Dir,
+        dir_path: &Path,
+        file: &str,
+        volatile: Option<&str>,
+    ) -> Result<Arc<Loaded<T>>>
+    where
+        T: serde::de::DeserializeOwned + crate::index::Keyed,
+    {
+        let token = guard.token().map_err(|e| Error::io(guard.path(), e))?;
+        let mtime = dir.metadata(file).ok().and_then(|m| m.modified().ok()).map(|t| t.into_std());
+        let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(c), Some(token)) = (cached.as_ref(), token)
+            && c.token == token
+            && c.mtime == mtime
+        {
+            return Ok(c.loaded.clone());
+        }
+        let mut records: Vec<T> = read_records(dir, dir_path, file)?;
+        let mut volatile_ids = HashSet::new();
+        if let Some(vfile) = volatile {
+            let seen: HashSet<String> = records.iter().map(|r| r.id().to_owned()).collect();
+            for r in read_records::<T>(dir, dir_path, vfile)? {
+                if !seen.contains(r.id()) {
+                    volatile_ids.insert(r.id().to_owned());
+                    records.push(r);
+                }
+            }
+        }
+        let loaded = Arc::new(Loaded {
+            index: Index::build(&records),
+            records,
+            volatile: volatile_ids,
+        });
+        *cached = token.map(|token| Cached {
+            loaded: loaded.clone(),
+            token,
+            mtime,
+        });
+        Ok(loaded)
+    }
+
+    /// Writes records back (volatile ones to the volatile file), the token
+    /// first so a crash between the two costs readers only a reload.
+    pub(crate) fn save<T>(
+        &self,
+        guard: &LockGuard,
+        cache: &Mutex<Option<Cached<T>>>,
+        dir: &Dir,
+        dir_path: &Path,
+        file: &str,
+        volatile: Option<&str>,
+        loaded: Loaded<T>,
+    ) -> Result<Arc<Loaded<T>>>
+    where
+        T: serde::Serialize + crate::index::Keyed,
+    {
+        self.writable()?;
+        let token = guard.touch().map_err(|e| Error::io(guard.path(), e))?;
+        let (stable, transient): (Vec<&T>, Vec<&T>) =
+            loaded.records.iter().partition(|r| !loaded.volatile.contains(r.id()));
+        let write = |name: &str, records: &[&T], volatile: bool| -> Result<()> {
+            let bytes = crate::json::to_go_json(records).map_err(|e| Error::io(dir_path, e.into()))?;
+            write_atomic(dir, name, &bytes, volatile).map_err(|e| Error::io(&dir_path.join(name), e))
+        };
+        write(file, &stable, false)?;
+        if let Some(vfile) = volatile
+            && (!transient.is_empty() || dir.exists(vfile))
+        {
+            write(vfile, &transient, true)?;
+        }
+        let mtime = dir.metadata(file).ok().and_then(|m| m.modified().ok()).map(|t| t.into_std());
+        let loaded = Arc::new(Loaded {
+            index: Index::build(&loaded.records),
+            records: loaded.records,
+            volatile: loaded.volatile,
+        });
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
+            loaded: loaded.clone(),
+            token,
+            mtime,
+        });
+        Ok(loaded)
+    }
+
+    /// The layer records under a shared lock.
+    pub(crate) fn layers_read(&self) -> Result<(LockGuard, Arc<Loaded<LayerRecord>>)> {
+        let guard = self.layers_lock(LockKind::Shared)?;
+        let loaded = self.load(
+            &guard,
+            &self.layer_cache,
+            &self.layers_dir,
+            &self.layers_path,
+            "layers.json",
+            Some("volatile-layers.json"),
+        )?;
+        Ok((guard, loaded))
+    }
+
+    /// The layer records under the exclusive lock, as an owned copy to
+    /// change. Incomplete layers (left by a crash) are removed first.
+    pub(crate) fn layers_write(&self) -> Result<(LockGuard, Loaded<LayerRecord>)> {
+        self.writable()?;
+        let guard = self.layers_lock(LockKind::Exclusive)?;
+        let loaded = self.load(
+            &guard,
+            &self.layer_cache,
+            &self.layers_dir,
+            &self.layers_path,
+            "layers.json",
+            Some("volatile-layers.json"),
+        )?;
+        let mut loaded = owned(loaded);
+        if loaded.records.iter().any(LayerRecord::incomplete) {
+            let stale: Vec<String> = loaded.records.iter().filter(|r| r.incomplete()).map(|r| r.id.clone()).collect();
+            for id in &stale {
+                tracing::warn!("found incomplete layer {id}, deleting it");
+                self.remove_layer_files(id)?;
+            }
+            loaded.records.retain(|r| !r.incomplete());
+            loaded = owned(self.save_layers(&guard, loaded)?);
+        }
+        Ok((guard, loaded))
+    }
+
+    pub(crate) fn save_layers(&self, guard: &LockGuard, loaded: Loaded<LayerRecord>) -> Result<Arc<Loaded<LayerRecord>>> {
+        self.save(
+            guard,
+            &self.layer_cache,
+            &self.layers_dir,
+            &self.layers_path,
+            "layers.json",
+            Some("volatile-layers.json"),
+            loaded,
+        )
+    }
+
+    /// The tar-split, big data and driver directory of a layer.
+    fn remove_layer_files(&self, id: &str) -> Result<()> {
+        crate::check_id(id)?;
+        let _ = self.layers_dir.remove_file(format!("{id}.tar-split.gz"));
+        match self.layers_dir.remove_dir_all(id) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&self.layers_path.join(id), e)),
+        }
+        self.backend.remove(id)
+    }
+
+    // ---- layers: queries -------------------------------------------------
+
+    /// Every complete layer, this store's first, then additional stores'.
+    pub fn layers(&self) -> Result<Vec<LayerRecord>> {
+        let (_guard, loaded) = self.layers_read()?;
+        let mut out: Vec<LayerRecord> = loaded.records.iter().filter(|r| !r.incomplete()).cloned().collect();
+        for extra in &self.additional {
+            let seen: HashSet<String> = out.iter().map(|l| l.id.clone()).collect();
+            out.extend(extra.layers()?.into_iter().filter(|l| !seen.contains(&l.id)));
+        }
+        Ok(out)
+    }
+
+    /// A layer by ID, name or unique ID prefix.
+    pub fn layer(&self, key: &str) -> Result<LayerRecord> {
+        let (_guard, loaded) = self.layers_read()?;
+        match loaded.index.find(&loaded.records, key, "layer") {
+            Ok(i) => Ok(loaded.records[i].clone()),
+            Err(Error::NotFound(what)) => {
+                for extra in &self.additional {
+                    if let Ok(l) = extra.layer(key) {
+                        return Ok(l);
+                    }
+                }
+                Err(Error::NotFound(what))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn layers_where(&self, pred: impl Fn(&LayerRecord) -> bool) -> Result<Vec<LayerRecord>> {
+        Ok(self.layers()?.into_iter().filter(|l| pred(l)).collect())
+    }
+
+    /// Layers whose compressed blob has this digest.
+    pub fn layers_by_compressed_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
+        self.layers_where(|l| l.compressed_digest == digest)
+    }
+
+    /// Layers whose uncompressed tar (diffID) has this digest.
+    pub fn layers_by_uncompressed_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
+        self.layers_where(|l| l.diff_digest == digest)
+    }
+
+    /// Layers pulled from a blob whose TOC has this digest.
+    pub fn layers_by_toc_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
+        self.layers_where(|l| l.toc_digest == digest)
+    }
+
+    // ---- layers: creation -------------------------------------------------
+
+    /// An empty layer (a container's writable layer, say) on `parent`.
+    pub fn create_layer(&self, options: &LayerOptions) -> Result<LayerRecord> {
+        self.new_layer(options, None::<&[u8]>)
+    }
+
+    /// Creates a layer and applies `diff` (a plain, gzip or zstd layer
+    /// tar) to it. The work happens in a staging directory without any
+    /// store lock; only publishing takes the layers lock, briefly.
+    pub fn put_layer<R: Read + Send>(&self, options: &LayerOptions, diff: R) -> Result<LayerRecord> {
+        self.new_layer(options, Some(diff))
+    }
+
+    fn new_layer<R: Read + Send>(&self, options: &LayerOptions, diff: Option<R>) -> Result<LayerRecord> {
+        self.writable()?;
+        if let Some(id) = &options.id {
+            crate::check_id(id)?;
+        }
+        let (parent, template) = {
+            let (_g, loaded) = self.layers_read()?;
+            let find = |key: &Option<String>| -> Result<Option<String>> {
+                key.as_deref()
+                    .map(|k| loaded.index.find(&loaded.records, k, "layer").map(|i| loaded.records[i].id.clone()))
+                    .transpose()
+            };
+            (find(&options.parent)?, find(&options.template)?)
+        };
+        let staged = self.backend.stage(parent.as_deref(), template.as_deref())?;
+        let applied = match diff {
+            Some(diff) => Some(apply::apply_blob(diff, &staged, self.backend.apply_mode())?),
+            None => None,
+        };
+        if let Some(a) = &applied {
+            check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
+            check_expected("layer blob", options.expected_compressed_digest.as_deref(), &a.compressed_digest)?;
+        }
+        let template_split = match &template {
+            Some(t) if applied.is_none() => self.layers_dir.read(format!("{t}.tar-split.gz")).ok(),
+            _ => None,
+        };
+        let id = match &options.id {
+            Some(id) => id.clone(),
+            None => random_id().map_err(|e| Error::io(&self.graphroot, e))?,
+        };
+
+        let (guard, mut loaded) = self.layers_write()?;
+        if let Some(p) = &parent
+            && !loaded.records.iter().any(|r| r.id == *p && !r.incomplete())
+        {
+            return Err(Error::NotFound(format!("parent layer {p} (deleted meanwhile)")));
+        }
+        if loaded.records.iter().any(|r| r.id == id) {
+            return Err(Error::Exists(format!("layer {id}")));
+        }
+        let mut record = LayerRecord {
+            id: id.clone(),
+            parent: parent.clone().unwrap_or_default(),
+            created: crate::json::rfc3339(SystemTime::now()),
+            metadata: options.metadata.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        record.set_incomplete(true);
+        for name in &options.names {
+            for other in &mut loaded.records {
+                other.names.retain(|n| n != name);
+            }
+        }
+        record.names = dedup(options.names.clone());
+        loaded.records.push(record.clone());
+        let mut loaded = owned(self.save_layers(&guard, loaded)?);
+
+        let published = (|| -> Result<()> {
+            if applied.is_some() {
+                staged
+                    .dir
+                    .rename(apply::STAGED_TAR_SPLIT, &self.layers_dir, format!("{id}.tar-split.gz"))
+                    .map_err(|e| Error::io(&self.layers_path, e))?;
+            } else if let Some(bytes) = &template_split {
+                write_atomic(&self.layers_dir, &format!("{id}.tar-split.gz"), bytes, false)
+                    .map_err(|e| Error::io(&self.layers_path, e))?;
+            }
+            self.backend.publish(staged, &id, parent.as_deref())
+        })();
+        let slot = loaded.records.iter().position(|r| r.id == id).expect("just added");
+        if let Err(e) = published {
+            let _ = self.remove_layer_files(&id);
+            loaded.records.remove(slot);
+            self.save_layers(&guard, loaded)?;
+            return Err(e);
+        }
+        let record = &mut loaded.records[slot];
+        if let Some(a) = applied {
+            fill_digests(record, a);
+        } else if let Some(t) = &template {
+            if let Some(tr) = loaded_record(&loaded, t) {
+                let (cd, cs, dd, ds, c, u, g, toc) = (
+                    tr.compressed_digest.clone(),
+                    tr.compressed_size,
+                    tr.diff_digest.clone(),
+                    tr.diff_size,
+                    tr.compression,
+                    tr.uidset.clone(),
+                    tr.gidset.clone(),
+                    tr.toc_digest.clone(),
+                );
+                let record = &mut loaded.records[slot];
+                (record.compressed_digest, record.compressed_size, record.diff_digest, record.diff_size) = (cd, cs, dd, ds);
+                (record.compression, record.uidset, record.gidset, record.toc_digest) = (c, u, g, toc);
+            }
+        }
+        loaded.records[slot].set_incomplete(false);
+        let done = loaded.records[slot].clone();
+        self.save_layers(&guard, loaded)?;
+        Ok(done)
+    }
+
+    // ---- layers: changes to records ----------------------------------------
+
+    fn modify_layer(&self, key: &str, change: impl FnOnce(&mut Loaded<LayerRecord>, usize) -> Result<()>) -> Result<LayerRecord> {
+        let (guard, mut loaded) = self.layers_write()?;
+        let i = loaded.index.find(&loaded.records, key, "layer")?;
+        change(&mut loaded, i)?;
+        let record = loaded.records[i].clone();
+        self.save_layers(&guard, loaded)?;
+        Ok(record)
+    }
+
+    /// Adds names to a layer; a name another layer had moves here.
+    pub fn add_layer_names(&self, key: &str, names: &[String]) -> Result<LayerRecord> {
+        self.modify_layer(key, |loaded, i| {
+            steal_names(&mut loaded.records, i, names);
+            let mut all = names.to_vec();
+            all.extend(loaded.records[i].names.drain(..));
+            loaded.records[i].names = dedup(all);
+            Ok(())
+        })
+    }
+
+    /// Replaces a layer's names.
+    pub fn set_layer_names(&self, key: &str, names: &[String]) -> Result<LayerRecord> {
+        self.modify_layer(key, |loaded, i| {
+            steal_names(&mut loaded.records, i, names);
+            loaded.records[i].names = dedup(names.to_vec());
+            Ok(())
+        })
+    }
+
+    pub fn remove_layer_names(&self, key: &str, names: &[String]) -> Result<LayerRecord> {
+        self.modify_layer(key, |loaded, i| {
+            loaded.records[i].names.retain(|n| !names.contains(n));
+            Ok(())
+        })
+    }
+
+    pub fn set_layer_metadata(&self, key: &str, metadata: &str) -> Result<LayerRecord> {
+        self.modify_layer(key, |loaded, i| {
+            loaded.records[i].metadata = metadata.to_owned();
+            Ok(())
+        })
+    }
+
+    /// Sets a flag (`incomplete` is the store's own and cannot be set).
+    pub fn set_layer_flag(&self, key: &str, flag: &str, value: serde_json::Value) -> Result<LayerRecord> {
+        if flag == crate::records::INCOMPLETE {
+            return Err(Error::Invalid("the incomplete flag is managed by the store".into()));
+        }
+        self.modify_layer(key, |loaded, i| {
+            loaded.records[i].flags.insert(flag.to_owned(), value);
+            Ok(())
+        })
+    }
+
+    pub fn clear_layer_flag(&self, key: &str, flag: &str) -> Result<LayerRecord> {
+        if flag == crate::records::INCOMPLETE {
+            return Err(Error::Invalid("the incomplete flag is managed by the store".into()));
+        }
+        self.modify_layer(key, |loaded, i| {
+            loaded.records[i].flags.remove(flag);
+            Ok(())
+        })
+    }
+
+    /// Stores a big-data item of a layer (atomically).
+    pub fn set_layer_big_data(&self, key: &str, name: &str, data: &[u8]) -> Result<()> {
+        let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+        self.modify_layer(key, |loaded, i| {
+            let id = loaded.records[i].id.clone();
+            crate::mkdir_mode(&self.layers_path.join(&id), 0o700)?;
+            let dir = self.layers_dir.open_dir(&id).map_err(|e| Error::io(&self.layers_path.join(&id), e))?;
+            write_atomic(&dir, &file, data, false).map_err(|e| Error::io(&self.layers_path.join(&id).join(&file), e))?;
+            if !loaded.records[i].big_data_names.iter().any(|n| n == name) {
+                loaded.records[i].big_data_names.push(name.to_owned());
+            }
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    pub fn layer_big_data(&self, key: &str, name: &str) -> Result<Vec<u8>> {
+        let layer = self.layer(key)?;
+        if !layer.big_data_names.iter().any(|n| n == name) {
+            return Err(Error::NotFound(format!("big data {name:?} of layer {}", layer.id)));
+        }
+        let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+        let path = self.layers_path.join(&layer.id).join(&file);
+        self.layers_dir
+            .open_dir(&layer.id)
+            .and_then(|d| d.read(&file))
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    // ---- layers: deletion ------------------------------------------------
+
+    /// Deletes a layer: unmounts it, marks it incomplete, removes its files,
+    /// then its record. Refused while a layer or image builds on it.
+    pub fn delete_layer(&self, key: &str) -> Result<()> {
+        let (guard, mut loaded) = self.layers_write()?;
+        let i = loaded.index.find(&loaded.records, key, "layer")?;
+        let id = loaded.records[i].id.clone();
+        if let Some(child) = loaded.records.iter().find(|r| r.parent == id) {
+            return Err(Error::InUse(format!("layer {id} has a child layer {}", child.id)));
+        }
+        if let Some(image) = self.images_using(&id)? {
+            return Err(Error::InUse(format!("layer {id} is used by image {image}")));
+        }
+        self.unmount_all(&id)?;
+        loaded.records[i].set_incomplete(true);
+        let mut loaded = owned(self.save_layers(&guard, loaded)?);
+        self.remove_layer_files(&id)?;
+        loaded.records.retain(|r| r.id != id);
+        self.save_layers(&guard, loaded)?;
+        Ok(())
+    }
+
+    /// Deletes every image and layer.
+    pub fn wipe(&self) -> Result<()> {
+        for image in self.images()? {
+            self.delete_image(&image.id)?;
+        }
+        loop {
+            let layers = self.layers_write()?.1.records;
+            let Some(leaf) = layers.iter().find(|l| !layers.iter().any(|c| c.parent == l.id)) else {
+                return Ok(());
+            };
+            self.delete_layer(&leaf.id)?;
+        }
+    }
+
+    /// Removes driver directories, tar-split files and big-data directories
+    /// that no layer record points to, and stale staging directories.
+    /// Returns what was removed.
+    pub fn garbage_collect(&self) -> Result<Vec<String>> {
+        let (_guard, loaded) = self.layers_write()?;
+        let known: HashSet<&str> = loaded.records.iter().map(|r| r.id.as_str()).collect();
+        let mut removed = Vec::new();
+        for dir in self.backend.list()? {
+            if !known.contains(dir.as_str()) && crate::check_id(&dir).is_ok() {
+                self.backend.remove(&dir)?;
+                removed.push(format!("{}/{dir}", self.driver.name()));
+            }
+        }
+        for entry in std::fs::read_dir(&self.layers_path).map_err(|e| Error::io(&self.layers_path, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.layers_path, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".tar-split.gz").unwrap_or(&name);
+            let ours = name.ends_with(".tar-split.gz") || entry.file_type().is_ok_and(|t| t.is_dir());
+            if ours && crate::valid_id(id) && !known.contains(id) {
+                let path = entry.path();
+                if path.is_dir() {
+                    backend::remove_tree_pub(&path).map_err(|e| Error::io(&path, e))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                }
+                removed.push(format!("{}-layers/{name}", self.driver.name()));
+            }
+        }
+        let stale = backend::clean_stale(&self.staging_path())?;
+        if stale > 0 {
+            removed.push(format!("{stale} stale staging directories"));
+        }
+        Ok(removed)
+    }
+
+    // ---- mounts ------------------------------------------------------------
+
+    fn mounts_lock(&self) -> Result<LockGuard> {
+        self.lock_at(self.run_path.join("mountpoints.lock"), LockKind::Exclusive)
+    }
+
+    fn run_dir(&self) -> Result<Dir> {
+        crate::mkdir_mode(&self.run_path, 0o700)?;
+        open_dir(&self.run_path)
+    }
+
+    /// The mount counts of every mounted layer.
+    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+        let dir = self.run_dir()?;
+        let _g = self.lock_at(self.run_path.join("mountpoints.lock"), LockKind::Shared)?;
+        mounts::load(&dir, &self.run_path)
+    }
+
+    /// Mounts a layer (read-only when asked) and returns where; a layer
+    /// already mounted gets its count raised and the same path.
+    pub fn mount(&self, key: &str, read_only: bool) -> Result<PathBuf> {
+        let _storage = self.lock_at(self.graphroot.join("storage.lock"), LockKind::Exclusive)?;
+        let (_layers, loaded) = self.layers_write()?;
+        let i = loaded.index.find(&loaded.records, key, "layer")?;
+        let id = loaded.records[i].id.clone();
+        let mlock = self.mounts_lock()?;
+        let dir = self.run_dir()?;
+        let mut records = mounts::load(&dir, &self.run_path)?;
+        let slot = records.iter().position(|m| m.id == id);
+        let path = match slot.map(|s| &mut records[s]) {
+            Some(m) if m.count > 0 && (self.driver == Driver::Vfs || is_mounted(Path::new(&m.path))) => {
+                m.count += 1;
+                PathBuf::from(&m.path)
+            }
+            other => {
+                let old = other.map_or(0, |m| m.count.max(0));
+                let path = self.backend.mount(&id, read_only)?;
+                records.retain(|m| m.id != id);
+                records.push(MountRecord {
+                    id: id.clone(),
+                    path: path.display().to_string(),
+                    count: old + 1,
+                });
+                path
+            }
+        };
+        mlock.touch().map_err(|e| Error::io(mlock.path(), e))?;
+        mounts::save(&dir, &self.run_path, &records)?;
+        Ok(path)
+    }
+
+    /// Drops one mount of a layer (all of them with `force`); the last one
+    /// unmounts. Returns the mounts that remain.
+    pub fn unmount(&self, key: &str, force: bool) -> Result<i64> {
+        let (_layers, loaded) = self.layers_write()?;
+        let i = loaded.index.find(&loaded.records, key, "layer")?;
+        let id = loaded.records[i].id.clone();
+        self.unmount_locked(&id, force)
+    }
+
+    fn unmount_locked(&self, id: &str, force: bool) -> Result<i64> {
+        let mlock = self.mounts_lock()?;
+        let dir = self.run_dir()?;
+        let mut records = mounts::load(&dir, &self.run_path)?;
+        let Some(slot) = records.iter().position(|m| m.id == id && m.count > 0) else {
+            return Err(Error::Invalid(format!("layer {id} is not mounted")));
+        };
+        if force {
+            records[slot].count = 1;
+        }
+        let left = if records[slot].count > 1 {
+            records[slot].count -= 1;
+            records[slot].count
+        } else {
+            self.backend.unmount(id)?;
+            records.remove(slot);
+            0
+        };
+        mlock.touch().map_err(|e| Error::io(mlock.path(), e))?;
+        mounts::save(&dir, &self.run_path, &records)?;
+        if records.is_empty()
+            && let Some(overlay) = &self.overlay
+        {
+            overlay.release_home();
+        }
+        Ok(left)
+    }
+
+    fn unmount_all(&self, id: &str) -> Result<()> {
+        let dir = self.run_dir()?;
+        let mounted = {
+            let _g = self.lock_at(self.run_path.join("mountpoints.lock"), LockKind::Shared)?;
+            mounts::load(&dir, &self.run_path)?.iter().any(|m| m.id == id && m.count > 0)
+        };
+        if mounted {
+            self.unmount_locked(id, true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn loaded_layer(&self, key: &str) -> Result<(LockGuard, LayerRecord)> {
+        let (guard, loaded) = self.layers_read()?;
+        let i = loaded.index.find(&loaded.records, key, "layer")?;
+        Ok((guard, loaded.records[i].clone()))
+    }
+}
+
+fn loaded_record<'a>(loaded: &'a Loaded<LayerRecord>, id: &str) -> Option<&'a LayerRecord> {
+    loaded.records.iter().find(|r| r.id == id)
+}
+
+fn fill_digests(record: &mut LayerRecord, a: Applied) {
+    record.compressed_digest = a.compressed_digest;
+    record.compressed_size = a.compressed_size;
+    record.diff_digest = a.diff_digest;
+    record.diff_size = a.diff_size;
+    record.compression = a.compression.code();
+    record.uidset = a.uids.into_iter().collect();
+    record.gidset = a.gids.into_iter().collect();
+}
+
+fn check_expected(what: &str, expected: Option<&str>, actual: &str) -> Result<()> {
+    match expected {
+        Some(e) if e != actual => Err(Error::DigestMismatch {
+            what: what.into(),
+            expected: e.into(),
+            actual: actual.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    names.into_iter().filter(|n| seen.insert(n.clone())).collect()
+}
+
+fn steal_names(records: &mut [LayerRecord], keep: usize, names: &[String]) {
+    for (i, r) in records.iter_mut().enumerate() {
+        if i != keep {
+            r.names.retain(|n| !names.contains(n));
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    backend::is_mount_point_pub(path)
+}
+
+fn read_records<T: serde::de::DeserializeOwned>(dir: &Dir, dir_path: &Path, file: &str) -> Result<Vec<T>> {
+    let path = dir_path.join(file);
+    let bytes = match dir.read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let records: Option<Vec<T>> = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        what: path.display().to_string(),
+        reason: format!("{e} (the file was left as it is)"),
+    })?;
+    Ok(records.unwrap_or_default())
+}
+
+
+/// The records behind an `Arc`, cloned only when the cache shares them.
+pub(crate) fn owned<T: Clone>(this: Arc<Loaded<T>>) -> Loaded<T> {
+    Arc::try_unwrap(this).unwrap_or_else(|shared| Loaded {
+        records: shared.records.clone(),
+        index: shared.index.clone(),
+        volatile: shared.volatile.clone(),
+    })
+}
