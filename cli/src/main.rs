@@ -5,6 +5,7 @@ mod demo;
 mod fsverity;
 mod output;
 mod overlay;
+mod store;
 mod tar_split;
 mod toc;
 
@@ -19,6 +20,8 @@ use clap::{Parser, Subcommand};
     about = "Container-image layer storage: tar-split, layers, partial pulls"
 )]
 struct Cli {
+    #[command(flatten)]
+    store: store::StoreArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +42,14 @@ enum Command {
     /// Overlay upperdirs as OCI layers.
     #[command(subcommand)]
     Overlay(overlay::Command),
+    /// Layers in a containers-storage store (shared with podman).
+    #[command(subcommand)]
+    Layers(store::LayersCommand),
+    /// Images in a containers-storage store.
+    #[command(subcommand)]
+    Images(store::ImagesCommand),
+    /// Check a store's records against the disk, one problem per line.
+    Fsck(store::FsckArgs),
     /// Round-trip a tar through tar-split and check every byte comes back.
     Demo(demo::Args),
 }
@@ -52,6 +63,9 @@ fn main() -> ExitCode {
         Command::Toc(cmd) => toc::run(cmd),
         Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Layers(cmd) => store::run_layers(&cli.store, cmd),
+        Command::Images(cmd) => store::run_images(&cli.store, cmd),
+        Command::Fsck(args) => store::run_fsck(&cli.store, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

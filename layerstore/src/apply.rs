@@ -55,8 +55,12 @@ impl Compression {
 /// What a new layer is to be.
 #[derive(Clone, Debug, Default)]
 pub struct LayerOptions {
-    /// The ID; a random one when absent.
+    /// The ID; when absent, the chain ID with `chain_id`, else random.
     pub id: Option<String>,
+    /// Name the layer as containers/image does, by content: the diffID's
+    /// hex for a base layer, else sha256(parent ID + "+" + diffID hex), so
+    /// podman reuses the layer when it pulls an image that has it.
+    pub chain_id: bool,
     /// The parent layer (ID, name or unique prefix).
     pub parent: Option<String>,
     pub names: Vec<String>,
@@ -88,8 +92,6 @@ impl Default for Compression {
     }
 }
 
-/// The name of the tar-split file inside a staging directory.
-pub(crate) const STAGED_TAR_SPLIT: &str = "tar-split.gz";
 
 struct HashingReader<R> {
     inner: R,
@@ -215,7 +217,17 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
 
 /// Applies the layer blob `input` into `staged`'s tree and writes its
 /// tar-split metadata next to it.
-pub(crate) fn apply_blob<R: Read + Send>(input: R, staged: &Staged, mode: ApplyMode) -> Result<Applied> {
+///
+/// The metadata goes to `split_name` in `split_dir` (the layers directory:
+/// it is renamed into place there, and the driver's staging directory may
+/// be on another mount).
+pub(crate) fn apply_blob<R: Read + Send>(
+    input: R,
+    staged: &Staged,
+    mode: ApplyMode,
+    split_dir: &cap_std::fs::Dir,
+    split_name: &str,
+) -> Result<Applied> {
     let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
     let mut sink = LayerSink {
         extractor: Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata),
@@ -223,10 +235,14 @@ pub(crate) fn apply_blob<R: Read + Send>(input: R, staged: &Staged, mode: ApplyM
         gids: BTreeSet::new(),
     };
     let (tx, rx) = mpsc::sync_channel(8);
-    let file = staged
-        .dir
-        .create(STAGED_TAR_SPLIT)
-        .map_err(|e| Error::io(&staged.path, e))?;
+    let file = {
+        use cap_std::fs::OpenOptionsExt;
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.write(true).create_new(true).mode(0o600);
+        split_dir
+            .open_with(split_name, &options)
+            .map_err(|e| Error::io(std::path::Path::new(split_name), e))?
+    };
     let mut metadata = strata_tarsplit::gzip_metadata(io::BufWriter::with_capacity(CHUNK, file));
 
     let (produced, split) = std::thread::scope(|scope| {

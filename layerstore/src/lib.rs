@@ -5,6 +5,7 @@ pub mod backend;
 mod error;
 mod export;
 mod files;
+mod fsck;
 mod images;
 mod index;
 mod json;
@@ -22,7 +23,7 @@ pub use export::DiffOptions;
 pub use images::ImageOptions;
 pub use json::{rfc3339, to_go_json};
 pub use records::{IdMap, ImageRecord as Image, LayerRecord as Layer, MountRecord, valid_digest, valid_id};
-pub use store::{Driver, Problem, Store, StoreOptions};
+pub use store::{Driver, Problem, Store, StoreOptions, chain_id};
 
 /// The overlay backend can work here: overlayfs in the kernel and the
 /// privilege to mount it.

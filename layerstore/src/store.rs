@@ -214,6 +214,7 @@ impl Store {
             additional,
         };
         if !store.read_only {
+            backend::clean_side_files(&store.layers_path, &store.staging_path())?;
             backend::clean_stale(&store.staging_path())?;
             drop(store.layers_write()?); // recovers incomplete layers
         }
@@ -483,10 +484,18 @@ impl Store {
             (find(&options.parent)?, find(&options.template)?)
         };
         let staged = self.backend.stage(parent.as_deref(), template.as_deref())?;
+        let split_tmp = backend::side_file_name(&staged.name, "tar-split.gz");
         let applied = match diff {
-            Some(diff) => Some(apply::apply_blob(diff, &staged, self.backend.apply_mode())?),
+            Some(diff) => {
+                let applied = apply::apply_blob(diff, &staged, self.backend.apply_mode(), &self.layers_dir, &split_tmp);
+                if applied.is_err() {
+                    let _ = self.layers_dir.remove_file(&split_tmp);
+                }
+                Some(applied?)
+            }
             None => None,
         };
+        let _cleanup = SideFile(&self.layers_dir, &split_tmp);
         if let Some(a) = &applied {
             check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
             check_expected("layer blob", options.expected_compressed_digest.as_deref(), &a.compressed_digest)?;
@@ -495,9 +504,10 @@ impl Store {
             Some(t) if applied.is_none() => self.layers_dir.read(format!("{t}.tar-split.gz")).ok(),
             _ => None,
         };
-        let id = match &options.id {
-            Some(id) => id.clone(),
-            None => random_id().map_err(|e| Error::io(&self.graphroot, e))?,
+        let id = match (&options.id, &applied) {
+            (Some(id), _) => id.clone(),
+            (None, Some(a)) if options.chain_id => chain_id(parent.as_deref(), &a.diff_digest),
+            _ => random_id().map_err(|e| Error::io(&self.graphroot, e))?,
         };
 
         let (guard, mut loaded) = self.layers_write()?;
@@ -528,9 +538,8 @@ impl Store {
 
         let published = (|| -> Result<()> {
             if applied.is_some() {
-                staged
-                    .dir
-                    .rename(apply::STAGED_TAR_SPLIT, &self.layers_dir, format!("{id}.tar-split.gz"))
+                self.layers_dir
+                    .rename(&split_tmp, &self.layers_dir, format!("{id}.tar-split.gz"))
                     .map_err(|e| Error::io(&self.layers_path, e))?;
             } else if let Some(bytes) = &template_split {
                 write_atomic(&self.layers_dir, &format!("{id}.tar-split.gz"), bytes, false)
@@ -671,13 +680,25 @@ impl Store {
     /// Deletes a layer: unmounts it, marks it incomplete, removes its files,
     /// then its record. Refused while a layer or image builds on it.
     pub fn delete_layer(&self, key: &str) -> Result<()> {
+        self.delete_layer_checked(key, true)
+    }
+
+    /// Deletes a layer even if others build on it (for repairs).
+    pub(crate) fn force_delete_layer(&self, id: &str) -> Result<()> {
+        self.delete_layer_checked(id, false)
+    }
+
+    fn delete_layer_checked(&self, key: &str, check: bool) -> Result<()> {
         let (guard, mut loaded) = self.layers_write()?;
         let i = loaded.index.find(&loaded.records, key, "layer")?;
         let id = loaded.records[i].id.clone();
-        if let Some(child) = loaded.records.iter().find(|r| r.parent == id) {
+        if check
+            && let Some(child) = loaded.records.iter().find(|r| r.parent == id) {
             return Err(Error::InUse(format!("layer {id} has a child layer {}", child.id)));
         }
-        if let Some(image) = self.images_using(&id)? {
+        if check
+            && let Some(image) = self.images_using(&id)?
+        {
             return Err(Error::InUse(format!("layer {id} is used by image {image}")));
         }
         self.unmount_all(&id)?;
@@ -731,7 +752,8 @@ impl Store {
                 removed.push(format!("{}-layers/{name}", self.driver.name()));
             }
         }
-        let stale = backend::clean_stale(&self.staging_path())?;
+        let stale = backend::clean_side_files(&self.layers_path, &self.staging_path())?
+            + backend::clean_stale(&self.staging_path())?;
         if stale > 0 {
             removed.push(format!("{stale} stale staging directories"));
         }
@@ -849,6 +871,16 @@ fn loaded_record<'a>(loaded: &'a Loaded<LayerRecord>, id: &str) -> Option<&'a La
     loaded.records.iter().find(|r| r.id == id)
 }
 
+/// containers/image's layer ID for a layer with `diff_digest` on `parent`.
+pub fn chain_id(parent: Option<&str>, diff_digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex_part = diff_digest.strip_prefix("sha256:").unwrap_or(diff_digest);
+    match parent {
+        None => hex_part.to_owned(),
+        Some(p) => crate::files::hex(&Sha256::digest(format!("{p}+{hex_part}"))),
+    }
+}
+
 fn fill_digests(record: &mut LayerRecord, a: Applied) {
     record.compressed_digest = a.compressed_digest;
     record.compressed_size = a.compressed_size;
@@ -904,6 +936,15 @@ fn read_records<T: serde::de::DeserializeOwned>(dir: &Dir, dir_path: &Path, file
     Ok(records.unwrap_or_default())
 }
 
+
+/// Removes a staged side file on every way out (a no-op once renamed).
+struct SideFile<'a>(&'a Dir, &'a str);
+
+impl Drop for SideFile<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.remove_file(self.1);
+    }
+}
 
 /// The records behind an `Arc`, cloned only when the cache shares them.
 pub(crate) fn owned<T: Clone>(this: Arc<Loaded<T>>) -> Loaded<T> {

@@ -12,7 +12,7 @@ use strata_overlaydiff::{ChangeSink, Whiteouts};
 
 pub use overlay::Overlay;
 pub use staging::Staged;
-pub(crate) use staging::clean_stale;
+pub(crate) use staging::{clean_side_files, clean_stale, side_file_name};
 pub use vfs::Vfs;
 
 use crate::Result;

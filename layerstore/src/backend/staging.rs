@@ -12,13 +12,13 @@ use crate::{Error, Result};
 
 const PREFIX: &str = "strata-";
 
-/// A layer under construction: `tree` is what the layer's files go into;
-/// `dir` (holding `tree`) can hold side files such as the tar-split.
+/// A layer under construction: `tree` is what the layer's files go into.
 /// Dropping it removes whatever is still in the staging directory.
 #[derive(Debug)]
 pub struct Staged {
+    /// `strata-<random>`: names the directory, its lock and side files.
+    pub(crate) name: String,
     pub(crate) path: PathBuf,
-    pub(crate) dir: Dir,
     pub(crate) tree: Dir,
     lock_path: PathBuf,
     _lock: LockGuard,
@@ -27,7 +27,7 @@ pub struct Staged {
 impl Staged {
     /// Makes `<staging>/strata-<random>/tree` (mode `tree_mode`).
     pub(crate) fn new(staging: &Path, tree_mode: u32) -> Result<Staged> {
-        std::fs::create_dir_all(staging).map_err(|e| Error::io(staging, e))?;
+        crate::mkdir_mode(staging, 0o700)?;
         let name = format!("{PREFIX}{}", &crate::files::random_id().map_err(|e| Error::io(staging, e))?[..20]);
         let path = staging.join(&name);
         let lock_path = staging.join(format!("{name}.lock"));
@@ -39,8 +39,8 @@ impl Staged {
         rustix::fs::chmod(path.join("tree"), rustix::fs::Mode::from_raw_mode(tree_mode))
             .map_err(|e| Error::io(&path, e.into()))?;
         Ok(Staged {
+            name,
             path,
-            dir,
             tree,
             lock_path,
             _lock: lock,
@@ -90,6 +90,40 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
             std::fs::remove_dir_all(path)
         }
     }
+}
+
+/// A side file of a staging directory kept elsewhere (a tar-split in the
+/// layers directory, which may be another mount): `.tmp-<staging>.<suffix>`.
+pub(crate) fn side_file_name(staged: &str, suffix: &str) -> String {
+    format!(".tmp-{staged}.{suffix}")
+}
+
+/// Removes side files (see [`side_file_name`]) in `dir` whose staging
+/// directory's lock is free: their owner died.
+pub(crate) fn clean_side_files(dir: &Path, staging: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(staged) = name.strip_prefix(".tmp-").and_then(|n| n.split('.').next()) else {
+            continue;
+        };
+        if !staged.starts_with(PREFIX) {
+            continue;
+        }
+        let lock_path = staging.join(format!("{staged}.lock"));
+        // The owner takes the lock before it creates the file: a free (or
+        // missing) lock means nobody will finish it.
+        if let Ok(Some(_held)) = LockGuard::try_acquire(&lock_path, LockKind::Exclusive, true) {
+            let _ = std::fs::remove_file(entry.path());
+            if !staging.join(staged).exists() {
+                let _ = std::fs::remove_file(&lock_path);
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes staging directories whose owner died (their lock is free).
