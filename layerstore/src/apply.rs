@@ -227,10 +227,18 @@ pub(crate) fn apply_blob<R: Read + Send>(
     mode: ApplyMode,
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
+    lowers: Vec<cap_std::fs::Dir>,
 ) -> Result<Applied> {
     let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
+    let mut extractor = Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata);
+    if !lowers.is_empty() {
+        extractor = extractor.lowers(strata_overlaydiff::LowerView::new(
+            lowers,
+            strata_overlaydiff::XattrNamespace::Trusted,
+        ));
+    }
     let mut sink = LayerSink {
-        extractor: Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata),
+        extractor,
         uids: BTreeSet::new(),
         gids: BTreeSet::new(),
     };

@@ -487,7 +487,9 @@ impl Store {
         let split_tmp = backend::side_file_name(&staged.name, "tar-split.gz");
         let applied = match diff {
             Some(diff) => {
-                let applied = apply::apply_blob(diff, &staged, self.backend.apply_mode(), &self.layers_dir, &split_tmp);
+                let lowers = self.backend.lowers_for(parent.as_deref())?;
+                let applied =
+                    apply::apply_blob(diff, &staged, self.backend.apply_mode(), &self.layers_dir, &split_tmp, lowers);
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }

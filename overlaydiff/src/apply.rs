@@ -16,6 +16,7 @@ use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time};
 
+use crate::lower::LowerView;
 use crate::meta;
 use crate::options::XattrNamespace;
 use crate::{Error, Result};
@@ -102,6 +103,8 @@ pub struct Extractor {
     /// The last parent directory opened: entries come grouped by directory.
     cached: Option<(Vec<u8>, Dir)>,
     entries: u64,
+    /// The layers below, for directories the tar implies but does not list.
+    lowers: Option<LowerView>,
 }
 
 impl Extractor {
@@ -116,7 +119,17 @@ impl Extractor {
             dir_times: Vec::new(),
             cached: None,
             entries: 0,
+            lowers: None,
         }
+    }
+
+    /// The layers below an overlay upperdir. A directory the tar implies
+    /// (`etc/passwd` without `etc/`) is then created with the metadata it
+    /// has in the lowers, so the merged view keeps it, as extracting the
+    /// layers in order would.
+    pub fn lowers(mut self, lowers: LowerView) -> Self {
+        self.lowers = Some(lowers);
+        self
     }
 
     /// Whether the tar's `.` entry sets the root's mode, owner and times
@@ -162,7 +175,7 @@ impl Extractor {
             return dir.try_clone().map(Some).map_err(|e| io_err(full, e));
         }
         let mut dir = self.root.try_clone().map_err(|e| io_err(full, e))?;
-        for part in parts {
+        for (i, part) in parts.iter().enumerate() {
             let name = OsStr::from_bytes(part);
             match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
@@ -179,6 +192,7 @@ impl Extractor {
                 Err(rustix::io::Errno::NOENT) if create => {
                     rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755))
                         .map_err(|e| io_err(full, e.into()))?;
+                    self.implied_dir(&dir, name, &parts[..=i], full)?;
                 }
                 Err(e) => return Err(io_err(full, e.into())),
             }
@@ -187,6 +201,43 @@ impl Extractor {
         let copy = dir.try_clone().map_err(|e| io_err(full, e))?;
         self.cached = Some((key, copy));
         Ok(Some(dir))
+    }
+
+    /// Gives a directory created for an implied path the mode, owner,
+    /// xattrs and time the lowers have for it.
+    fn implied_dir(&mut self, dir: &Dir, name: &OsStr, parts: &[&[u8]], full: &[u8]) -> Result<()> {
+        let Some(lowers) = &self.lowers else { return Ok(()) };
+        let path: Vec<&OsStr> = parts.iter().map(|p| OsStr::from_bytes(p)).collect();
+        let Some(meta) = lowers.lookup(&path).map_err(|e| io_err(full, e))? else {
+            return Ok(());
+        };
+        if !meta.is_dir() {
+            return Ok(());
+        }
+        if self.owners {
+            rustix::fs::chownat(
+                dir.as_fd(),
+                name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(full, e.into()))?;
+        }
+        for (attr, value) in meta.exported_xattrs() {
+            if let Some(attr) = attr.to_str() {
+                meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(full, e))?;
+            }
+        }
+        rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+            .map_err(|e| io_err(full, e.into()))?;
+        // Its time is set last, like a listed directory's.
+        let time = Time {
+            secs: meta.mtime,
+            nanos: meta.mtime_nsec as u32,
+        };
+        self.dir_times.push((parts.join(&b'/'), time));
+        Ok(())
     }
 
     fn remove(&mut self, dir: &Dir, name: &OsStr, path: &[u8]) -> Result<()> {

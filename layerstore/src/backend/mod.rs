@@ -55,6 +55,12 @@ pub trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// The directories a stored file of layer `id` is looked up in, in
     /// order (for reassembling the layer's tar).
     fn content_dirs(&self, id: &str) -> Result<Vec<Dir>>;
+    /// The directories of the layers below a new layer on `parent`, where
+    /// the extractor looks up directories a tar implies but does not list
+    /// (only drivers that store diffs need them).
+    fn lowers_for(&self, _parent: Option<&str>) -> Result<Vec<Dir>> {
+        Ok(Vec::new())
+    }
     /// The layer's changes against its parent, as OCI layer changes.
     fn changes(&self, id: &str, parent: Option<&str>, sink: &mut dyn ChangeSink) -> Result<()>;
 }

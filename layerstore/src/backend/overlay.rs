@@ -356,6 +356,13 @@ impl StoreBackend for Overlay {
         Ok(dirs)
     }
 
+    fn lowers_for(&self, parent: Option<&str>) -> Result<Vec<Dir>> {
+        match parent {
+            Some(p) => self.content_dirs(p),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn changes(&self, id: &str, _parent: Option<&str>, sink: &mut dyn ChangeSink) -> Result<()> {
         let mut dirs = self.content_dirs(id)?;
         let upper = dirs.remove(0);

@@ -1,0 +1,243 @@
+//! Both backends: apply then diff gives back the input tar byte for byte
+//! (a real root filesystem tar and generated layers), and a 3-layer chain
+//! shows the tree GNU tar gives when it extracts the layers in order.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use strata_layerstore::{DiffOptions, Driver, LayerOptions, Store, StoreOptions};
+
+fn drivers() -> Vec<Driver> {
+    let mut d = vec![Driver::Vfs];
+    if strata_layerstore::overlay_supported() {
+        d.push(Driver::Overlay);
+    } else {
+        eprintln!("SKIPPED: overlay backend (needs root and overlayfs); vfs only");
+    }
+    d
+}
+
+fn open(dir: &Path, driver: Driver) -> Store {
+    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
+    options.driver = Some(driver);
+    Store::open(&options).expect("open store")
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn diff(store: &Store, id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    store
+        .diff(id, &mut out, DiffOptions { verify: true, ..Default::default() })
+        .expect("diff");
+    out
+}
+
+#[test]
+fn a_real_root_filesystem_tar_round_trips() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar_path = tmp.path().join("rootfs.tar");
+    let status = Command::new("tar")
+        .args(["--format=gnu", "-C", "/", "-cf"])
+        .arg(&tar_path)
+        .args(["etc", "usr/share/doc", "usr/lib/python3.11"])
+        .status()
+        .expect("tar");
+    assert!(status.code().is_some_and(|c| c <= 1), "tar failed"); // 1: a file changed while read
+    let tar = std::fs::read(&tar_path).expect("read");
+    assert!(tar.len() > 100 << 20, "the rootfs tar is only {} bytes", tar.len());
+    for driver in drivers() {
+        let dir = tmp.path().join(driver.name());
+        let store = open(&dir, driver);
+        let layer = store
+            .put_layer(&LayerOptions::default(), std::fs::File::open(&tar_path).expect("open"))
+            .expect("apply");
+        assert_eq!(layer.diff_digest, sha(&tar), "{driver:?}");
+        assert_eq!(layer.diff_size as usize, tar.len());
+        let out = diff(&store, &layer.id);
+        assert!(out == tar, "{driver:?}: diff differs from the applied tar");
+        assert!(store.fsck(true).expect("fsck").is_empty());
+    }
+}
+
+type Tree = BTreeMap<String, String>;
+
+/// Every path below `root` with its type, mode, owner, size, content hash,
+/// link target and (for non-directories) mtime.
+fn snapshot(root: &Path) -> Tree {
+    fn walk(root: &Path, rel: &str, out: &mut Tree) {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readdir").map(|e| e.expect("e").file_name()).collect();
+        names.sort();
+        for name in names {
+            let rel = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
+            let path = root.join(&rel);
+            let md = std::fs::symlink_metadata(&path).expect("stat");
+            let kind = md.file_type();
+            let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
+            if kind.is_symlink() {
+                desc += &format!(" -> {}", std::fs::read_link(&path).expect("readlink").display());
+            } else if kind.is_file() {
+                let mut data = Vec::new();
+                std::fs::File::open(&path).expect("open").read_to_end(&mut data).expect("read");
+                desc += &format!(" {} {}", data.len(), sha(&data));
+            }
+            if !kind.is_dir() {
+                desc += &format!(" mtime={}", md.mtime());
+            }
+            out.insert(rel.clone(), desc);
+            if kind.is_dir() {
+                walk(root, &rel, out);
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, "", &mut out);
+    out
+}
+
+fn layer_tar(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, content) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(1000);
+        h.set_gid(100);
+        if let Some(target) = content.strip_prefix("->") {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).expect("symlink");
+        } else if name.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o750);
+            h.set_size(0);
+            b.append_data(&mut h, name, &[][..]).expect("dir");
+        } else {
+            h.set_mode(0o640);
+            h.set_size(content.len() as u64);
+            b.append_data(&mut h, name, content.as_bytes()).expect("file");
+        }
+    }
+    b.into_inner().expect("tar")
+}
+
+/// GNU tar's view of applying OCI layers in order: whiteouts done by hand
+/// before each layer is extracted.
+fn reference(dir: &Path, layers: &[Vec<u8>]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (i, tar) in layers.iter().enumerate() {
+        let mut archive = tar::Archive::new(&tar[..]);
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let path = entry.path().expect("path").into_owned();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let parent = dir.join(path.parent().unwrap_or(Path::new("")));
+            if name == ".wh..wh..opq" {
+                for e in std::fs::read_dir(&parent).into_iter().flatten() {
+                    let p = e.expect("e").path();
+                    if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.expect("rm");
+                }
+            } else if let Some(target) = name.strip_prefix(".wh.") {
+                let p = parent.join(target);
+                let _ = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        }
+        let file = dir.with_extension(format!("{i}.tar"));
+        std::fs::write(&file, tar).expect("write");
+        let status = Command::new("tar")
+            .args(["--same-owner", "-p", "--exclude=.wh.*", "-xf"])
+            .arg(&file)
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .expect("tar");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn a_three_layer_chain_mounts_to_what_gnu_tar_extracts() {
+    let layers = vec![
+        layer_tar(&[
+            ("etc/", ""),
+            ("etc/passwd", "root:x:0:0\n"),
+            ("etc/hosts", "127.0.0.1 localhost\n"),
+            ("usr/", ""),
+            ("usr/share/", ""),
+            ("usr/share/doc/", ""),
+            ("usr/share/doc/a", "a"),
+            ("usr/share/doc/b", "b"),
+            ("bin/", ""),
+            ("bin/sh", "#!shell"),
+            ("bin/link", "->sh"),
+            ("var/", ""),
+            ("var/cache/", ""),
+            ("var/cache/x", "cached"),
+        ]),
+        layer_tar(&[
+            ("etc/.wh.hosts", ""),
+            ("etc/passwd", "root:x:0:0\nuser:x:1000:100\n"),
+            ("usr/share/doc/.wh..wh..opq", ""),
+            ("usr/share/doc/c", "c"),
+            ("var/.wh.cache", ""),
+            ("home/", ""),
+            ("home/user/", ""),
+            ("home/user/notes", "n1"),
+        ]),
+        layer_tar(&[
+            ("var/cache/", ""),
+            ("var/cache/y", "new cache"),
+            ("home/user/.wh.notes", ""),
+            ("bin/sh", "#!new shell"),
+            ("etc/hosts", "restored\n"),
+        ]),
+    ];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want_dir = tmp.path().join("reference");
+    reference(&want_dir, &layers);
+    let want = snapshot(&want_dir);
+    assert!(want.contains_key("var/cache/y") && !want.contains_key("var/cache/x") && !want.contains_key("usr/share/doc/a"));
+    for driver in drivers() {
+        let store = open(&tmp.path().join(driver.name()), driver);
+        let mut parent = None;
+        for tar in &layers {
+            let layer = store
+                .put_layer(&LayerOptions { parent: parent.clone(), ..Default::default() }, &tar[..])
+                .expect("apply");
+            assert!(diff(&store, &layer.id) == *tar, "{driver:?}: layer does not round-trip");
+            parent = Some(layer.id);
+        }
+        let top = parent.expect("top");
+        let mounted = store.mount(&top, true).expect("mount");
+        let got = snapshot(&mounted);
+        store.unmount(&top, false).expect("unmount");
+        assert_eq!(got, want, "{driver:?}: merged view differs from GNU tar's");
+    }
+}
+
+#[test]
+fn mounts_are_counted() {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = open(tmp.path(), driver);
+        let layer = store.put_layer(&LayerOptions::default(), &layer_tar(&[("f", "x")])[..]).expect("apply");
+        let a = store.mount(&layer.id, false).expect("mount");
+        let b = store.mount(&layer.id, false).expect("mount again");
+        assert_eq!(a, b);
+        assert_eq!(store.mounts().expect("mounts")[0].count, 2);
+        assert_eq!(store.unmount(&layer.id, false).expect("unmount"), 1);
+        assert_eq!(std::fs::read(a.join("f")).expect("still mounted"), b"x");
+        assert_eq!(store.unmount(&layer.id, false).expect("unmount"), 0);
+        assert!(store.mounts().expect("mounts").is_empty());
+        store.mount(&layer.id, false).expect("mount");
+        store.delete_layer(&layer.id).expect("delete unmounts first");
+        assert!(store.mounts().expect("mounts").is_empty());
+        assert!(store.layers().expect("layers").is_empty());
+    }
+}
