@@ -31,7 +31,12 @@ impl Staged {
         let name = format!("{PREFIX}{}", &crate::files::random_id().map_err(|e| Error::io(staging, e))?[..20]);
         let path = staging.join(&name);
         let lock_path = staging.join(format!("{name}.lock"));
-        let lock = LockGuard::acquire(&lock_path, LockKind::Exclusive, true).map_err(|e| Error::io(&lock_path, e))?;
+        // The lock file appears under its name already locked: a cleaner
+        // that finds it free knows its owner is gone, never that it has
+        // not started yet.
+        let fresh = staging.join(format!(".{name}.lock.new"));
+        let lock = LockGuard::acquire(&fresh, LockKind::Exclusive, true).map_err(|e| Error::io(&fresh, e))?;
+        std::fs::rename(&fresh, &lock_path).map_err(|e| Error::io(&lock_path, e))?;
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
         let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority()).map_err(|e| Error::io(&path, e))?;
         dir.create_dir("tree").map_err(|e| Error::io(&path, e))?;
