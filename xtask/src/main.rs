@@ -71,11 +71,100 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("fsverity") => bench_fsverity(&args[1..]),
         Some("overlay-diff") => bench_overlay_diff(&args[1..]),
         Some("convert") => bench_convert(&args[1..]),
+        Some("apply") => bench_apply(&args[1..]),
         other => Err(format!(
-            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert"
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply"
         )
         .into()),
     }
+}
+
+/// `strata layers apply` / `layers diff` against GNU tar extracting and
+/// creating the same tree, on a real root filesystem tar, per driver.
+fn bench_apply(args: &[String]) -> Result<(), Error> {
+    let runs: usize = flag(args, "--runs").map_or(Ok(5), str::parse)?;
+    require("tar", "tar")?;
+    let root = workspace_root();
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "strata-cli"])
+        .current_dir(&root))?;
+    let strata = root.join("target/release/strata");
+    let work = root.join("target/bench/apply");
+    std::fs::create_dir_all(&work)?;
+    let tar = work.join("rootfs.tar");
+    if !tar.exists() {
+        eprintln!("making {} from /etc, /usr/bin, /usr/share/doc, /usr/lib/python3.11", tar.display());
+        let partial = work.join("rootfs.tar.partial");
+        let status = Command::new("tar")
+            .args(["--format=gnu", "-C", "/", "-cf"])
+            .arg(&partial)
+            .args(["etc", "usr/bin", "usr/share/doc", "usr/lib/python3.11"])
+            .status()?;
+        if status.code().is_none_or(|c| c > 1) {
+            return Err("tar failed".into());
+        }
+        std::fs::rename(&partial, &tar)?;
+    }
+    let size = std::fs::metadata(&tar)?.len();
+    let out = work.join("out");
+    let clean = |p: &Path| {
+        let _ = Command::new("rm").arg("-rf").arg(p).status();
+    };
+    // GNU tar, same tree, same ownership handling.
+    let tar_x = time_median(runs, || {
+        clean(&out);
+        let _ = std::fs::create_dir_all(&out);
+        let mut c = Command::new("tar");
+        c.args(["--same-owner", "-p", "-xf"]).arg(&tar).arg("-C").arg(&out);
+        c
+    })?;
+    let tar_c = time_median(runs, || {
+        let mut c = Command::new("tar");
+        c.args(["--format=gnu", "-cf", "/dev/null", "-C"]).arg(&out).arg(".");
+        c
+    })?;
+    println!("rootfs tar: {:.0} MiB; GNU tar -x {:.3} s, tar -c {:.3} s (median of {runs})", mib(size), tar_x.as_secs_f64(), tar_c.as_secs_f64());
+    let mut drivers = vec!["vfs"];
+    if Path::new("/proc/filesystems").exists() && std::fs::read_to_string("/proc/filesystems")?.contains("overlay") {
+        drivers.push("overlay");
+    }
+    for driver in drivers {
+        let store = work.join(format!("store-{driver}"));
+        let strata_cmd = |store: &Path| {
+            let mut c = Command::new(&strata);
+            c.arg("--root").arg(store.join("graph")).arg("--runroot").arg(store.join("run")).args(["--driver", driver]);
+            c
+        };
+        let apply = time_median(runs, || {
+            clean(&store);
+            let mut c = strata_cmd(&store);
+            c.args(["layers", "apply"]).arg(&tar);
+            c
+        })?;
+        let listed = Command::new(&strata).arg("--root").arg(store.join("graph")).arg("--runroot").arg(store.join("run"))
+            .args(["--driver", driver, "layers", "list"]).output()?;
+        let id = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .ok_or("no layer listed")?
+            .to_string();
+        let diff = time_median(runs, || {
+            let mut c = strata_cmd(&store);
+            c.args(["layers", "diff", &id, "-o", "/dev/null"]);
+            c
+        })?;
+        println!(
+            "{driver:>7}: layers apply {:.3} s = {:.2}x tar -x (target <= 1.2); layers diff {:.3} s = {:.2}x tar -c (target <= 1.0)",
+            apply.as_secs_f64(),
+            apply.as_secs_f64() / tar_x.as_secs_f64(),
+            diff.as_secs_f64(),
+            diff.as_secs_f64() / tar_c.as_secs_f64(),
+        );
+        clean(&store);
+    }
+    clean(&out);
+    Ok(())
 }
 
 /// Times one command `runs` times and returns the median.
