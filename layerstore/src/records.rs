@@ -196,6 +196,30 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn records_survive_a_write_and_read(
+            id in "[a-f0-9]{64}",
+            names in proptest::collection::vec("\\PC{0,12}", 0..3),
+            metadata in "\\PC{0,40}",
+            size in 0i64..i64::MAX,
+            uids in proptest::collection::vec(proptest::num::u32::ANY, 0..4),
+            incomplete in proptest::bool::ANY,
+        ) {
+            let mut record = LayerRecord { id, names, metadata, diff_size: size, uidset: uids, created: zero_time(), ..Default::default() };
+            record.set_incomplete(incomplete);
+            let bytes = crate::json::to_go_json(&[&record]).expect("json");
+            let back: Vec<LayerRecord> = serde_json::from_slice(&bytes).expect("parse");
+            proptest::prop_assert_eq!(&back[0], &record);
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = serde_json::from_slice::<Option<Vec<LayerRecord>>>(&bytes);
+            let _ = serde_json::from_slice::<Option<Vec<ImageRecord>>>(&bytes);
+        }
+    }
+
     #[test]
     fn nulls_read_as_empty() {
         let input = r#"[{"id":"bb","names":null,"uidset":null,"flags":null,"created":"2026-01-01T00:00:00Z"}]"#;
