@@ -234,7 +234,7 @@ impl Store {
     }
 
     pub(crate) fn staging_path(&self) -> PathBuf {
-        self.graphroot.join(self.driver.name()).join("staging")
+        self.graphroot.join(self.driver.name()).join(backend::STAGING_DIR)
     }
 
     pub(crate) fn writable(&self) -> Result<()> {

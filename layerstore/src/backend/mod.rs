@@ -72,3 +72,7 @@ pub(crate) fn remove_tree_pub(path: &std::path::Path) -> std::io::Result<()> {
 pub(crate) fn is_mount_point_pub(path: &std::path::Path) -> bool {
     overlay::is_mount_point(path).unwrap_or(false)
 }
+
+/// strata's staging directory inside a driver's home (hidden: drivers
+/// skip dot names, and it is on the same mount as the layer directories).
+pub(crate) const STAGING_DIR: &str = ".strata-staging";

@@ -210,7 +210,8 @@ impl StoreBackend for Overlay {
             }
             None => 0o555,
         };
-        let staged = Staged::new(&self.home.join("staging"), mode)?;
+        // Not `staging/`: podman 4.3 empties that at every start.
+        let staged = Staged::new(&self.home.join(crate::backend::STAGING_DIR), mode)?;
         if let Some(t) = template {
             let from = self.layer_path(t)?.join("diff");
             let src = Dir::open_ambient_dir(&from, cap_std::ambient_authority()).map_err(io(&from))?;

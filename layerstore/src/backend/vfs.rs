@@ -55,7 +55,7 @@ impl StoreBackend for Vfs {
     }
 
     fn stage(&self, parent: Option<&str>, template: Option<&str>) -> Result<Staged> {
-        let staged = Staged::new(&self.home.join("staging"), 0o555)?;
+        let staged = Staged::new(&self.home.join(crate::backend::STAGING_DIR), 0o555)?;
         if let Some(source) = template.or(parent) {
             let from = self.open(source)?;
             let path = self.layer_path(source)?;
