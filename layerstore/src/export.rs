@@ -1,11 +1,11 @@
 //! Getting a layer back out: its original tar, bit for bit, from the
 //! tar-split metadata and the stored files; or its changes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use sha2::{Digest, Sha256};
 use strata_overlaydiff::{ChangeSink, TarSink};
-use strata_tarsplit::{DirGetter, FileGetter};
+use strata_tarsplit::DirGetter;
 
 use crate::apply::Compression;
 use crate::files::hex;
@@ -19,36 +19,6 @@ pub struct DiffOptions {
     pub compression: Option<Compression>,
     /// Recompute the tar's sha256 and fail unless it is the layer's diffID.
     pub verify: bool,
-}
-
-/// Looks a file up in each directory in turn (the layer's own, then its
-/// lowers), as containers-storage's overlay file getter does.
-struct ChainGetter {
-    dirs: Vec<DirGetter>,
-}
-
-impl FileGetter for ChainGetter {
-    fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
-        let n = self.dirs.len();
-        if n == 1 {
-            return self.dirs[0].get(name);
-        }
-        let mut first_err = None;
-        for i in 0..n {
-            // Probe first: the borrow of a successful get must be the last.
-            let found = match self.dirs[i].get(name) {
-                Ok(_) => true,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    false
-                }
-            };
-            if found {
-                return self.dirs[i].get(name);
-            }
-        }
-        Err(first_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no layer directory")))
-    }
 }
 
 struct HashingWriter<W> {
@@ -144,9 +114,7 @@ impl Store {
             Ok(file) => {
                 let metadata = strata_tarsplit::open_metadata(file.into_std()).map_err(|e| Error::io(&split_path, e))?;
                 let dirs = self.backend.content_dirs(id)?;
-                let mut getter = ChainGetter {
-                    dirs: dirs.into_iter().map(DirGetter::new).collect(),
-                };
+                let mut getter = DirGetter::chain(dirs);
                 strata_tarsplit::assemble(metadata, &mut getter, &mut hashing)?.tar_size
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

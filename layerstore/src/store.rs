@@ -94,7 +94,6 @@ pub struct Store {
     pub(crate) runroot: PathBuf,
     pub(crate) driver: Driver,
     pub(crate) backend: Box<dyn StoreBackend>,
-    pub(crate) overlay: Option<Overlay>,
     pub(crate) layers_path: PathBuf,
     pub(crate) layers_dir: Dir,
     pub(crate) images_path: PathBuf,
@@ -155,13 +154,13 @@ impl Store {
         let layers_path = graphroot.join(format!("{name}-layers"));
         let images_path = graphroot.join(format!("{name}-images"));
         let run_path = options.runroot.join(format!("{name}-layers"));
-        let (backend, overlay): (Box<dyn StoreBackend>, Option<Overlay>) = if options.read_only {
+        let backend: Box<dyn StoreBackend> = if options.read_only {
             if !layers_path.is_dir() {
                 return Err(Error::NotFound(format!("{name} store at {}", graphroot.display())));
             }
             match driver {
-                Driver::Vfs => (Box::new(Vfs::existing(graphroot)), None),
-                Driver::Overlay => (Box::new(Overlay::existing(graphroot)), Some(Overlay::existing(graphroot))),
+                Driver::Vfs => Box::new(Vfs::existing(graphroot)),
+                Driver::Overlay => Box::new(Overlay::existing(graphroot)),
             }
         } else {
             crate::mkdir_mode(graphroot, 0o700)?;
@@ -180,8 +179,8 @@ impl Store {
             }
             crate::mkdir_mode(&run_path, 0o700)?;
             match driver {
-                Driver::Vfs => (Box::new(Vfs::new(graphroot)?), None),
-                Driver::Overlay => (Box::new(Overlay::new(graphroot)?), Some(Overlay::new(graphroot)?)),
+                Driver::Vfs => Box::new(Vfs::new(graphroot)?),
+                Driver::Overlay => Box::new(Overlay::new(graphroot)?),
             }
         };
         let additional = options
@@ -204,7 +203,6 @@ impl Store {
             runroot: options.runroot.clone(),
             driver,
             backend,
-            overlay,
             layers_path,
             images_path,
             run_path,
@@ -342,17 +340,21 @@ impl Store {
         Ok(loaded)
     }
 
-    /// The layer records under a shared lock.
-    pub(crate) fn layers_read(&self) -> Result<(LockGuard, Arc<Loaded<LayerRecord>>)> {
-        let guard = self.layers_lock(LockKind::Shared)?;
-        let loaded = self.load(
-            &guard,
+    fn load_layers(&self, guard: &LockGuard) -> Result<Arc<Loaded<LayerRecord>>> {
+        self.load(
+            guard,
             &self.layer_cache,
             &self.layers_dir,
             &self.layers_path,
             "layers.json",
             Some("volatile-layers.json"),
-        )?;
+        )
+    }
+
+    /// The layer records under a shared lock.
+    pub(crate) fn layers_read(&self) -> Result<(LockGuard, Arc<Loaded<LayerRecord>>)> {
+        let guard = self.layers_lock(LockKind::Shared)?;
+        let loaded = self.load_layers(&guard)?;
         Ok((guard, loaded))
     }
 
@@ -361,14 +363,7 @@ impl Store {
     pub(crate) fn layers_write(&self) -> Result<(LockGuard, Loaded<LayerRecord>)> {
         self.writable()?;
         let guard = self.layers_lock(LockKind::Exclusive)?;
-        let loaded = self.load(
-            &guard,
-            &self.layer_cache,
-            &self.layers_dir,
-            &self.layers_path,
-            "layers.json",
-            Some("volatile-layers.json"),
-        )?;
+        let loaded = self.load_layers(&guard)?;
         let mut loaded = owned(loaded);
         if loaded.records.iter().any(LayerRecord::incomplete) {
             let stale: Vec<String> = loaded.records.iter().filter(|r| r.incomplete()).map(|r| r.id.clone()).collect();
@@ -842,10 +837,8 @@ impl Store {
         };
         mlock.touch().map_err(|e| Error::io(mlock.path(), e))?;
         mounts::save(&dir, &self.run_path, &records)?;
-        if records.is_empty()
-            && let Some(overlay) = &self.overlay
-        {
-            overlay.release_home();
+        if records.is_empty() {
+            self.backend.release();
         }
         Ok(left)
     }

@@ -97,12 +97,18 @@ impl FilePutter for DirPutter {
 /// are read (a FIFO planted at a name cannot stall assembly).
 #[derive(Debug)]
 pub struct DirGetter {
-    root: Dir,
+    roots: Vec<Dir>,
 }
 
 impl DirGetter {
     pub fn new(root: Dir) -> Self {
-        DirGetter { root }
+        DirGetter { roots: vec![root] }
+    }
+
+    /// Looks each name up in `roots` in turn and serves the first that has
+    /// it (a layer's own directory, then those of the layers below it).
+    pub fn chain(roots: Vec<Dir>) -> Self {
+        DirGetter { roots }
     }
 }
 
@@ -113,14 +119,24 @@ impl FileGetter for DirGetter {
         options
             .read(true)
             .custom_flags(OFlags::NONBLOCK.bits() as i32);
-        let file = self.root.open_with(&path, &options)?;
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+        let mut first_err = None;
+        for root in &self.roots {
+            match root.open_with(&path, &options) {
+                Ok(file) => {
+                    if !file.metadata()?.is_file() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "not a regular file",
+                        ));
+                    }
+                    return Ok(Box::new(file));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(Box::new(file))
+        Err(first_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no root directory")))
     }
 }
 

@@ -52,6 +52,8 @@ pub trait StoreBackend: Send + Sync + std::fmt::Debug {
     fn mount(&self, id: &str, read_only: bool) -> Result<PathBuf>;
     /// Undoes the last [`mount`](Self::mount) of `id`.
     fn unmount(&self, id: &str) -> Result<()>;
+    /// Called when no layer of the store is mounted any more.
+    fn release(&self) {}
     /// The directories a stored file of layer `id` is looked up in, in
     /// order (for reassembling the layer's tar).
     fn content_dirs(&self, id: &str) -> Result<Vec<Dir>>;

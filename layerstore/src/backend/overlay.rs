@@ -155,12 +155,6 @@ impl Overlay {
             .map_err(|e| Error::io(&self.home, e.into()))
     }
 
-    /// Undoes the home bind mount (when nothing is mounted any more).
-    pub(crate) fn release_home(&self) {
-        if is_mount_point(&self.home).unwrap_or(false) {
-            let _ = rustix::mount::unmount(&self.home, UnmountFlags::DETACH);
-        }
-    }
 }
 
 /// Whether `path` is a mount point, per /proc/self/mountinfo.
@@ -346,6 +340,14 @@ impl StoreBackend for Overlay {
         }
         let _ = std::fs::remove_dir(&merged);
         Ok(())
+    }
+
+    /// Undoes the home bind mount, as podman does at shutdown when nothing
+    /// is mounted.
+    fn release(&self) {
+        if is_mount_point(&self.home).unwrap_or(false) {
+            let _ = rustix::mount::unmount(&self.home, UnmountFlags::DETACH);
+        }
     }
 
     fn content_dirs(&self, id: &str) -> Result<Vec<Dir>> {
