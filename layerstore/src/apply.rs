@@ -95,14 +95,18 @@ impl Default for Compression {
 
 struct HashingReader<R> {
     inner: R,
-    hash: Sha256,
+    /// `None` for an uncompressed blob, whose digest is the diffID: one
+    /// SHA-256 pass over the bytes instead of two.
+    hash: Option<Sha256>,
     count: u64,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(hash) = &mut self.hash {
+            hash.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -169,11 +173,14 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
         CHUNK,
         HashingReader {
             inner: input,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
             count: 0,
         },
     );
     let compression = Compression::detect(compressed.fill_buf()?);
+    if compression == Compression::None {
+        compressed.get_mut().hash = None;
+    }
     let mut decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(&mut compressed),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut compressed)),
@@ -212,7 +219,9 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
     // Whatever follows the compressed stream still belongs to the blob.
     io::copy(&mut compressed, &mut io::sink())?;
     let inner = compressed.into_inner();
-    Ok((compression, inner.hash.finalize().into(), inner.count, diff.finalize().into(), diff_size))
+    let diff: [u8; 32] = diff.finalize().into();
+    let blob = inner.hash.map_or(diff, |h| h.finalize().into());
+    Ok((compression, blob, inner.count, diff, diff_size))
 }
 
 /// Applies the layer blob `input` into `staged`'s tree and writes its

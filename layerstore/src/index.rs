@@ -13,6 +13,18 @@ pub(crate) trait Keyed {
     fn visible(&self) -> bool {
         true
     }
+    /// The record's digests by [`DigestKind`] order; empty when unset.
+    fn digests(&self) -> [&str; 3] {
+        ["", "", ""]
+    }
+}
+
+/// Which digest of a layer a lookup is by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DigestKind {
+    Compressed = 0,
+    Uncompressed = 1,
+    Toc = 2,
 }
 
 impl Keyed for crate::records::LayerRecord {
@@ -24,6 +36,9 @@ impl Keyed for crate::records::LayerRecord {
     }
     fn visible(&self) -> bool {
         !self.incomplete()
+    }
+    fn digests(&self) -> [&str; 3] {
+        [&self.compressed_digest, &self.diff_digest, &self.toc_digest]
     }
 }
 
@@ -43,6 +58,9 @@ pub(crate) struct Index {
     by_id: HashMap<String, usize>,
     by_name: HashMap<String, usize>,
     sorted: Vec<(String, usize)>,
+    /// Digest → records, one map per [`DigestKind`]; a pull asks these
+    /// once per layer, so they must not scan.
+    by_digest: [HashMap<String, Vec<usize>>; 3],
 }
 
 impl Index {
@@ -54,9 +72,22 @@ impl Index {
                 index.by_name.insert(n.clone(), i);
             }
             index.sorted.push((r.id().to_owned(), i));
+            for (map, digest) in index.by_digest.iter_mut().zip(r.digests()) {
+                if !digest.is_empty() {
+                    map.entry(digest.to_owned()).or_default().push(i);
+                }
+            }
         }
         index.sorted.sort();
         index
+    }
+
+    /// Visible records with this digest, in record order.
+    pub(crate) fn with_digest<T: Keyed>(&self, records: &[T], kind: DigestKind, digest: &str) -> Vec<usize> {
+        self.by_digest[kind as usize]
+            .get(digest)
+            .map(|hits| hits.iter().copied().filter(|&i| records.get(i).is_some_and(Keyed::visible)).collect())
+            .unwrap_or_default()
     }
 
     /// Exact ID, then exact name, then a unique ID prefix. Records that
@@ -109,5 +140,23 @@ mod tests {
         assert!(matches!(index.find(&records, "zz", "layer"), Err(Error::NotFound(_))));
         records[0].set_incomplete(true);
         assert_eq!(index.find(&records, "ab", "layer").ok(), Some(1), "incomplete layers are invisible");
+    }
+
+    #[test]
+    fn digest_lookups_keep_kinds_apart() {
+        let mut a = layer("a", &[]);
+        a.compressed_digest = "sha256:11".into();
+        a.diff_digest = "sha256:11".into();
+        let mut b = layer("b", &[]);
+        b.diff_digest = "sha256:11".into();
+        b.toc_digest = "sha256:22".into();
+        let mut records = vec![a, b];
+        let index = Index::build(&records);
+        assert_eq!(index.with_digest(&records, DigestKind::Compressed, "sha256:11"), [0]);
+        assert_eq!(index.with_digest(&records, DigestKind::Uncompressed, "sha256:11"), [0, 1]);
+        assert_eq!(index.with_digest(&records, DigestKind::Toc, "sha256:22"), [1]);
+        assert!(index.with_digest(&records, DigestKind::Toc, "sha256:11").is_empty());
+        records[1].set_incomplete(true);
+        assert_eq!(index.with_digest(&records, DigestKind::Uncompressed, "sha256:11"), [0]);
     }
 }

@@ -12,8 +12,8 @@ use cap_std::fs::Dir;
 use crate::apply::{self, Applied, LayerOptions};
 use crate::backend::{self, Overlay, StoreBackend, Vfs};
 use crate::files::{big_data_file_name, random_id, write_atomic};
-use crate::index::Index;
-use crate::lock::{LockGuard, LockKind, Token};
+use crate::index::{DigestKind, Index};
+use crate::lock::{LockGuard, LockKind, TOKEN_LEN, Token};
 use crate::records::{LayerRecord, MountRecord};
 use crate::{Error, Result, mounts};
 
@@ -264,10 +264,13 @@ impl Store {
     where
         T: serde::de::DeserializeOwned + crate::index::Keyed,
     {
-        let token = guard.token().map_err(|e| Error::io(guard.path(), e))?;
+        // A lock file no one has written yet reads as the all-zero token:
+        // every writer replaces it with a random one, so it still tells
+        // whether anything changed.
+        let token = guard.token().map_err(|e| Error::io(guard.path(), e))?.unwrap_or([0; TOKEN_LEN]);
         let mtime = dir.metadata(file).ok().and_then(|m| m.modified().ok()).map(|t| t.into_std());
         let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(c), Some(token)) = (cached.as_ref(), token)
+        if let Some(c) = cached.as_ref()
             && c.token == token
             && c.mtime == mtime
         {
@@ -289,7 +292,7 @@ impl Store {
             records,
             volatile: volatile_ids,
         });
-        *cached = token.map(|token| Cached {
+        *cached = Some(Cached {
             loaded: loaded.clone(),
             token,
             mtime,
@@ -431,23 +434,35 @@ impl Store {
         }
     }
 
-    fn layers_where(&self, pred: impl Fn(&LayerRecord) -> bool) -> Result<Vec<LayerRecord>> {
-        Ok(self.layers()?.into_iter().filter(|l| pred(l)).collect())
+    fn layers_with(&self, kind: DigestKind, digest: &str) -> Result<Vec<LayerRecord>> {
+        let mut out: Vec<LayerRecord> = {
+            let (_guard, loaded) = self.layers_read()?;
+            let hits = loaded.index.with_digest(&loaded.records, kind, digest);
+            hits.into_iter().map(|i| loaded.records[i].clone()).collect()
+        };
+        for extra in &self.additional {
+            for l in extra.layers_with(kind, digest)? {
+                if !out.iter().any(|o| o.id == l.id) {
+                    out.push(l);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Layers whose compressed blob has this digest.
     pub fn layers_by_compressed_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
-        self.layers_where(|l| l.compressed_digest == digest)
+        self.layers_with(DigestKind::Compressed, digest)
     }
 
     /// Layers whose uncompressed tar (diffID) has this digest.
     pub fn layers_by_uncompressed_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
-        self.layers_where(|l| l.diff_digest == digest)
+        self.layers_with(DigestKind::Uncompressed, digest)
     }
 
     /// Layers pulled from a blob whose TOC has this digest.
     pub fn layers_by_toc_digest(&self, digest: &str) -> Result<Vec<LayerRecord>> {
-        self.layers_where(|l| l.toc_digest == digest)
+        self.layers_with(DigestKind::Toc, digest)
     }
 
     // ---- layers: creation -------------------------------------------------

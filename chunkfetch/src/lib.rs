@@ -1,0 +1,144 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod file;
+pub mod layout;
+pub mod oci;
+mod multipart;
+pub mod plan;
+pub mod reference;
+pub mod registry;
+mod serve;
+
+use std::io::{self, Read};
+
+pub use error::{Error, Result};
+pub use file::FileSource;
+pub use layout::OciLayout;
+pub use plan::{FetchStats, Planner};
+pub use reference::Reference;
+pub use registry::{Registry, RegistryBlob, RegistryOptions};
+
+/// `length` bytes of a blob from `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl ByteRange {
+    pub fn new(offset: u64, length: u64) -> ByteRange {
+        ByteRange { offset, length }
+    }
+
+    /// One past the last byte; `None` when it would overflow.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.length)
+    }
+}
+
+/// Called once per requested range, in order, with a reader of exactly
+/// that range's bytes. What it leaves unread is skipped.
+pub type RangeSink<'a> = dyn FnMut(usize, &mut dyn Read) -> io::Result<()> + 'a;
+
+/// Random access to one blob by byte ranges: a local file, a blob of an OCI
+/// layout, or a registry blob fetched with HTTP range requests.
+pub trait RangeSource: Send + Sync {
+    /// The blob's length in bytes.
+    fn size(&self) -> Result<u64>;
+
+    /// Fetches `ranges` (sorted, non-overlapping, non-empty) as one request
+    /// where the source can, and hands each range to `sink` in order. A
+    /// server that refuses the request as too big answers
+    /// [`Error::RangesRefused`] before `sink` was called, so the caller
+    /// can merge ranges and retry (see [`Planner`]). An error from `sink`
+    /// ends the fetch and comes back as [`Error::Sink`].
+    fn fetch(&self, ranges: &[ByteRange], sink: &mut RangeSink<'_>) -> Result<()>;
+
+    /// True once the source has seen that it can only send the whole blob
+    /// (a registry that ignores `Range`): a caller then asks for everything
+    /// it still needs in one request rather than fetching the blob again.
+    fn sends_whole_blob(&self) -> bool {
+        false
+    }
+}
+
+impl<T: RangeSource + ?Sized> RangeSource for &T {
+    fn size(&self) -> Result<u64> {
+        (**self).size()
+    }
+    fn fetch(&self, ranges: &[ByteRange], sink: &mut RangeSink<'_>) -> Result<()> {
+        (**self).fetch(ranges, sink)
+    }
+    fn sends_whole_blob(&self) -> bool {
+        (**self).sends_whole_blob()
+    }
+}
+
+impl<T: RangeSource + ?Sized> RangeSource for Box<T> {
+    fn size(&self) -> Result<u64> {
+        (**self).size()
+    }
+    fn fetch(&self, ranges: &[ByteRange], sink: &mut RangeSink<'_>) -> Result<()> {
+        (**self).fetch(ranges, sink)
+    }
+    fn sends_whole_blob(&self) -> bool {
+        (**self).sends_whole_blob()
+    }
+}
+
+/// Reads one range whole into memory, for small things (a footer, a TOC)
+/// whose length the caller has already bounded.
+pub fn read_range(source: &dyn RangeSource, range: ByteRange) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    source.fetch(&[range], &mut |_, r| {
+        out.clear();
+        r.read_to_end(&mut out).map(drop)
+    })?;
+    Ok(out)
+}
+
+/// Checks what every source requires of `ranges`: each non-empty, sorted,
+/// not overlapping, inside `size` when it is known.
+pub(crate) fn check_ranges(ranges: &[ByteRange], size: Option<u64>) -> Result<()> {
+    let mut previous_end = 0u64;
+    for (i, r) in ranges.iter().enumerate() {
+        let end = r.end().ok_or(Error::BadRanges(format!("range {i} overflows")))?;
+        if r.length == 0 {
+            return Err(Error::BadRanges(format!("range {i} is empty")));
+        }
+        if i > 0 && r.offset < previous_end {
+            return Err(Error::BadRanges(format!(
+                "range {i} at {} overlaps or precedes the one before (ending at {previous_end})",
+                r.offset
+            )));
+        }
+        if let Some(size) = size
+            && end > size
+        {
+            return Err(Error::OutOfBounds {
+                offset: r.offset,
+                length: r.length,
+                size,
+            });
+        }
+        previous_end = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_must_be_sorted_disjoint_and_inside() {
+        let r = ByteRange::new;
+        assert!(check_ranges(&[r(0, 1), r(1, 2), r(10, 5)], Some(15)).is_ok());
+        assert!(matches!(check_ranges(&[r(0, 2), r(1, 2)], None), Err(Error::BadRanges(_))));
+        assert!(matches!(check_ranges(&[r(5, 1), r(0, 1)], None), Err(Error::BadRanges(_))));
+        assert!(matches!(check_ranges(&[r(0, 0)], None), Err(Error::BadRanges(_))));
+        assert!(matches!(check_ranges(&[r(u64::MAX, 2)], None), Err(Error::BadRanges(_))));
+        assert!(matches!(check_ranges(&[r(10, 6)], Some(15)), Err(Error::OutOfBounds { .. })));
+    }
+}
