@@ -87,6 +87,29 @@ impl<T: RangeSource + ?Sized> RangeSource for Box<T> {
     }
 }
 
+/// Entry points for the fuzz targets (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io::Read;
+
+    /// Parses `data` as a multipart/byteranges body with boundary `B`,
+    /// reading every part, and `data` as a Content-Type and a
+    /// Content-Range value.
+    pub fn multipart(data: &[u8]) {
+        let mut parts = crate::multipart::Parts::new(data, "B");
+        while let Ok(Some(range)) = parts.next_part() {
+            let mut body = Vec::new();
+            if parts.body().read_to_end(&mut body).is_err() {
+                break;
+            }
+            assert!(body.len() as u64 <= range.len());
+        }
+        let text = String::from_utf8_lossy(data);
+        let _ = crate::multipart::boundary(&text);
+        let _ = crate::multipart::ContentRange::parse(&text);
+    }
+}
+
 /// Reads one range whole into memory, for small things (a footer, a TOC)
 /// whose length the caller has already bounded.
 pub fn read_range(source: &dyn RangeSource, range: ByteRange) -> Result<Vec<u8>> {

@@ -16,6 +16,11 @@ pub struct Planner {
     pub merge_gap: u64,
     /// Most ranges in one request.
     pub max_ranges: usize,
+    /// Once a server has refused even two ranges in one request (GCR,
+    /// GHCR, zot), the most single-range requests to send instead; merged
+    /// ranges fill the gaps between them. containers-storage sends one
+    /// range spanning everything then, which can be the whole blob.
+    pub max_single_requests: usize,
 }
 
 impl Default for Planner {
@@ -23,6 +28,7 @@ impl Default for Planner {
         Planner {
             merge_gap: 1024,
             max_ranges: 1024,
+            max_single_requests: 32,
         }
     }
 }
@@ -104,16 +110,26 @@ impl Planner {
             ..FetchStats::default()
         };
         let mut limit = self.max_ranges.max(1);
+        let mut single_ranges = false;
+        let mut single_budget = self.max_single_requests.max(1);
         let mut done = 0usize;
         while done < pieces.len() {
             let rest = &pieces[done..];
             // A source that can only send the whole blob serves everything
             // left from one answer.
-            let groups = if source.sends_whole_blob() {
+            let mut groups = if source.sends_whole_blob() {
                 self.merge(rest, usize::MAX)
+            } else if single_ranges {
+                // Shrinking the budget each time bounds the requests.
+                let groups = self.merge(rest, single_budget);
+                single_budget = single_budget.saturating_sub(1).max(1);
+                groups
             } else {
                 self.merge(rest, limit)
             };
+            if single_ranges && !source.sends_whole_blob() {
+                groups.truncate(1);
+            }
             let ranges: Vec<ByteRange> = groups.iter().map(|g| g.range).collect();
             let before = done;
             let result = source.fetch(&ranges, &mut |gi, reader: &mut dyn Read| {
@@ -131,7 +147,7 @@ impl Planner {
                 Ok(())
             });
             match result {
-                Ok(()) if done < pieces.len() => {
+                Ok(()) if done < before + groups.iter().map(|g| g.count).sum::<usize>() => {
                     return Err(Error::protocol("blob", "the source ended its answer before the last range"));
                 }
                 Ok(()) => {
@@ -140,7 +156,10 @@ impl Planner {
                 }
                 Err(Error::RangesRefused { ranges: n, .. }) if n > 1 && done == before => {
                     stats.refused += 1;
-                    limit = (n / 2).max(1);
+                    limit = n / 2;
+                    if limit <= 1 {
+                        single_ranges = true;
+                    }
                     tracing::debug!(ranges = n, limit, "ranges refused; merging");
                 }
                 // The piece readers' errors are the server's when the body
@@ -167,6 +186,7 @@ mod tests {
         let p = Planner {
             merge_gap: 10,
             max_ranges: 100,
+            max_single_requests: 1,
         };
         let pieces = [r(0, 5), r(10, 5), r(100, 5), r(1000, 5), r(1050, 5)];
         let groups = p.merge(&pieces, 100);
@@ -207,7 +227,7 @@ mod tests {
         let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let pieces: Vec<ByteRange> = (0..64).map(|i| r(i * 1500, 100)).collect();
         let source = Refusing { blob: blob.clone(), accept: 5, asked: Mutex::new(Vec::new()) };
-        let planner = Planner { merge_gap: 0, max_ranges: 64 };
+        let planner = Planner { merge_gap: 0, max_ranges: 64, max_single_requests: 32 };
         let mut seen = Vec::new();
         let stats = planner
             .fetch(&source, &pieces, &mut |i, rd| {
@@ -225,6 +245,27 @@ mod tests {
         assert_eq!(stats.bytes_wanted, 6400);
     }
 
+    #[test]
+    fn a_server_that_takes_one_range_gets_a_bounded_number_of_single_requests() {
+        let blob = vec![7u8; 100_000];
+        let pieces: Vec<ByteRange> = (0..64).map(|i| r(i * 1500, 100)).collect();
+        let source = Refusing { blob, accept: 1, asked: Mutex::new(Vec::new()) };
+        let planner = Planner { merge_gap: 0, max_ranges: 64, max_single_requests: 8 };
+        let mut seen = 0;
+        let stats = planner
+            .fetch(&source, &pieces, &mut |_, rd| {
+                seen += 1;
+                rd.read_to_end(&mut Vec::new()).map(drop)
+            })
+            .expect("fetch");
+        assert_eq!(seen, 64);
+        let asked = source.asked.lock().expect("lock").clone();
+        assert_eq!(&asked[..6], [64, 32, 16, 8, 4, 2]);
+        assert!(asked[6..].iter().all(|&n| n == 1));
+        assert!(stats.requests <= 8, "{stats:?}");
+        assert!(stats.bytes_requested < 100_000, "{stats:?}");
+    }
+
     proptest::proptest! {
         #[test]
         fn merging_keeps_every_piece_inside_one_group(
@@ -239,7 +280,7 @@ mod tests {
                 pieces.push(r(off, l));
                 off += l;
             }
-            let groups = Planner { merge_gap: gap, max_ranges: limit }.merge(&pieces, limit);
+            let groups = Planner { merge_gap: gap, max_ranges: limit, max_single_requests: 1 }.merge(&pieces, limit);
             proptest::prop_assert!(groups.len() <= limit);
             let mut next = 0;
             for g in &groups {

@@ -726,11 +726,12 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    let all: [(&str, &[&str]); 4] = [
+    let all: [(&str, &[&str]); 5] = [
         ("tarsplit", &["tar_reader", "metadata"]),
         ("toc", &["zstd_chunked", "nydus"]),
         ("overlaydiff", &["mount_options"]),
         ("layerstore", &["store_files"]),
+        ("chunkfetch", &["registry_answers"]),
     ];
     for (dir, targets) in all {
         for &target in targets {
@@ -762,6 +763,12 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
     if dir == "toc" {
         let seed = br#"{"version":1,"entries":[{"type":"reg","name":"f","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","offset":10,"endOffset":20}]}"#;
         std::fs::write(corpus.join("toc.json"), seed)?;
+        return Ok(());
+    }
+    if dir == "chunkfetch" {
+        let seed = "--B\r\nContent-Range: bytes 0-4/10\r\n\r\nhello\r\n--B--\r\n";
+        std::fs::write(corpus.join("multipart"), seed)?;
+        std::fs::write(corpus.join("challenge"), r#"Bearer realm="https://a/token",service="r",scope="repository:x:pull""#)?;
         return Ok(());
     }
     if dir == "layerstore" {
