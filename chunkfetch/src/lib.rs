@@ -9,6 +9,7 @@ pub mod plan;
 pub mod reference;
 pub mod registry;
 mod serve;
+pub mod toc_layer;
 
 use std::io::{self, Read};
 
@@ -17,7 +18,8 @@ pub use file::FileSource;
 pub use layout::OciLayout;
 pub use plan::{FetchStats, Planner};
 pub use reference::Reference;
-pub use registry::{Registry, RegistryBlob, RegistryOptions};
+pub use registry::{FetchedManifest, Registry, RegistryBlob, RegistryOptions};
+pub use toc_layer::{LayerPlan, PieceNeed, PlanStats, SourceReadAt, TocGetter, fetch_pieces, plan_layer};
 
 /// `length` bytes of a blob from `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -72,6 +72,22 @@ pub struct LayerOptions {
     pub metadata: Option<String>,
     /// Start from this layer's content (a copy) instead of empty.
     pub template: Option<String>,
+    /// The blob the layer came from, when the stream applied is not that
+    /// blob: a partial pull applies the tar reassembled from the blob's
+    /// TOC, tar-split and local files. Recorded as given (and checked
+    /// against `expected_compressed_digest`); the diffID is still computed
+    /// from the stream.
+    pub source_blob: Option<SourceBlob>,
+}
+
+/// A layer blob's identity, for [`LayerOptions::source_blob`].
+#[derive(Clone, Debug)]
+pub struct SourceBlob {
+    pub digest: String,
+    pub size: i64,
+    pub compression: Compression,
+    /// `sha256:` of the blob's TOC (zstd:chunked, eStargz), if it has one.
+    pub toc_digest: Option<String>,
 }
 
 /// The digests and sets recorded for an applied layer.
@@ -212,7 +228,7 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
         diff.update(&buf);
         diff_size += filled as u64;
         if tx.send(Ok(buf)).is_err() {
-            return Err(io::Error::other("the extractor stopped"));
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"));
         }
     }
     drop(decoder);
@@ -281,8 +297,13 @@ pub(crate) fn apply_blob<R: Read + Send>(
         (producer.join(), split)
     });
     let produced = produced.map_err(|_| Error::Unsupported("the decompressing thread panicked".into()))?;
-    let (compression, blob_digest, blob_size, diff_digest, diff_size) =
-        produced.map_err(|e| Error::io(std::path::Path::new("<layer blob>"), e))?;
+    // The extractor's own failure explains a producer that could not hand
+    // it more data.
+    let produced = match (produced, &split) {
+        (Err(e), Err(_)) if e.kind() == io::ErrorKind::BrokenPipe => None,
+        (p, _) => Some(p),
+    };
+    let produced = produced.map(|p| p.map_err(|e| Error::io(std::path::Path::new("<layer blob>"), e))).transpose()?;
     split.map_err(|e| match e {
         strata_tarsplit::Error::Put { name, source } => match source.downcast::<strata_overlaydiff::Error>() {
             Ok(inner) => Error::Layer(inner),
@@ -293,6 +314,8 @@ pub(crate) fn apply_blob<R: Read + Send>(
         },
         other => Error::TarSplit(other),
     })?;
+    let (compression, blob_digest, blob_size, diff_digest, diff_size) =
+        produced.ok_or_else(|| Error::Unsupported("the layer ended without an error from either side".into()))?;
     sink.extractor.finish()?;
     let mut out = metadata
         .finish()?

@@ -16,7 +16,7 @@ mod store;
 
 use std::path::Path;
 
-pub use apply::{Compression, LayerOptions};
+pub use apply::{Compression, LayerOptions, SourceBlob};
 pub use backend::{ApplyMode, Overlay, StoreBackend, Vfs};
 pub use error::{Error, Result};
 pub use export::DiffOptions;

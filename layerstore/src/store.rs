@@ -417,6 +417,27 @@ impl Store {
         Ok(out)
     }
 
+    /// The directory holding the files of the layer's own tar (the
+    /// overlay `diff` dir; for vfs, the layer's full tree), for finding
+    /// content to reuse. Read it, never write it.
+    pub fn layer_files(&self, key: &str) -> Result<Dir> {
+        let layer = self.layer(key)?;
+        let owner = if self.loaded_layer(&layer.id).is_ok() {
+            self
+        } else {
+            self.additional
+                .iter()
+                .find(|s| s.loaded_layer(&layer.id).is_ok())
+                .ok_or_else(|| Error::NotFound(format!("layer {key}")))?
+        };
+        owner
+            .backend
+            .content_dirs(&layer.id)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(format!("files of layer {}", layer.id)))
+    }
+
     /// A layer by ID, name or unique ID prefix.
     pub fn layer(&self, key: &str) -> Result<LayerRecord> {
         let (_guard, loaded) = self.layers_read()?;
@@ -503,7 +524,13 @@ impl Store {
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }
-                Some(applied?)
+                let mut applied = applied?;
+                if let Some(blob) = &options.source_blob {
+                    applied.compressed_digest = blob.digest.clone();
+                    applied.compressed_size = blob.size;
+                    applied.compression = blob.compression;
+                }
+                Some(applied)
             }
             None => None,
         };
@@ -569,6 +596,9 @@ impl Store {
         let record = &mut loaded.records[slot];
         if let Some(a) = applied {
             fill_digests(record, a);
+            if let Some(toc) = options.source_blob.as_ref().and_then(|b| b.toc_digest.clone()) {
+                record.toc_digest = toc;
+            }
         } else if let Some(t) = &template {
             if let Some(tr) = loaded_record(&loaded, t) {
                 let (cd, cs, dd, ds, c, u, g, toc) = (

@@ -165,6 +165,8 @@ impl Registry {
             url: format!("{}/v2/{repository}/blobs/{digest}", self.inner.base),
             size: size_cell,
             whole_only: AtomicBool::new(false),
+            spool: Mutex::new(None),
+            digest: digest.to_owned(),
             received: Arc::new(AtomicU64::new(0)),
             requests: AtomicU64::new(0),
         })
@@ -363,6 +365,10 @@ pub struct RegistryBlob {
     size: OnceLock<u64>,
     /// The registry answered a ranged request with the whole blob.
     whole_only: AtomicBool,
+    /// The whole blob, kept (and checked) after such an answer, so it is
+    /// fetched at most once.
+    spool: Mutex<Option<crate::FileSource>>,
+    digest: String,
     received: Arc<AtomicU64>,
     requests: AtomicU64,
 }
@@ -462,7 +468,7 @@ impl RegistryBlob {
             }
             200 => {
                 if !whole {
-                    tracing::info!(url, "the registry ignores Range and sends whole blobs");
+                    tracing::info!(url, "the registry ignores Range and sends whole blobs; keeping one copy");
                     self.whole_only.store(true, Ordering::Relaxed);
                 }
                 let length: Option<u64> = header(&resp, "content-length").and_then(|v| v.trim().parse().ok());
@@ -471,14 +477,16 @@ impl RegistryBlob {
                 {
                     return Err(Error::protocol(url, format!("the blob is {l} bytes, its descriptor says {s}")));
                 }
-                let mut body = Counting {
+                let body = Counting {
                     inner: resp.into_body().into_reader(),
                     count: self.received.clone(),
                 };
-                // Read only up to the last wanted byte; dropping the body
-                // then closes the connection.
-                let end = want.last().and_then(ByteRange::end).unwrap_or(0);
-                serve_segment(url, ranges, next, 0, end, &mut body, sink)
+                let spool = self.spool_whole(body)?;
+                let first = *next;
+                spool.fetch(&ranges[first..], &mut |i, r| sink(first + i, r))?;
+                *next = ranges.len();
+                *self.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(spool);
+                Ok(())
             }
             400 | 416 | 501 if want.len() > 1 && !whole => Err(Error::RangesRefused {
                 url: url.to_owned(),
@@ -498,6 +506,41 @@ impl RegistryBlob {
             }),
             _ => ok_or_error(url, resp, "blob").and(Err(Error::protocol(url, format!("unexpected HTTP {status}")))),
         }
+    }
+
+    /// Copies a whole-blob answer to an unnamed temporary file, checking
+    /// its size and digest on the way.
+    fn spool_whole(&self, mut body: impl Read) -> Result<crate::FileSource> {
+        use sha2::{Digest, Sha256};
+        use std::io::Write;
+        let tmp_err = |e: std::io::Error| Error::io("a temporary copy of the blob", e);
+        let mut file = tempfile::tempfile().map_err(tmp_err)?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = body.read(&mut buf).map_err(|e| Error::protocol(&self.url, format!("reading the blob: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(tmp_err)?;
+            total += n as u64;
+        }
+        if let Some(&size) = self.size.get()
+            && size != total
+        {
+            return Err(Error::protocol(&self.url, format!("the blob is {total} bytes, its descriptor says {size}")));
+        }
+        let actual = format!("sha256:{}", hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        if actual != self.digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob from {}", self.url),
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        crate::FileSource::from_file(file, format!("{} (local copy)", self.url))
     }
 
     fn check_total(&self, total: Option<u64>) -> Result<()> {
@@ -539,6 +582,9 @@ impl RangeSource for RegistryBlob {
 
     fn fetch(&self, ranges: &[ByteRange], sink: &mut RangeSink<'_>) -> Result<()> {
         check_ranges(ranges, self.size.get().copied())?;
+        if let Some(spool) = self.spool.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return spool.fetch(ranges, sink);
+        }
         let mut next = 0;
         while next < ranges.len() {
             let before = next;

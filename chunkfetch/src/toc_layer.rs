@@ -1,0 +1,421 @@
+//! A zstd:chunked layer rebuilt from its TOC: [`plan_layer`] finds which
+//! files and chunks local layers already hold and which pieces of the blob
+//! must be fetched; [`fetch_pieces`] fetches those in blob order and
+//! decompresses them; [`TocGetter`] hands tar-split assembly each file's
+//! bytes, checking every file's digest before it counts as done. The
+//! assembled tar then goes through the store's ordinary extraction, so a
+//! partial pull is extracted and verified (diffID included) exactly like a
+//! full one.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use sha2::{Digest, Sha256};
+use strata_dedup_cache::{ChunkCache, Found};
+use strata_toc::Toc;
+
+use crate::{ByteRange, Error, FetchStats, Planner, RangeSource, Result};
+
+/// A piece of the blob to fetch: compressed `range`, decompressing to
+/// `length` bytes, with the chunk digest when the TOC gives one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceNeed {
+    pub range: ByteRange,
+    pub length: u64,
+    pub digest: Option<String>,
+}
+
+/// What the plan reuses and fetches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Regular files with content.
+    pub files: u64,
+    /// Files found whole in local layers.
+    pub files_reused: u64,
+    /// Uncompressed bytes taken from local layers (whole files and chunks).
+    pub bytes_reused: u64,
+    /// Uncompressed bytes of all-zero chunks, written without fetching.
+    pub bytes_zero: u64,
+    /// Compressed bytes of the pieces to fetch.
+    pub bytes_to_fetch: u64,
+    /// Uncompressed bytes those pieces hold.
+    pub bytes_fetched_uncompressed: u64,
+}
+
+enum Part {
+    Zeros(u64),
+    Local(Found),
+    Fetch(u64),
+}
+
+struct PlannedFile {
+    name: String,
+    digest: String,
+    parts: Vec<Part>,
+}
+
+/// Which bytes of a layer come from where.
+pub struct LayerPlan {
+    files: HashMap<String, VecDeque<PlannedFile>>,
+    pub needs: Vec<PieceNeed>,
+    pub stats: PlanStats,
+}
+
+impl std::fmt::Debug for LayerPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerPlan").field("needs", &self.needs.len()).field("stats", &self.stats).finish()
+    }
+}
+
+/// A tar or TOC name as a lookup key: no leading `./` or `/`, no
+/// trailing `/`.
+fn key(name: &str) -> String {
+    name.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/")
+}
+
+/// Plans the layer a (validated) TOC describes; `data_end` is where the
+/// payload frames end (the TOC's offset).
+pub fn plan_layer(toc: &Toc, data_end: u64, cache: &dyn ChunkCache) -> Result<LayerPlan> {
+    let invalid = |name: &str, reason: String| Error::Invalid {
+        what: format!("TOC entry {name:?}"),
+        reason,
+    };
+    let mut plan = LayerPlan {
+        files: HashMap::new(),
+        needs: Vec::new(),
+        stats: PlanStats::default(),
+    };
+    // Where each file's payload ends, for chunks without a recorded end:
+    // the next payload's offset, else the end of the payload area.
+    let next_offsets: Vec<u64> = {
+        let mut next = data_end;
+        let mut out = vec![data_end; toc.entries.len()];
+        for (i, e) in toc.entries.iter().enumerate().rev() {
+            out[i] = next;
+            if e.offset > 0 {
+                next = e.offset as u64;
+            }
+        }
+        out
+    };
+    let mut last_end = 0u64;
+    for (i, e) in toc.entries.iter().enumerate() {
+        if e.kind != "reg" || e.size <= 0 {
+            continue;
+        }
+        plan.stats.files += 1;
+        let size = e.size as u64;
+        let digest = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST.to_owned() } else { e.digest.clone() };
+        let name = key(&e.name);
+        let mut parts = Vec::new();
+        if let Some(found) = cache.file(&digest).filter(|f| f.length == size && f.offset == 0) {
+            plan.stats.files_reused += 1;
+            plan.stats.bytes_reused += size;
+            parts.push(Part::Local(found));
+        } else {
+            let pieces = toc.pieces(i).map_err(|r| invalid(&e.name, r))?;
+            let chunks_after = toc.entries[i + 1..].iter().take_while(|c| c.kind == "chunk").count();
+            let file_end = if e.end_offset > 0 { e.end_offset as u64 } else { next_offsets[i + chunks_after] };
+            for (k, p) in pieces.iter().enumerate() {
+                if p.zeros {
+                    plan.stats.bytes_zero += p.len;
+                    parts.push(Part::Zeros(p.len));
+                    continue;
+                }
+                if let Some(found) = p.digest.as_deref().and_then(|d| cache.chunk(d)).filter(|f| f.length == p.len) {
+                    plan.stats.bytes_reused += p.len;
+                    parts.push(Part::Local(found));
+                    continue;
+                }
+                let end = pieces.get(k + 1).map_or(file_end, |n| n.offset);
+                if end <= p.offset || end > data_end || p.offset < last_end {
+                    return Err(invalid(
+                        &e.name,
+                        format!("payload piece [{}, {end}) is not inside the blob's payload area in order", p.offset),
+                    ));
+                }
+                last_end = end;
+                let range = ByteRange::new(p.offset, end - p.offset);
+                plan.stats.bytes_to_fetch += range.length;
+                plan.stats.bytes_fetched_uncompressed += p.len;
+                // A file without chunks is one piece whose digest is the file's.
+                let digest = p.digest.clone().or_else(|| (pieces.len() == 1).then(|| digest.clone()));
+                plan.needs.push(PieceNeed {
+                    range,
+                    length: p.len,
+                    digest,
+                });
+                parts.push(Part::Fetch(p.len));
+            }
+        }
+        plan.files.entry(name.clone()).or_default().push_back(PlannedFile { name, digest, parts });
+    }
+    Ok(plan)
+}
+
+/// Decompressed piece bytes on their way to the assembly, or why they
+/// will not come.
+pub type PieceMessage = std::result::Result<Vec<u8>, String>;
+
+const BLOCK: usize = 256 << 10;
+
+/// Fetches `needs` from `source` and sends each piece's decompressed bytes
+/// to `tx`, in order, exactly `length` bytes per piece, checking chunk
+/// digests. On failure the error is also sent, so the reader learns why.
+pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Planner, tx: &SyncSender<PieceMessage>) -> Result<FetchStats> {
+    let ranges: Vec<ByteRange> = needs.iter().map(|n| n.range).collect();
+    let result = planner.fetch(source, &ranges, &mut |i, compressed| {
+        let need = &needs[i];
+        let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
+        let mut left = need.length;
+        let mut hash = need.digest.as_ref().map(|_| Sha256::new());
+        while left > 0 {
+            let mut block = vec![0u8; BLOCK.min(usize::try_from(left).unwrap_or(BLOCK))];
+            let mut filled = 0;
+            while filled < block.len() {
+                match decoder.read(&mut block[filled..]) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the piece at blob offset {} decompresses to {} bytes too few", need.range.offset, left - filled as u64),
+                        ));
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the piece at blob offset {} does not decompress: {e}", need.range.offset),
+                        ));
+                    }
+                }
+            }
+            if let Some(h) = &mut hash {
+                h.update(&block);
+            }
+            left -= block.len() as u64;
+            tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
+        }
+        if let (Some(h), Some(expected)) = (hash, &need.digest) {
+            let actual = hex_digest(h);
+            if actual != *expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the piece at blob offset {} has digest {actual}, the TOC says {expected}", need.range.offset),
+                ));
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = &result {
+        let _ = tx.send(Err(e.to_string()));
+    }
+    result
+}
+
+/// The assembly stopped taking pieces (it failed, or the TOC lists content
+/// the tar-split never asks for).
+#[derive(Debug)]
+pub struct ReceiverGone;
+
+impl std::fmt::Display for ReceiverGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the layer assembly stopped taking fetched pieces")
+    }
+}
+
+impl std::error::Error for ReceiverGone {}
+
+fn hex_digest(h: Sha256) -> String {
+    let mut s = String::from("sha256:");
+    for b in h.finalize() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Gives tar-split assembly each file's content from local layers, zeros
+/// and the fetched pieces, checking each file's digest.
+pub struct TocGetter {
+    files: HashMap<String, VecDeque<PlannedFile>>,
+    rx: Receiver<PieceMessage>,
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+impl std::fmt::Debug for TocGetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TocGetter").field("files", &self.files.len()).finish()
+    }
+}
+
+impl TocGetter {
+    pub fn new(plan: LayerPlan, rx: Receiver<PieceMessage>) -> TocGetter {
+        TocGetter {
+            files: plan.files,
+            rx,
+            pending: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Names of files the TOC lists that the assembly never asked for.
+    pub fn unused(&self) -> Vec<String> {
+        self.files.values().flatten().map(|f| f.name.clone()).collect()
+    }
+
+    fn read_fetched(&mut self, buf: &mut [u8], left: u64) -> io::Result<usize> {
+        if self.pos == self.pending.len() {
+            self.pending = match self.rx.recv() {
+                Ok(Ok(block)) => block,
+                Ok(Err(reason)) => return Err(io::Error::other(reason)),
+                Err(_) => return Err(io::Error::other("the fetch ended before this file's pieces arrived")),
+            };
+            self.pos = 0;
+        }
+        let n = buf.len().min(self.pending.len() - self.pos).min(usize::try_from(left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl strata_tarsplit::FileGetter for TocGetter {
+    fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
+        let name = key(&String::from_utf8_lossy(name));
+        let file = self.files.get_mut(&name).and_then(VecDeque::pop_front).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{name}: the tar-split names a file the TOC does not list"))
+        })?;
+        Ok(Box::new(FileReader {
+            getter: self,
+            digest: file.digest,
+            name: file.name,
+            parts: file.parts.into(),
+            current: None,
+            hash: Sha256::new(),
+        }))
+    }
+}
+
+enum Current {
+    Zeros(u64),
+    Local(io::Take<std::fs::File>),
+    Fetch(u64),
+}
+
+struct FileReader<'a> {
+    getter: &'a mut TocGetter,
+    name: String,
+    digest: String,
+    parts: VecDeque<Part>,
+    current: Option<Current>,
+    hash: Sha256,
+}
+
+impl FileReader<'_> {
+    fn open_local(&self, found: &Found) -> io::Result<Current> {
+        let mut file = found
+            .root
+            .open(&found.path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: reusing {}: {e}", self.name, found.path)))?
+            .into_std();
+        file.seek(SeekFrom::Start(found.offset))?;
+        Ok(Current::Local(file.take(found.length)))
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = match &mut self.current {
+                None => match self.parts.pop_front() {
+                    Some(Part::Zeros(n)) => {
+                        self.current = Some(Current::Zeros(n));
+                        continue;
+                    }
+                    Some(Part::Local(found)) => {
+                        self.current = Some(self.open_local(&found)?);
+                        continue;
+                    }
+                    Some(Part::Fetch(n)) => {
+                        self.current = Some(Current::Fetch(n));
+                        continue;
+                    }
+                    None => {
+                        let actual = hex_digest(std::mem::take(&mut self.hash));
+                        if actual != self.digest {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{}: content digest {actual}, the TOC says {}", self.name, self.digest),
+                            ));
+                        }
+                        return Ok(0);
+                    }
+                },
+                Some(Current::Zeros(0)) | Some(Current::Fetch(0)) => {
+                    self.current = None;
+                    continue;
+                }
+                Some(Current::Zeros(left)) => {
+                    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    buf[..n].fill(0);
+                    *left -= n as u64;
+                    n
+                }
+                Some(Current::Fetch(left)) => {
+                    let want = *left;
+                    let n = self.getter.read_fetched(buf, want)?;
+                    if let Some(Current::Fetch(left)) = &mut self.current {
+                        *left -= n as u64;
+                    }
+                    n
+                }
+                Some(Current::Local(r)) => {
+                    let n = r.read(buf)?;
+                    if n == 0 {
+                        if r.limit() > 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("{}: the local copy is {} bytes short", self.name, r.limit()),
+                            ));
+                        }
+                        self.current = None;
+                        continue;
+                    }
+                    n
+                }
+            };
+            self.hash.update(&buf[..n]);
+            return Ok(n);
+        }
+    }
+}
+
+/// A range source read through strata-toc's `ReadAt`, to read a blob's
+/// footer, TOC and tar-split.
+pub struct SourceReadAt<'a>(pub &'a dyn RangeSource);
+
+impl std::fmt::Debug for SourceReadAt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceReadAt")
+    }
+}
+
+impl strata_toc::ReadAt for SourceReadAt<'_> {
+    fn size(&self) -> io::Result<u64> {
+        self.0.size().map_err(io::Error::other)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.0
+            .fetch(&[ByteRange::new(offset, buf.len() as u64)], &mut |_, r| r.read_exact(buf))
+            .map_err(io::Error::other)
+    }
+}

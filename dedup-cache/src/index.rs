@@ -1,0 +1,304 @@
+//! A layer's index: which file and chunk digests it holds, where. Stored
+//! with the layer in a compact binary form:
+//!
+//! ```text
+//! "STRATADC" | version u32 = 1 | count u32
+//! count × ( kind u8 (0 file, 1 chunk) | sha256 [32] | offset u64 | length u64 | path_len u16 | path )
+//! ```
+//! little-endian. Every count and length is checked against the input
+//! before it is used.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+use strata_toc::Toc;
+
+const MAGIC: &[u8; 8] = b"STRATADC";
+const VERSION: u32 = 1;
+/// Fixed part of an entry: kind, digest, offset, length, path length.
+const ENTRY_FIXED: usize = 1 + 32 + 8 + 8 + 2;
+const MAX_PATH: usize = u16::MAX as usize;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("dedup index: {0}")]
+    Corrupt(String),
+    #[error("dedup index entry: {0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Chunk,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub kind: Kind,
+    pub digest: [u8; 32],
+    pub path: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// The files and chunks of one layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerIndex {
+    entries: Vec<IndexEntry>,
+}
+
+pub(crate) fn parse_digest(digest: &str) -> Option<[u8; 32]> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// A TOC or tar name as a path under the layer root: no leading `./` or
+/// `/`, no `..`, no empty or `.` components.
+fn clean_path(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.is_empty() || parts.contains(&"..") || name.contains('\0') {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+impl LayerIndex {
+    pub fn entries(&self) -> &[IndexEntry] {
+        &self.entries
+    }
+
+    pub fn push(&mut self, kind: Kind, digest: &str, path: &str, offset: u64, length: u64) -> Result<(), Error> {
+        let digest = parse_digest(digest).ok_or_else(|| Error::Invalid(format!("{digest:?} is not a sha256 digest")))?;
+        let path = clean_path(path).ok_or_else(|| Error::Invalid(format!("{path:?} is not a path inside a layer")))?;
+        if path.len() > MAX_PATH {
+            return Err(Error::Invalid(format!("path of {} bytes", path.len())));
+        }
+        self.entries.push(IndexEntry {
+            kind,
+            digest,
+            path,
+            offset,
+            length,
+        });
+        Ok(())
+    }
+
+    /// The files and data chunks a zstd:chunked or eStargz TOC lists.
+    /// Entries the index cannot hold (odd names, bad digests) are skipped:
+    /// a cache entry is an optimization, never required.
+    pub fn from_toc(toc: &Toc) -> LayerIndex {
+        let mut index = LayerIndex::default();
+        for (i, e) in toc.entries.iter().enumerate() {
+            if e.kind != "reg" || e.size <= 0 {
+                continue;
+            }
+            let _ = index.push(Kind::File, &e.digest, &e.name, 0, e.size as u64);
+            if let Ok(pieces) = toc.pieces(i)
+                && pieces.len() > 1
+            {
+                for p in pieces.iter().filter(|p| !p.zeros) {
+                    if let Some(d) = &p.digest {
+                        let _ = index.push(Kind::Chunk, d, &e.name, p.file_offset, p.len);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// The regular files under `root`, hashed (for layers that came from
+    /// a plain tar and so have no TOC).
+    pub fn from_dir(root: &cap_std::fs::Dir) -> Result<LayerIndex, Error> {
+        let mut index = LayerIndex::default();
+        let mut stack = vec![String::new()];
+        let mut buf = vec![0u8; 256 << 10];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.is_empty() {
+                root.try_clone()
+            } else {
+                root.open_dir(&rel)
+            }
+            .map_err(|e| Error::Io { path: rel.clone(), source: e })?;
+            for entry in dir.entries().map_err(|e| Error::Io { path: rel.clone(), source: e })? {
+                let entry = entry.map_err(|e| Error::Io { path: rel.clone(), source: e })?;
+                let Ok(name) = entry.file_name().into_string() else { continue };
+                let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let kind = entry.file_type().map_err(|e| Error::Io { path: path.clone(), source: e })?;
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() {
+                    let mut file = entry.open().map_err(|e| Error::Io { path: path.clone(), source: e })?;
+                    let mut hash = Sha256::new();
+                    let mut size = 0u64;
+                    loop {
+                        let n = file.read(&mut buf).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+                        if n == 0 {
+                            break;
+                        }
+                        hash.update(&buf[..n]);
+                        size += n as u64;
+                    }
+                    if size > 0 {
+                        let digest: [u8; 32] = hash.finalize().into();
+                        index.entries.push(IndexEntry {
+                            kind: Kind::File,
+                            digest,
+                            path,
+                            offset: 0,
+                            length: size,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.entries.iter().map(|e| ENTRY_FIXED + e.path.len()).sum::<usize>());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            out.push(match e.kind {
+                Kind::File => 0,
+                Kind::Chunk => 1,
+            });
+            out.extend_from_slice(&e.digest);
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.length.to_le_bytes());
+            out.extend_from_slice(&(e.path.len() as u16).to_le_bytes());
+            out.extend_from_slice(e.path.as_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<LayerIndex, Error> {
+        let corrupt = |what: &str| Error::Corrupt(what.to_owned());
+        let header = bytes.get(..16).ok_or_else(|| corrupt("shorter than its header"))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt("not a strata dedup index (bad magic)"));
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if version != VERSION {
+            return Err(Error::Corrupt(format!("version {version}, expected {VERSION}")));
+        }
+        let count = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        // Each entry takes at least ENTRY_FIXED bytes: a lying count cannot
+        // become a huge allocation.
+        if count > (bytes.len() - 16) / ENTRY_FIXED {
+            return Err(Error::Corrupt(format!("{count} entries cannot fit in {} bytes", bytes.len())));
+        }
+        let mut entries = Vec::with_capacity(count);
+        let mut pos = 16;
+        for i in 0..count {
+            let fixed = bytes.get(pos..pos + ENTRY_FIXED).ok_or_else(|| Error::Corrupt(format!("entry {i} is cut short")))?;
+            let kind = match fixed[0] {
+                0 => Kind::File,
+                1 => Kind::Chunk,
+                k => return Err(Error::Corrupt(format!("entry {i} has kind {k}"))),
+            };
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&fixed[1..33]);
+            let u64_at = |at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&fixed[at..at + 8]);
+                u64::from_le_bytes(b)
+            };
+            let offset = u64_at(33);
+            let length = u64_at(41);
+            let path_len = u16::from_le_bytes([fixed[49], fixed[50]]) as usize;
+            pos += ENTRY_FIXED;
+            let path = bytes.get(pos..pos + path_len).ok_or_else(|| Error::Corrupt(format!("entry {i}'s path is cut short")))?;
+            let path = std::str::from_utf8(path).map_err(|_| Error::Corrupt(format!("entry {i}'s path is not UTF-8")))?;
+            if clean_path(path).as_deref() != Some(path) {
+                return Err(Error::Corrupt(format!("entry {i}'s path {path:?} is not a clean relative path")));
+            }
+            if offset.checked_add(length).is_none() {
+                return Err(Error::Corrupt(format!("entry {i}'s offset and length overflow")));
+            }
+            pos += path_len;
+            entries.push(IndexEntry {
+                kind,
+                digest,
+                path: path.to_owned(),
+                offset,
+                length,
+            });
+        }
+        if pos != bytes.len() {
+            return Err(Error::Corrupt(format!("{} bytes after the last entry", bytes.len() - pos)));
+        }
+        Ok(LayerIndex { entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned_or_refused() {
+        assert_eq!(clean_path("./etc//hosts/").as_deref(), Some("etc/hosts"));
+        assert_eq!(clean_path("/abs"), Some("abs".into()));
+        assert_eq!(clean_path("a/../b"), None);
+        assert_eq!(clean_path("."), None);
+    }
+
+    #[test]
+    fn corrupt_indexes_are_named() {
+        let mut index = LayerIndex::default();
+        index.push(Kind::File, &format!("sha256:{}", "ab".repeat(32)), "etc/x", 0, 5).expect("push");
+        let bytes = index.to_bytes();
+        assert_eq!(LayerIndex::from_bytes(&bytes).expect("read"), index);
+        assert!(LayerIndex::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut lying = bytes.clone();
+        lying[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(LayerIndex::from_bytes(&lying), Err(Error::Corrupt(_))));
+        let mut escape = bytes.clone();
+        let n = escape.len();
+        escape[n - 5..].copy_from_slice(b"../xx");
+        assert!(LayerIndex::from_bytes(&escape).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn indexes_round_trip(
+            entries in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::array::uniform32(proptest::num::u8::ANY), "[a-z]{1,8}(/[a-z0-9_]{1,8}){0,3}", 0u64..1 << 40, 0u64..1 << 40),
+                0..50,
+            )
+        ) {
+            let mut index = LayerIndex::default();
+            for (chunk, digest, path, offset, length) in entries {
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                index.push(if chunk { Kind::Chunk } else { Kind::File }, &format!("sha256:{hex}"), &path, offset, length).expect("push");
+            }
+            proptest::prop_assert_eq!(LayerIndex::from_bytes(&index.to_bytes()).expect("read"), index);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let mut with_magic = b"STRATADC\x01\0\0\0".to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = LayerIndex::from_bytes(&bytes);
+            let _ = LayerIndex::from_bytes(&with_magic);
+        }
+    }
+}

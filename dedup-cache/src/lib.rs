@@ -1,0 +1,117 @@
+#![doc = include_str!("../README.md")]
+
+mod index;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cap_std::fs::Dir;
+
+pub use index::{Error, IndexEntry, Kind, LayerIndex};
+
+/// Where content already is: `length` bytes at `offset` of the file `path`
+/// under `root`.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub root: Arc<Dir>,
+    pub path: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Finds content by digest (`sha256:<hex>`) in local layers.
+pub trait ChunkCache: Send + Sync {
+    /// A whole file with this content digest.
+    fn file(&self, digest: &str) -> Option<Found>;
+    /// A chunk (part of a file) with this digest.
+    fn chunk(&self, digest: &str) -> Option<Found>;
+}
+
+/// A cache that knows nothing: every byte is fetched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCache;
+
+impl ChunkCache for NoCache {
+    fn file(&self, _: &str) -> Option<Found> {
+        None
+    }
+    fn chunk(&self, _: &str) -> Option<Found> {
+        None
+    }
+}
+
+/// Layer indexes loaded into hash maps: one lookup per file or chunk,
+/// whatever the number of layers.
+#[derive(Debug, Default)]
+pub struct DiskCache {
+    layers: Vec<(Arc<Dir>, LayerIndex)>,
+    files: HashMap<[u8; 32], (u32, u32)>,
+    chunks: HashMap<[u8; 32], (u32, u32)>,
+}
+
+impl DiskCache {
+    /// Adds a layer whose files are under `root`. Earlier layers win when
+    /// several hold the same content.
+    pub fn add_layer(&mut self, root: Arc<Dir>, index: LayerIndex) {
+        let layer = u32::try_from(self.layers.len()).unwrap_or(u32::MAX);
+        for (i, e) in index.entries().iter().enumerate() {
+            let at = (layer, u32::try_from(i).unwrap_or(u32::MAX));
+            let map = match e.kind {
+                Kind::File => &mut self.files,
+                Kind::Chunk => &mut self.chunks,
+            };
+            map.entry(e.digest).or_insert(at);
+        }
+        self.layers.push((root, index));
+    }
+
+    /// Entries across all layers.
+    pub fn len(&self) -> usize {
+        self.files.len() + self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lookup(&self, map: &HashMap<[u8; 32], (u32, u32)>, digest: &str) -> Option<Found> {
+        let key = index::parse_digest(digest)?;
+        let &(layer, entry) = map.get(&key)?;
+        let (root, index) = self.layers.get(layer as usize)?;
+        let e = index.entries().get(entry as usize)?;
+        Some(Found {
+            root: root.clone(),
+            path: e.path.clone(),
+            offset: e.offset,
+            length: e.length,
+        })
+    }
+}
+
+impl ChunkCache for DiskCache {
+    fn file(&self, digest: &str) -> Option<Found> {
+        self.lookup(&self.files, digest)
+    }
+    fn chunk(&self, digest: &str) -> Option<Found> {
+        self.lookup(&self.chunks, digest)
+            .or_else(|| self.lookup(&self.files, digest))
+    }
+}
+
+impl<T: ChunkCache + ?Sized> ChunkCache for &T {
+    fn file(&self, digest: &str) -> Option<Found> {
+        (**self).file(digest)
+    }
+    fn chunk(&self, digest: &str) -> Option<Found> {
+        (**self).chunk(digest)
+    }
+}
+
+impl<T: ChunkCache + ?Sized> ChunkCache for Arc<T> {
+    fn file(&self, digest: &str) -> Option<Found> {
+        (**self).file(digest)
+    }
+    fn chunk(&self, digest: &str) -> Option<Found> {
+        (**self).chunk(digest)
+    }
+}

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod pull;
+mod source;
+
+pub use error::{Error, Result};
+pub use pull::{How, LayerReport, PullOptions, PullReport, pull};
+
+pub use strata_chunkfetch as chunkfetch;
+pub use strata_dedup_cache as dedup_cache;
+pub use strata_layerstore as layerstore;
+pub use strata_tarsplit as tarsplit;
+pub use strata_toc as toc;

@@ -1,0 +1,448 @@
+//! Pulling an image into a store: layers the store has are skipped,
+//! zstd:chunked layers are rebuilt from their TOC with only the missing
+//! pieces fetched, other layers are fetched whole. Every layer's diffID is
+//! checked against the image config before the layer is kept.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+
+use serde::Deserialize;
+use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
+use strata_chunkfetch::toc_layer::ReceiverGone;
+use strata_chunkfetch::{Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces, plan_layer};
+use strata_dedup_cache::{DiskCache, LayerIndex};
+use strata_layerstore::{Compression, ImageOptions, LayerOptions, SourceBlob, Store, chain_id};
+
+use crate::source::{Blob, ImageSource};
+use crate::{Error, Result};
+
+/// The layer big-data item that holds a layer's dedup index.
+pub const DEDUP_INDEX: &str = "strata-dedup-index";
+
+/// How a pull goes.
+#[derive(Clone)]
+pub struct PullOptions {
+    pub registry: RegistryOptions,
+    pub planner: Planner,
+    /// Rebuild layers that have a TOC from local content and fetched
+    /// pieces (default); otherwise every missing layer is fetched whole.
+    pub partial: bool,
+    /// Platform to choose from an index.
+    pub os: String,
+    pub architecture: String,
+    /// Names for the image; by default the reference.
+    pub names: Vec<String>,
+    /// Called after each layer.
+    pub progress: Option<Arc<dyn Fn(&LayerReport) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("registry", &self.registry)
+            .field("planner", &self.planner)
+            .field("partial", &self.partial)
+            .field("os", &self.os)
+            .field("architecture", &self.architecture)
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            registry: RegistryOptions::default(),
+            planner: Planner::default(),
+            partial: true,
+            os: "linux".into(),
+            architecture: oci::host_architecture().into(),
+            names: Vec::new(),
+            progress: None,
+        }
+    }
+}
+
+/// How a layer got into the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// The store had it already.
+    Present,
+    /// Rebuilt from its TOC: local content plus fetched pieces.
+    Partial,
+    /// Fetched whole.
+    Full,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerReport {
+    pub digest: String,
+    pub diff_id: String,
+    pub layer_id: String,
+    pub how: How,
+    /// The blob's size.
+    pub blob_size: u64,
+    /// Bytes read from the source for this layer (TOC and tar-split
+    /// included).
+    pub bytes_fetched: u64,
+    /// Uncompressed bytes taken from local layers instead.
+    pub bytes_reused: u64,
+    /// Files found whole in local layers, of the files with content.
+    pub files_reused: u64,
+    pub files: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullReport {
+    pub image_id: String,
+    pub manifest_digest: String,
+    pub names: Vec<String>,
+    pub layers: Vec<LayerReport>,
+}
+
+impl PullReport {
+    pub fn bytes_fetched(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes_fetched).sum()
+    }
+    pub fn bytes_reused(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes_reused).sum()
+    }
+    /// Compressed size of the layers that were not present.
+    pub fn bytes_needed(&self) -> u64 {
+        self.layers.iter().filter(|l| l.how != How::Present).map(|l| l.blob_size).sum()
+    }
+}
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    created: Option<String>,
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+fn default_names(reference: &Reference) -> Vec<String> {
+    match reference {
+        Reference::Registry(r) => match (&r.tag, &r.digest) {
+            (Some(tag), _) => vec![format!("{}/{}:{tag}", r.host, r.repository)],
+            (None, Some(d)) => vec![format!("{}/{}@{d}", r.host, r.repository)],
+            (None, None) => vec![format!("{}/{}:latest", r.host, r.repository)],
+        },
+        Reference::Layout { dir, tag } => {
+            let base: String = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+                .collect();
+            let base = base.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned();
+            let base = if base.is_empty() { "image".to_owned() } else { base };
+            vec![format!("localhost/{base}:{}", tag.as_deref().unwrap_or("latest"))]
+        }
+    }
+}
+
+/// Loads the dedup indexes of every layer in `store`.
+fn load_cache(store: &Store) -> Result<DiskCache> {
+    let mut cache = DiskCache::default();
+    for layer in store.layers()? {
+        if !layer.big_data_names.iter().any(|n| n == DEDUP_INDEX) {
+            continue;
+        }
+        let (Ok(bytes), Ok(root)) = (store.layer_big_data(&layer.id, DEDUP_INDEX), store.layer_files(&layer.id)) else {
+            continue;
+        };
+        match LayerIndex::from_bytes(&bytes) {
+            Ok(index) => cache.add_layer(Arc::new(root), index),
+            Err(e) => tracing::warn!(layer = %layer.id, "ignoring its dedup index: {e}"),
+        }
+    }
+    Ok(cache)
+}
+
+/// Pulls `reference` into `store`.
+pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
+    let source = ImageSource::open(reference, &options.registry)?;
+    let (mut bytes, mut media_type, mut manifest_digest) = source.top_manifest()?;
+    if oci::is_index(&media_type) {
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("index {manifest_digest}"), e.to_string()))?;
+        let desc = oci::choose_platform(&index, &options.os, &options.architecture).ok_or_else(|| {
+            Error::invalid(
+                format!("index {manifest_digest}"),
+                format!("no image for {}/{}", options.os, options.architecture),
+            )
+        })?;
+        (bytes, media_type, manifest_digest) = source.manifest(desc)?;
+    }
+    if oci::is_index(&media_type) {
+        return Err(Error::invalid(format!("manifest {manifest_digest}"), "an index inside an index"));
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e.to_string()))?;
+    let config_bytes = source.small_blob(&manifest.config)?;
+    let config: Config = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::invalid(format!("config {}", manifest.config.digest), e.to_string()))?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::invalid(
+            format!("image {manifest_digest}"),
+            format!(
+                "the manifest lists {} layers, the config {} diffIDs",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+
+    let mut cache = load_cache(store)?;
+    let mut parent: Option<String> = None;
+    let mut layers = Vec::new();
+    for (desc, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        if !oci::valid_digest(diff_id) {
+            return Err(Error::invalid(format!("config {}", manifest.config.digest), format!("diffID {diff_id:?}")));
+        }
+        let id = chain_id(parent.as_deref(), diff_id);
+        let report = match store.layer(&id) {
+            Ok(_) => LayerReport {
+                digest: desc.digest.clone(),
+                diff_id: diff_id.clone(),
+                layer_id: id.clone(),
+                how: How::Present,
+                blob_size: desc.size,
+                bytes_fetched: 0,
+                bytes_reused: 0,
+                files_reused: 0,
+                files: 0,
+            },
+            Err(strata_layerstore::Error::NotFound(_)) => {
+                pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(progress) = &options.progress {
+            progress(&report);
+        }
+        layers.push(report);
+        parent = Some(id);
+    }
+
+    let image_id = manifest.config.digest.trim_start_matches("sha256:").to_owned();
+    let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
+    match store.image(&image_id) {
+        Ok(_) => {
+            store.add_image_names(&image_id, &names)?;
+        }
+        Err(strata_layerstore::Error::NotFound(_)) => {
+            store.create_image(&ImageOptions {
+                id: Some(image_id.clone()),
+                names: names.clone(),
+                top_layer: parent,
+                metadata: None,
+                digest: Some(manifest_digest.clone()),
+                created: config.created.clone(),
+            })?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // As containers/image's storage destination names them.
+    store.set_image_big_data(&image_id, &manifest.config.digest, &config_bytes)?;
+    store.set_image_big_data(&image_id, &format!("manifest-{manifest_digest}"), &bytes)?;
+    store.set_image_big_data(&image_id, "manifest", &bytes)?;
+    Ok(PullReport {
+        image_id,
+        manifest_digest,
+        names,
+        layers,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pull_layer(
+    source: &ImageSource,
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &str,
+    id: &str,
+    parent: Option<&str>,
+    cache: &mut DiskCache,
+    options: &PullOptions,
+) -> Result<LayerReport> {
+    let blob = source.blob(desc)?;
+    let mut report = LayerReport {
+        digest: desc.digest.clone(),
+        diff_id: diff_id.to_owned(),
+        layer_id: id.to_owned(),
+        how: How::Full,
+        blob_size: desc.size,
+        bytes_fetched: 0,
+        bytes_reused: 0,
+        files_reused: 0,
+        files: 0,
+    };
+    let has_toc = matches!(strata_toc::annotations::location(&desc.annotations), Ok(Some(_)));
+    if options.partial && has_toc {
+        let read = strata_toc::read_zstd_chunked(&SourceReadAt(&blob), Some(&desc.annotations)).map_err(|e| Error::Toc {
+            digest: desc.digest.clone(),
+            source: e,
+        })?;
+        match read.tar_split {
+            Some(tar_split) => {
+                let toc_digest = read.toc_digest.clone();
+                let index = LayerIndex::from_toc(&read.toc);
+                let toc_bytes = read.location.toc_compressed_len + read.location.tar_split.map_or(0, |t| t.1);
+                let layer = Target { store, id, parent, diff_id };
+                pull_partial(&layer, &blob, desc, &read.toc, read.location.toc_offset, tar_split, toc_digest, cache, options, &mut report)?;
+                // A registry blob counts what it received, TOC included.
+                report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
+                report.how = How::Partial;
+                save_index(store, id, index, cache);
+                return Ok(report);
+            }
+            None => tracing::info!(layer = %desc.digest, "the blob has a TOC but no tar-split; fetching it whole"),
+        }
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let reader = Counting {
+        inner: blob.open()?,
+        count: counter.clone(),
+    };
+    store.put_layer(
+        &LayerOptions {
+            id: Some(id.to_owned()),
+            parent: parent.map(str::to_owned),
+            expected_diff_id: Some(diff_id.to_owned()),
+            expected_compressed_digest: Some(desc.digest.clone()),
+            ..LayerOptions::default()
+        },
+        reader,
+    )?;
+    report.bytes_fetched = counter.load(Ordering::Relaxed);
+    if let Ok(root) = store.layer_files(id) {
+        match LayerIndex::from_dir(&root) {
+            Ok(index) => save_index(store, id, index, cache),
+            Err(e) => tracing::warn!(layer = %id, "no dedup index: {e}"),
+        }
+    }
+    Ok(report)
+}
+
+/// Stores a layer's dedup index and makes it visible to the rest of the pull.
+fn save_index(store: &Store, id: &str, index: LayerIndex, cache: &mut DiskCache) {
+    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, &index.to_bytes()) {
+        tracing::warn!(layer = %id, "could not store its dedup index: {e}");
+    }
+    if let Ok(root) = store.layer_files(id) {
+        cache.add_layer(Arc::new(root), index);
+    }
+}
+
+/// The layer a pull is making.
+struct Target<'a> {
+    store: &'a Store,
+    id: &'a str,
+    parent: Option<&'a str>,
+    diff_id: &'a str,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pull_partial(
+    layer: &Target<'_>,
+    blob: &Blob,
+    desc: &Descriptor,
+    toc: &strata_toc::Toc,
+    toc_offset: u64,
+    tar_split: Vec<u8>,
+    toc_digest: String,
+    cache: &DiskCache,
+    options: &PullOptions,
+    report: &mut LayerReport,
+) -> Result<()> {
+    let Target { store, id, parent, diff_id } = *layer;
+    let plan = plan_layer(toc, toc_offset, cache)?;
+    report.bytes_reused = plan.stats.bytes_reused;
+    report.files_reused = plan.stats.files_reused;
+    report.files = plan.stats.files;
+    let needs = plan.needs.clone();
+    let (tx, rx) = sync_channel(64);
+    let getter = TocGetter::new(plan, rx);
+    let (pipe_r, pipe_w) = std::io::pipe().map_err(|e| Error::invalid("pipe", e.to_string()))?;
+    let layer_options = LayerOptions {
+        id: Some(id.to_owned()),
+        parent: parent.map(str::to_owned),
+        expected_diff_id: Some(diff_id.to_owned()),
+        expected_compressed_digest: Some(desc.digest.clone()),
+        source_blob: Some(SourceBlob {
+            digest: desc.digest.clone(),
+            size: desc.size as i64,
+            compression: Compression::Zstd,
+            toc_digest: Some(toc_digest),
+        }),
+        ..LayerOptions::default()
+    };
+    let (fetched, assembled, stored) = std::thread::scope(|s| {
+        let fetcher = s.spawn(|| {
+            let tx = tx;
+            fetch_pieces(blob, &needs, &options.planner, &tx)
+        });
+        let assembler = s.spawn(move || {
+            let mut getter = getter;
+            let entries = strata_tarsplit::MetadataReader::new(&tar_split[..]);
+            let result = strata_tarsplit::assemble(entries, &mut getter, pipe_w);
+            (result, getter.unused())
+        });
+        let stored = store.put_layer(&layer_options, pipe_r);
+        (fetcher.join(), assembler.join(), stored)
+    });
+    let fetched = fetched.map_err(|_| Error::invalid("fetch", "the fetching thread panicked"))?;
+    let (assembled, unused) = assembled.map_err(|_| Error::invalid("assembly", "the assembling thread panicked"))?;
+    let layer_error = |reason: String| Error::Layer {
+        digest: desc.digest.clone(),
+        reason,
+    };
+    // The first failure explains the others: a bad piece stops the
+    // assembly, which truncates the tar the store was reading.
+    let stats = match fetched {
+        Err(strata_chunkfetch::Error::Sink(e)) if e.get_ref().is_some_and(|i| i.is::<ReceiverGone>()) => None,
+        Err(e) => {
+            let _ = stored.as_ref().map(|_| store.delete_layer(id));
+            return Err(Error::Fetch(e));
+        }
+        Ok(stats) => Some(stats),
+    };
+    if let Err(e) = assembled {
+        let _ = stored.as_ref().map(|_| store.delete_layer(id));
+        return Err(layer_error(format!("rebuilding the layer tar: {e}")));
+    }
+    if !unused.is_empty() {
+        let _ = stored.as_ref().map(|_| store.delete_layer(id));
+        return Err(layer_error(format!(
+            "the TOC lists {} file(s) the tar-split never names (first: {})",
+            unused.len(),
+            unused[0]
+        )));
+    }
+    stored?;
+    let stats = stats.ok_or_else(|| layer_error("the fetch stopped early".into()))?;
+    report.bytes_fetched = stats.bytes_requested;
+    Ok(())
+}
+
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}

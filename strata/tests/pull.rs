@@ -1,0 +1,247 @@
+//! Pulls of an image whose v2 shares most files with v1: from an OCI
+//! layout, and from a real docker-registry (skopeo-pushed) behind a
+//! counting proxy. Only what changed is fetched; every layer's diffID is
+//! checked; each stored layer diffs back to its original tar.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use sha2::{Digest, Sha256};
+use strata::chunkfetch::{Reference, RegistryOptions};
+use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
+use strata::{How, PullOptions, pull};
+use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, skopeo_copy, tools_or_skip};
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half-compressible, like real files.
+            if x % 3 == 0 { b'a' } else { x as u8 }
+        })
+        .collect()
+}
+
+/// A layer tar: `files` files of 4–60 KiB, a 4 MiB file, a dir, a
+/// symlink and a hard link. `changed` files get new content, and the big
+/// file changes in one place.
+fn layer_tar(files: u64, changed: &[u64], big_edit: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data).expect("append");
+    };
+    for i in 0..files {
+        let seed = if changed.contains(&i) { 1_000_000 + i } else { i };
+        add(&format!("usr/share/f{i:04}"), &noise(seed, 4096 + (i as usize * 797) % 57_000), 0o644);
+    }
+    let mut big = noise(42, 4 << 20);
+    if big_edit {
+        big[2_000_000..2_000_100].fill(0xee);
+    }
+    add("usr/lib/big.so", &big, 0o755);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(1_700_000_000);
+    b.append_link(&mut h, "usr/lib/big.so.1", "big.so").expect("symlink");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_link(&mut h, "usr/share/hardlink", "usr/share/f0001").expect("hardlink");
+    b.into_inner().expect("tar")
+}
+
+fn chunked(tar: &[u8]) -> (LayerBlob, u64) {
+    let mut blob = Vec::new();
+    let written = strata::toc::write_zstd_chunked(
+        tar,
+        &mut blob,
+        &strata::toc::WriteOptions { level: 3, legacy_annotations: false, threads: Some(2) },
+    )
+    .expect("convert");
+    let size = blob.len() as u64;
+    (
+        LayerBlob {
+            blob,
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            annotations: written.annotations.into_iter().collect(),
+            diff_id: written.diff_id,
+        },
+        size,
+    )
+}
+
+fn gzipped(tar: &[u8]) -> LayerBlob {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).expect("gzip");
+    LayerBlob {
+        blob: gz.finish().expect("gzip"),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        annotations: Vec::new(),
+        diff_id: format!("sha256:{}", hex(&Sha256::digest(tar))),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// v1 and v2 of an image: a gzip base layer both share, then a
+/// zstd:chunked layer where v2 changes 8 of 150 files and 100 bytes of the
+/// big file. Returns the layout and the two app-layer tars.
+fn two_versions(dir: &Path) -> (Vec<u8>, Vec<u8>, u64) {
+    let base = layer_tar(20, &[], false);
+    let v1 = layer_tar(150, &[], false);
+    let v2 = layer_tar(150, &[3, 17, 40, 41, 42, 90, 120, 149], true);
+    let base_blob = gzipped(&base);
+    let (v1_blob, _) = chunked(&v1);
+    let (v2_blob, v2_size) = chunked(&v2);
+    add_image(dir, "v1", &[base_blob.clone(), v1_blob]);
+    add_image(dir, "v2", &[base_blob, v2_blob]);
+    (v1, v2, v2_size)
+}
+
+fn store(dir: &Path) -> Store {
+    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
+    options.driver = Some(Driver::Vfs);
+    Store::open(&options).expect("store")
+}
+
+fn diff_of(store: &Store, layer: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    store.diff(layer, &mut out, DiffOptions::default()).expect("diff");
+    out
+}
+
+#[test]
+fn v2_from_an_oci_layout_reuses_what_v1_brought() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (v1_tar, v2_tar, v2_size) = two_versions(&layout);
+    let store = store(dir.path());
+
+    let r1 = pull(&Reference::parse(&format!("oci:{}:v1", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v1");
+    assert_eq!(r1.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Full, How::Partial]);
+    assert_eq!(diff_of(&store, &r1.layers[1].layer_id), v1_tar, "v1's app layer diffs to its tar");
+
+    let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v2");
+    assert_eq!(r2.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Present, How::Partial]);
+    let app = &r2.layers[1];
+    assert_eq!(diff_of(&store, &app.layer_id), v2_tar, "v2's app layer diffs to its tar");
+    assert!(app.files_reused >= 140, "{app:?}");
+    assert!(app.bytes_fetched < v2_size / 5, "fetched {} of a {v2_size}-byte blob", app.bytes_fetched);
+    eprintln!("v2 from a layout: fetched {} of {v2_size} bytes, reused {} bytes", app.bytes_fetched, app.bytes_reused);
+
+    let image = store.image(&r2.image_id).expect("image");
+    assert_eq!(image.names, ["localhost/layout:v2"]);
+    let manifest = store.image_big_data(&r2.image_id, "manifest").expect("manifest");
+    assert_eq!(format!("sha256:{}", hex(&Sha256::digest(&manifest))), r2.manifest_digest);
+
+    // Pulling again fetches nothing.
+    let again = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("again");
+    assert!(again.layers.iter().all(|l| l.how == How::Present));
+}
+
+#[test]
+fn a_layer_whose_content_lies_is_refused_and_nothing_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let tar = layer_tar(10, &[], false);
+    let (mut blob, _) = chunked(&tar);
+    // The config claims another diffID: the rebuilt tar does not match it.
+    blob.diff_id = format!("sha256:{}", "0".repeat(64));
+    add_image(&layout, "bad", &[blob.clone()]);
+    let store = store(dir.path());
+    let err = pull(&Reference::parse(&format!("oci:{}:bad", layout.display())).expect("ref"), &store, &PullOptions::default())
+        .expect_err("diffID mismatch");
+    assert!(err.to_string().contains("diffID"), "{err}");
+    assert!(store.layers().expect("layers").is_empty(), "no layer kept");
+
+    // A TOC digest that does not match the annotation: refused before any file is written.
+    let (mut blob, _) = chunked(&tar);
+    for (k, v) in &mut blob.annotations {
+        if k.ends_with("manifest-checksum") {
+            *v = format!("sha256:{}", "1".repeat(64));
+        }
+    }
+    add_image(&layout, "badtoc", &[blob]);
+    let err = pull(&Reference::parse(&format!("oci:{}:badtoc", layout.display())).expect("ref"), &store, &PullOptions::default())
+        .expect_err("TOC digest mismatch");
+    assert!(err.to_string().to_lowercase().contains("toc"), "{err}");
+    assert!(store.layers().expect("layers").is_empty(), "no layer kept");
+}
+
+#[test]
+fn v2_from_a_real_registry_fetches_little_more_than_what_changed() {
+    if !tools_or_skip(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (_, v2_tar, v2_size) = two_versions(&layout);
+    let server = RegistryServer::start();
+    for tag in ["v1", "v2"] {
+        skopeo_copy(&format!("oci:{}:{tag}", layout.display()), &format!("docker://{}/app:{tag}", server.addr));
+    }
+    for mode in [Mode::Pass, Mode::RefuseMulti(400), Mode::IgnoreRange] {
+        let proxy = Proxy::start(&server.addr, mode);
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store(store_dir.path());
+        let options = PullOptions {
+            registry: RegistryOptions { tls_verify: false, ..RegistryOptions::default() },
+            ..PullOptions::default()
+        };
+        pull(&Reference::parse(&format!("docker://{}/app:v1", proxy.addr)).expect("ref"), &store, &options).expect("pull v1");
+        let before = proxy.body_bytes.load(Ordering::Relaxed);
+        let r2 = pull(&Reference::parse(&format!("docker://{}/app:v2", proxy.addr)).expect("ref"), &store, &options).expect("pull v2");
+        let served = proxy.body_bytes.load(Ordering::Relaxed) - before;
+        let app = &r2.layers[1];
+        assert_eq!(app.how, How::Partial);
+        assert_eq!(diff_of(&store, &app.layer_id), v2_tar);
+        eprintln!("{mode:?}: v2 served {served} bytes (blob {v2_size}); strata counted {} fetched", app.bytes_fetched);
+        if mode == Mode::IgnoreRange {
+            assert!(served <= v2_size + 20_000, "{mode:?}: the whole blob at most once (and the manifest, config)");
+            assert!(served >= v2_size);
+        } else {
+            assert!(served < v2_size / 4, "{mode:?}: {served} bytes served for a {v2_size}-byte blob");
+        }
+    }
+}
+
+#[test]
+fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_keeps_nothing() {
+    if !tools_or_skip(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    two_versions(&layout);
+    let server = RegistryServer::start();
+    skopeo_copy(&format!("oci:{}:v2", layout.display()), &format!("docker://{}/app:v2", server.addr));
+    for mode in [Mode::WrongBytes, Mode::Truncate] {
+        let proxy = Proxy::start(&server.addr, mode);
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store(store_dir.path());
+        let options = PullOptions {
+            registry: RegistryOptions { tls_verify: false, max_attempts: 1, ..RegistryOptions::default() },
+            ..PullOptions::default()
+        };
+        let err = pull(&Reference::parse(&format!("docker://{}/app:v2", proxy.addr)).expect("ref"), &store, &options)
+            .expect_err("corrupted answers");
+        eprintln!("{mode:?}: {err}");
+        assert!(store.layers().expect("layers").is_empty(), "{mode:?}: no layer kept");
+        assert!(store.images().expect("images").is_empty(), "{mode:?}: no image kept");
+    }
+}

@@ -1,0 +1,340 @@
+//! Fixtures for tests that need the real reference tools: a
+//! `docker-registry` on 127.0.0.1, OCI layouts, and a loopback proxy that
+//! imitates registries of the wild.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips (loudly) when `tools` are missing, unless CI demands them
+/// (`STRATA_REQUIRE_TOOLS`).
+pub fn tools_or_skip(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("STRATA_REQUIRE_TOOLS").is_some() {
+        panic!("missing {missing:?} (see .ci/run for the packages)");
+    }
+    eprintln!("SKIPPED: {missing:?} not installed (see .ci/run for the packages)");
+    false
+}
+
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A docker-registry on 127.0.0.1, stopped on drop.
+#[derive(Debug)]
+pub struct RegistryServer {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryServer {
+    pub fn start() -> RegistryServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RegistryServer { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes an OCI layout holding one image (tag `v1`) whose only layer is
+/// `layer`, as an uncompressed tar layer.
+pub fn layout_with_layer(dir: &Path, layer: &[u8]) -> (String, String) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    let put = |bytes: &[u8]| {
+        let d = digest(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).expect("blob");
+        d
+    };
+    let layer_digest = put(layer);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
+    let config_digest = put(config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let manifest_digest = put(manifest.as_bytes());
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    (layer_digest, manifest_digest)
+}
+
+/// How the proxy misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    /// Multi-range requests refused with this status.
+    RefuseMulti(u16),
+    /// Range dropped: the registry answers 200 with the whole blob.
+    IgnoreRange,
+    /// Blob bodies cut short.
+    Truncate,
+    /// One byte of every blob body flipped (the 1000th, or the last when
+    /// shorter).
+    WrongBytes,
+    /// The multipart boundary in Content-Type is not the body's.
+    BadBoundary,
+    /// Bearer token required, served by the proxy itself.
+    Token,
+}
+
+/// A one-request-per-connection HTTP proxy in front of the registry that
+/// counts the body bytes it passes back.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: String,
+    pub body_bytes: Arc<AtomicU64>,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str, mode: Mode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (upstream, counter, log, me) = (upstream.to_owned(), body_bytes.clone(), requests.clone(), addr.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (upstream, counter, log, me) = (upstream.clone(), counter.clone(), log.clone(), me.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &upstream, mode, &counter, &log, &me);
+                });
+            }
+        });
+        Proxy { addr, body_bytes, requests }
+    }
+
+    pub fn ranged_requests(&self) -> usize {
+        self.requests.lock().expect("lock").iter().filter(|r| r.contains("range:")).count()
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end().to_owned();
+        if line.is_empty() {
+            return Ok(lines);
+        }
+        lines.push(line);
+    }
+}
+
+fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: &Mutex<Vec<String>>, me: &str) -> std::io::Result<()> {
+    let mut client = BufReader::new(conn.try_clone()?);
+    let head = read_head(&mut client)?;
+    let mut out = conn;
+    let request_line = head.first().cloned().unwrap_or_default();
+    let headers: Vec<(String, String)> = head[1..]
+        .iter()
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .collect();
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let range = get("range");
+    log.lock().expect("lock").push(format!("{request_line} range:{}", range.clone().unwrap_or_default()).replace("range:", if range.is_some() { "range:" } else { "" }));
+
+    if mode == Mode::Token {
+        if request_line.starts_with("GET /token") {
+            let body = r#"{"token":"let-me-in","expires_in":300}"#;
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+            return Ok(());
+        }
+        if get("authorization").as_deref() != Some("Bearer let-me-in") {
+            write!(
+                out,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+    }
+    if let (Mode::RefuseMulti(status), Some(r)) = (mode, &range)
+        && r.contains(',')
+    {
+        write!(out, "HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    write!(up, "{request_line}\r\n")?;
+    for (k, v) in &headers {
+        if k == "connection" || (k == "range" && mode == Mode::IgnoreRange) {
+            continue;
+        }
+        write!(up, "{k}: {v}\r\n")?;
+    }
+    write!(up, "connection: close\r\n\r\n")?;
+    let mut upr = BufReader::new(up);
+    let mut resp = read_head(&mut upr)?;
+    if mode == Mode::BadBoundary {
+        for l in &mut resp {
+            if l.to_ascii_lowercase().starts_with("content-type: multipart/byteranges") {
+                *l = "Content-Type: multipart/byteranges; boundary=not-the-real-one".into();
+            }
+        }
+    }
+    for l in &resp {
+        write!(out, "{l}\r\n")?;
+    }
+    write!(out, "\r\n")?;
+    let is_blob = request_line.contains("/blobs/");
+    let mut buf = [0u8; 16 << 10];
+    let mut sent = 0u64;
+    loop {
+        let n = upr.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let n = if mode == Mode::Truncate && is_blob { n.min(100usize.saturating_sub(sent as usize)) } else { n };
+        if n == 0 {
+            break;
+        }
+        if mode == Mode::WrongBytes && is_blob && sent <= 999 && sent + n as u64 > 999 {
+            buf[(999 - sent) as usize] ^= 0x55;
+        }
+        out.write_all(&buf[..n])?;
+        sent += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+
+/// A layer for [`add_image`]: the blob, its media type, the annotations on
+/// its descriptor and its diffID.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    pub blob: Vec<u8>,
+    pub media_type: String,
+    pub annotations: Vec<(String, String)>,
+    pub diff_id: String,
+}
+
+/// Adds an image tagged `tag` with `layers` to the OCI layout at `dir`
+/// (created if needed). Returns the manifest digest.
+pub fn add_image(dir: &Path, tag: &str, layers: &[LayerBlob]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    let put = |bytes: &[u8]| {
+        let d = digest(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).expect("blob");
+        d
+    };
+    let json = |s: &str| format!("{s:?}");
+    let diff_ids: Vec<String> = layers.iter().map(|l| json(&l.diff_id)).collect();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","created":"2026-11-29T00:00:00Z","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
+    let config_digest = put(config.as_bytes());
+    let descriptors: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            let d = put(&l.blob);
+            let annotations: Vec<String> = l.annotations.iter().map(|(k, v)| format!("{}:{}", json(k), json(v))).collect();
+            format!(
+                r#"{{"mediaType":{},"digest":"{d}","size":{},"annotations":{{{}}}}}"#,
+                json(&l.media_type),
+                l.blob.len(),
+                annotations.join(",")
+            )
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+        config.len(),
+        descriptors.join(",")
+    );
+    let manifest_digest = put(manifest.as_bytes());
+    let entry = format!(
+        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"annotations":{{"org.opencontainers.image.ref.name":{}}}}}"#,
+        manifest.len(),
+        json(tag)
+    );
+    let index_path = dir.join("index.json");
+    let mut entries: Vec<String> = Vec::new();
+    if let Ok(old) = std::fs::read_to_string(&index_path) {
+        // Keep the other tags' entries (one per line, as written here).
+        for line in old.lines().filter(|l| l.starts_with('{') && l.contains("\"digest\"") && !l.contains(&format!("\"org.opencontainers.image.ref.name\":{}", json(tag)))) {
+            entries.push(line.trim_end_matches(',').to_owned());
+        }
+    }
+    entries.push(entry);
+    std::fs::write(&index_path, format!("{{\"schemaVersion\":2,\"manifests\":[\n{}\n]}}\n", entries.join(",\n"))).expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    manifest_digest
+}
+
+/// Copies `from` to `to` with skopeo (digests preserved, plain HTTP).
+pub fn skopeo_copy(from: &str, to: &str) {
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", from, to])
+        .status()
+        .expect("run skopeo");
+    assert!(status.success(), "skopeo copy {from} {to} failed");
+}
