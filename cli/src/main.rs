@@ -5,6 +5,7 @@ mod demo;
 mod fsverity;
 mod output;
 mod overlay;
+mod pull;
 mod store;
 mod tar_split;
 mod toc;
@@ -48,6 +49,8 @@ enum Command {
     /// Images in a containers-storage store.
     #[command(subcommand)]
     Images(store::ImagesCommand),
+    /// Pull an image into the store: only what local layers lack is fetched.
+    Pull(pull::Args),
     /// Check a store's records against the disk, one problem per line.
     Fsck(store::FsckArgs),
     /// Round-trip a tar through tar-split and check every byte comes back.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Layers(cmd) => store::run_layers(&cli.store, cmd),
         Command::Images(cmd) => store::run_images(&cli.store, cmd),
         Command::Fsck(args) => store::run_fsck(&cli.store, args),
+        Command::Pull(args) => pull::run(&cli.store, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

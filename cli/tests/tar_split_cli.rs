@@ -238,7 +238,7 @@ fn unreadable_metadata_is_named() {
 
 #[test]
 fn demo_runs() {
-    let out = output(strata().arg("demo"));
+    let out = output(strata().args(["demo", "--tar-split"]));
     assert!(
         out.status.success(),
         "{}",

@@ -9,7 +9,10 @@
 //! cargo xtask bench apply [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! cargo xtask soak [--kills N] [--seconds N]
+//! cargo xtask example-image        # rewrites examples/app, the layout the README pulls
 //! ```
+
+mod example;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak(&args[1..]),
+        Some("example-image") => example::example_image(&workspace_root().join("examples/app")),
         _ => Err("usage: cargo xtask bench NAME [--runs N] | cargo xtask fuzz [--seconds N] | cargo xtask soak [--kills N]".into()),
     };
     match result {

@@ -1,0 +1,108 @@
+//! `strata pull REF`: an image into the store, partially where its layers
+//! carry a TOC.
+
+use std::sync::Arc;
+
+use strata::chunkfetch::{Reference, RegistryOptions};
+use strata::{How, LayerReport, PullOptions};
+
+use crate::store::StoreArgs;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// docker://HOST[:PORT]/NAME[:TAG|@DIGEST] or oci:DIR[:TAG]
+    reference: String,
+    /// Check TLS certificates; `false` talks plain HTTP (a local registry).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// USER:PASSWORD for the registry.
+    #[arg(long)]
+    creds: Option<String>,
+    /// Fetch every missing layer whole, even when it has a TOC.
+    #[arg(long)]
+    no_partial: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+pub(crate) fn layer_line(l: &LayerReport) -> String {
+    let short = l.digest.trim_start_matches("sha256:").get(..12).unwrap_or(&l.digest);
+    match l.how {
+        How::Present => format!("{short}: already present"),
+        How::Full => format!("{short}: fetched whole, {}", size(l.bytes_fetched)),
+        How::Partial => format!(
+            "{short}: partial, fetched {} of {}, reused {} ({}/{} files)",
+            size(l.bytes_fetched),
+            size(l.blob_size),
+            size(l.bytes_reused),
+            l.files_reused,
+            l.files
+        ),
+    }
+}
+
+pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
+    let reference = Reference::parse(&args.reference)?;
+    let store = store_args.open()?;
+    let credentials = match &args.creds {
+        Some(c) => Some(
+            c.split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+                .ok_or("--creds takes USER:PASSWORD")?,
+        ),
+        None => None,
+    };
+    let quiet = args.json;
+    let options = PullOptions {
+        registry: RegistryOptions {
+            tls_verify: args.tls_verify,
+            credentials,
+            ..RegistryOptions::default()
+        },
+        partial: !args.no_partial,
+        progress: Some(Arc::new(move |l: &LayerReport| {
+            if !quiet {
+                eprintln!("{}", layer_line(l));
+            }
+        })),
+        ..PullOptions::default()
+    };
+    let report = strata::pull(&reference, &store, &options)?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["bytes_fetched"] = report.bytes_fetched().into();
+        value["bytes_reused"] = report.bytes_reused().into();
+        value["bytes_needed"] = report.bytes_needed().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+/// One line: what was fetched of what the missing layers weigh.
+pub(crate) fn summary(report: &strata::PullReport) -> String {
+    let needed = report.bytes_needed();
+    let fetched = report.bytes_fetched();
+    let saved = if needed > 0 { 100.0 * (1.0 - fetched as f64 / needed as f64) } else { 100.0 };
+    format!(
+        "{} ({}): fetched {} of {} ({saved:.1}% saved), reused {} from local layers",
+        report.names.first().map(String::as_str).unwrap_or("image"),
+        &report.image_id[..12.min(report.image_id.len())],
+        size(fetched),
+        size(needed),
+        size(report.bytes_reused())
+    )
+}

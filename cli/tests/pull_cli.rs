@@ -1,0 +1,65 @@
+//! `strata demo` and `strata pull` from the example OCI layout.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn strata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/app")
+}
+
+#[test]
+fn the_demo_pulls_v2_mostly_from_v1() {
+    let out = strata().arg("demo").output().expect("run strata demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("already present"), "{stdout}");
+    let saved_line = stdout.lines().filter(|l| l.contains("% saved")).last().expect("summary");
+    let saved: f64 = saved_line
+        .split('(')
+        .nth(2)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .expect("a percentage");
+    assert!(saved > 80.0, "{saved_line}");
+}
+
+#[test]
+fn pull_json_reports_every_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |tag: &str| {
+        let out = strata()
+            .arg("--root")
+            .arg(dir.path().join("graph"))
+            .arg("--runroot")
+            .arg(dir.path().join("run"))
+            .args(["--driver", "vfs", "pull", "--json"])
+            .arg(format!("oci:{}:{tag}", example().display()))
+            .output()
+            .expect("run strata pull");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let v1 = run("v1");
+    assert_eq!(v1["layers"].as_array().map(Vec::len), Some(2));
+    let v2 = run("v2");
+    assert_eq!(v2["layers"][0]["how"], "present");
+    assert_eq!(v2["layers"][1]["how"], "partial");
+    let fetched = v2["bytes_fetched"].as_u64().expect("bytes_fetched");
+    let needed = v2["bytes_needed"].as_u64().expect("bytes_needed");
+    assert!(fetched * 5 < needed, "fetched {fetched} of {needed}");
+    // The store lists the image under its name, as podman would.
+    let out = strata()
+        .arg("--root")
+        .arg(dir.path().join("graph"))
+        .arg("--runroot")
+        .arg(dir.path().join("run"))
+        .args(["--driver", "vfs", "images", "list"])
+        .output()
+        .expect("images list");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("localhost/app:v2") && listed.contains("localhost/app:v1"), "{listed}");
+}
