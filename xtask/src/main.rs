@@ -730,12 +730,13 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    let all: [(&str, &[&str]); 5] = [
+    let all: [(&str, &[&str]); 6] = [
         ("tarsplit", &["tar_reader", "metadata"]),
         ("toc", &["zstd_chunked", "nydus"]),
         ("overlaydiff", &["mount_options"]),
         ("layerstore", &["store_files"]),
         ("chunkfetch", &["registry_answers"]),
+        ("dedup-cache", &["layer_index"]),
     ];
     for (dir, targets) in all {
         for &target in targets {
@@ -767,6 +768,12 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
     if dir == "toc" {
         let seed = br#"{"version":1,"entries":[{"type":"reg","name":"f","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","offset":10,"endOffset":20}]}"#;
         std::fs::write(corpus.join("toc.json"), seed)?;
+        return Ok(());
+    }
+    if dir == "dedup-cache" {
+        let mut index = strata_dedup_cache::LayerIndex::default();
+        index.push(strata_dedup_cache::Kind::File, &format!("sha256:{}", "ab".repeat(32)), "etc/hosts", 0, 10)?;
+        std::fs::write(corpus.join("sample"), index.to_bytes())?;
         return Ok(());
     }
     if dir == "chunkfetch" {
