@@ -63,3 +63,38 @@ fn pull_json_reports_every_layer() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("localhost/app:v2") && listed.contains("localhost/app:v1"), "{listed}");
 }
+
+#[test]
+fn two_processes_pulling_one_image_keep_one_copy_of_each_layer() {
+    for round in 0..4 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spawn = || {
+            strata()
+                .arg("--root")
+                .arg(dir.path().join("graph"))
+                .arg("--runroot")
+                .arg(dir.path().join("run"))
+                .args(["--driver", "vfs", "pull", "--json"])
+                .arg(format!("oci:{}:v2", example().display()))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn strata pull")
+        };
+        let (a, b) = (spawn(), spawn());
+        for child in [a, b] {
+            let out = child.wait_with_output().expect("wait");
+            assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = strata()
+            .arg("--root")
+            .arg(dir.path().join("graph"))
+            .arg("--runroot")
+            .arg(dir.path().join("run"))
+            .args(["--driver", "vfs", "layers", "list", "--json"])
+            .output()
+            .expect("layers list");
+        let layers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(layers.as_array().map(Vec::len), Some(2), "round {round}: {layers}");
+    }
+}

@@ -222,7 +222,23 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
                 files: 0,
             },
             Err(strata_layerstore::Error::NotFound(_)) => {
-                pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options)?
+                match pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options) {
+                    Ok(report) => report,
+                    // Another process pulling the same image committed it
+                    // first: one copy is kept, and it is as good as ours.
+                    Err(Error::Store(strata_layerstore::Error::Exists(_))) if store.layer(&id).is_ok() => LayerReport {
+                        digest: desc.digest.clone(),
+                        diff_id: diff_id.clone(),
+                        layer_id: id.clone(),
+                        how: How::Present,
+                        blob_size: desc.size,
+                        bytes_fetched: 0,
+                        bytes_reused: 0,
+                        files_reused: 0,
+                        files: 0,
+                    },
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) => return Err(e.into()),
         };
@@ -240,14 +256,22 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
             store.add_image_names(&image_id, &names)?;
         }
         Err(strata_layerstore::Error::NotFound(_)) => {
-            store.create_image(&ImageOptions {
+            let created = store.create_image(&ImageOptions {
                 id: Some(image_id.clone()),
                 names: names.clone(),
                 top_layer: parent,
                 metadata: None,
                 digest: Some(manifest_digest.clone()),
                 created: config.created.clone(),
-            })?;
+            });
+            match created {
+                Ok(_) => {}
+                // Created meanwhile by another process pulling it too.
+                Err(strata_layerstore::Error::Exists(_)) => {
+                    store.add_image_names(&image_id, &names)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Err(e) => return Err(e.into()),
     }

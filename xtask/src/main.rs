@@ -7,12 +7,14 @@
 //! cargo xtask bench overlay-diff [--runs N]
 //! cargo xtask bench convert [--runs N]
 //! cargo xtask bench apply [--runs N]
+//! cargo xtask bench pull [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! cargo xtask soak [--kills N] [--seconds N]
 //! cargo xtask example-image        # rewrites examples/app, the layout the README pulls
 //! ```
 
 mod example;
+mod pull_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -79,8 +81,9 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("overlay-diff") => bench_overlay_diff(&args[1..]),
         Some("convert") => bench_convert(&args[1..]),
         Some("apply") => bench_apply(&args[1..]),
+        Some("pull") => pull_bench::bench_pull(&args[1..]),
         other => Err(format!(
-            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply"
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply, pull"
         )
         .into()),
     }
