@@ -41,7 +41,10 @@ pub(crate) fn layer_line(l: &LayerReport) -> String {
     let short = l.digest.trim_start_matches("sha256:").get(..12).unwrap_or(&l.digest);
     match l.how {
         How::Present => format!("{short}: already present"),
-        How::Full => format!("{short}: fetched whole, {}", size(l.bytes_fetched)),
+        How::Full => match &l.note {
+            Some(note) => format!("{short}: fetched whole, {} ({note})", size(l.bytes_fetched)),
+            None => format!("{short}: fetched whole, {}", size(l.bytes_fetched)),
+        },
         How::Partial => format!(
             "{short}: partial, fetched {} of {}, reused {} ({}/{} files)",
             size(l.bytes_fetched),

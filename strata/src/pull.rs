@@ -93,6 +93,9 @@ pub struct LayerReport {
     /// Files found whole in local layers, of the files with content.
     pub files_reused: u64,
     pub files: u64,
+    /// Why a layer that could have been pulled partially was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -220,6 +223,7 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
                 bytes_reused: 0,
                 files_reused: 0,
                 files: 0,
+                note: None,
             },
             Err(strata_layerstore::Error::NotFound(_)) => {
                 match pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options) {
@@ -236,6 +240,7 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
                         bytes_reused: 0,
                         files_reused: 0,
                         files: 0,
+                        note: None,
                     },
                     Err(e) => return Err(e),
                 }
@@ -309,6 +314,7 @@ fn pull_layer(
         bytes_reused: 0,
         files_reused: 0,
         files: 0,
+        note: None,
     };
     let has_toc = matches!(strata_toc::annotations::location(&desc.annotations), Ok(Some(_)));
     if options.partial && has_toc {
@@ -329,7 +335,12 @@ fn pull_layer(
                 save_index(store, id, index, cache);
                 return Ok(report);
             }
-            None => tracing::info!(layer = %desc.digest, "the blob has a TOC but no tar-split; fetching it whole"),
+            None => {
+                // containers-storage ≤ 1.53 and skopeo ≤ 1.13 write none: the
+                // original tar (and so the diffID) cannot be rebuilt from
+                // the TOC alone.
+                report.note = Some("its TOC comes without tar-split, so it was fetched whole to check its diffID".into());
+            }
         }
     }
     let counter = Arc::new(AtomicU64::new(0));

@@ -245,3 +245,43 @@ fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_keeps_nothing() {
         assert!(store.images().expect("images").is_empty(), "{mode:?}: no image kept");
     }
 }
+
+#[test]
+fn zstd_chunked_blobs_written_by_skopeo_are_pulled_and_verified() {
+    if !tools_or_skip(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let v1 = layer_tar(60, &[], false);
+    let v2 = layer_tar(60, &[5, 6], true);
+    add_image(&layout, "v1", &[gzipped(&v1)]);
+    add_image(&layout, "v2", &[gzipped(&v2)]);
+    let server = RegistryServer::start();
+    for tag in ["v1", "v2"] {
+        let status = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/app:{tag}", server.addr))
+            .status()
+            .expect("skopeo");
+        assert!(status.success(), "skopeo copy --dest-compress-format zstd:chunked");
+    }
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let store = store(store_dir.path());
+    let options = PullOptions {
+        registry: RegistryOptions { tls_verify: false, ..RegistryOptions::default() },
+        ..PullOptions::default()
+    };
+    for (tag, tar) in [("v1", &v1), ("v2", &v2)] {
+        let report = pull(&Reference::parse(&format!("docker://{}/app:{tag}", server.addr)).expect("ref"), &store, &options)
+            .unwrap_or_else(|e| panic!("pull {tag}: {e}"));
+        let layer = &report.layers[0];
+        // skopeo 1.9 (containers/image 5.23) writes no tar-split into the
+        // blob: the original tar cannot be rebuilt from the TOC alone, so
+        // strata fetches such a layer whole and still checks its diffID.
+        eprintln!("{tag}: {:?}, fetched {} of {}", layer.how, layer.bytes_fetched, layer.blob_size);
+        assert_ne!(layer.how, How::Present);
+        assert_eq!(&diff_of(&store, &layer.layer_id), tar, "{tag} diffs to its tar");
+    }
+}

@@ -188,9 +188,12 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
 }
 
 fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: &Mutex<Vec<String>>, me: &str) -> std::io::Result<()> {
+    // Small header writes must not wait on delayed ACKs (Nagle): the proxy
+    // would then time itself, not the client.
+    conn.set_nodelay(true)?;
     let mut client = BufReader::new(conn.try_clone()?);
     let head = read_head(&mut client)?;
-    let mut out = conn;
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, conn);
     let request_line = head.first().cloned().unwrap_or_default();
     let headers: Vec<(String, String)> = head[1..]
         .iter()
@@ -220,7 +223,9 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         write!(out, "HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
-    let mut up = TcpStream::connect(upstream)?;
+    let up = TcpStream::connect(upstream)?;
+    up.set_nodelay(true)?;
+    let mut up = std::io::BufWriter::new(up);
     write!(up, "{request_line}\r\n")?;
     for (k, v) in &headers {
         if k == "connection" || (k == "range" && mode == Mode::IgnoreRange) {
@@ -229,6 +234,7 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         write!(up, "{k}: {v}\r\n")?;
     }
     write!(up, "connection: close\r\n\r\n")?;
+    let up = up.into_inner().map_err(|e| e.into_error())?;
     let mut upr = BufReader::new(up);
     let mut resp = read_head(&mut upr)?;
     if mode == Mode::BadBoundary {
@@ -242,6 +248,7 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         write!(out, "{l}\r\n")?;
     }
     write!(out, "\r\n")?;
+    out.flush()?;
     let is_blob = request_line.contains("/blobs/");
     let mut buf = [0u8; 16 << 10];
     let mut sent = 0u64;
