@@ -138,3 +138,131 @@ impl OciLayout {
         Ok(bytes)
     }
 }
+
+/// Writes blobs and tags into an OCI image layout (creating it). Blobs are
+/// written to a temporary name and renamed once complete, so a reader
+/// never sees half a blob; index.json is replaced atomically.
+#[derive(Debug)]
+pub struct LayoutWriter {
+    dir: Dir,
+    path: PathBuf,
+}
+
+/// A blob as written: its digest and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+struct HashingFile {
+    file: std::fs::File,
+    hash: sha2::Sha256,
+    size: u64,
+}
+
+impl std::io::Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl LayoutWriter {
+    pub fn create(path: impl AsRef<Path>) -> Result<LayoutWriter> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(path.display(), e))?;
+        let dir = Dir::open_ambient_dir(&path, ambient_authority()).map_err(|e| Error::io(path.display(), e))?;
+        dir.create_dir_all("blobs/sha256").map_err(|e| Error::io(path.join("blobs/sha256").display(), e))?;
+        if !dir.exists("oci-layout") {
+            dir.write("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(|e| Error::io(path.join("oci-layout").display(), e))?;
+        }
+        Ok(LayoutWriter { dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a blob that `write` produces; returns its digest and size.
+    pub fn put_blob_with(&self, write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<WrittenBlob> {
+        use sha2::Digest;
+        let tmp = format!("blobs/sha256/.tmp-{}", std::process::id()) + &format!("-{:x}", rand_suffix());
+        let file = self.dir.create(&tmp).map_err(|e| Error::io(self.path.join(&tmp).display(), e))?;
+        let mut out = std::io::BufWriter::with_capacity(
+            256 << 10,
+            HashingFile {
+                file: file.into_std(),
+                hash: sha2::Sha256::new(),
+                size: 0,
+            },
+        );
+        let written = write(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error()));
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.dir.remove_file(&tmp);
+                return Err(Error::io(self.path.join(&tmp).display(), e));
+            }
+        };
+        let digest = format!("sha256:{}", written.hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let name = format!("blobs/sha256/{}", &digest[7..]);
+        self.dir
+            .rename(&tmp, &self.dir, &name)
+            .map_err(|e| Error::io(self.path.join(&name).display(), e))?;
+        Ok(WrittenBlob {
+            digest,
+            size: written.size,
+        })
+    }
+
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<WrittenBlob> {
+        self.put_blob_with(|w| w.write_all(bytes))
+    }
+
+    /// Adds `manifest` to index.json under `tag` (replacing what had it).
+    pub fn tag(&self, mut manifest: Descriptor, tag: Option<&str>) -> Result<()> {
+        let mut index = match self.dir.read("index.json") {
+            Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|e| Error::Invalid {
+                what: self.path.join("index.json").display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index {
+                schema_version: 2,
+                media_type: oci::MEDIA_TYPE_OCI_INDEX.to_owned(),
+                ..Index::default()
+            },
+            Err(e) => return Err(Error::io(self.path.join("index.json").display(), e)),
+        };
+        if let Some(tag) = tag {
+            index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(tag));
+            manifest.annotations.insert(REF_NAME.to_owned(), tag.to_owned());
+        } else {
+            index.manifests.retain(|d| d.digest != manifest.digest || d.annotations.contains_key(REF_NAME));
+        }
+        index.manifests.push(manifest);
+        let bytes = serde_json::to_vec(&index).map_err(|e| Error::Invalid {
+            what: "index.json".into(),
+            reason: e.to_string(),
+        })?;
+        let tmp = format!(".index.json.tmp-{}", std::process::id());
+        self.dir.write(&tmp, &bytes).map_err(|e| Error::io(self.path.join(&tmp).display(), e))?;
+        self.dir
+            .rename(&tmp, &self.dir, "index.json")
+            .map_err(|e| Error::io(self.path.join("index.json").display(), e))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 
 pub use error::{Error, Result};
 pub use file::FileSource;
-pub use layout::OciLayout;
+pub use layout::{LayoutWriter, OciLayout, WrittenBlob};
 pub use plan::{FetchStats, Planner};
 pub use reference::Reference;
 pub use registry::{FetchedManifest, Registry, RegistryBlob, RegistryOptions};

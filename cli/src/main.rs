@@ -2,6 +2,7 @@
 
 mod convert;
 mod demo;
+mod export;
 mod fsverity;
 mod output;
 mod overlay;
@@ -51,6 +52,8 @@ enum Command {
     Images(store::ImagesCommand),
     /// Pull an image into the store: only what local layers lack is fetched.
     Pull(pull::Args),
+    /// Write a stored image to an OCI layout, layers rebuilt bit for bit.
+    Export(export::Args),
     /// Check a store's records against the disk, one problem per line.
     Fsck(store::FsckArgs),
     /// Round-trip a tar through tar-split and check every byte comes back.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Images(cmd) => store::run_images(&cli.store, cmd),
         Command::Fsck(args) => store::run_fsck(&cli.store, args),
         Command::Pull(args) => pull::run(&cli.store, args),
+        Command::Export(args) => export::run(&cli.store, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,7 +91,7 @@ impl Store {
     /// until done, so the layer cannot be deleted meanwhile. Returns the
     /// number of uncompressed bytes.
     pub fn diff<W: Write>(&self, key: &str, out: W, options: DiffOptions) -> Result<u64> {
-        let (_guard, layer) = match self.loaded_layer(key) {
+        let (guard, layer) = match self.loaded_layer(key) {
             Ok(found) => found,
             Err(Error::NotFound(what)) => {
                 for extra in &self.additional {
@@ -114,10 +114,16 @@ impl Store {
             Ok(file) => {
                 let metadata = strata_tarsplit::open_metadata(file.into_std()).map_err(|e| Error::io(&split_path, e))?;
                 let dirs = self.backend.content_dirs(id)?;
+                // With the tar-split and the layer's directories open, the
+                // lock is no longer needed: a slow reader of the stream must
+                // not hold up every writer of the store. (A layer deleted
+                // meanwhile makes this diff fail, never the store.)
+                drop(guard);
                 let mut getter = DirGetter::chain(dirs);
                 strata_tarsplit::assemble(metadata, &mut getter, &mut hashing)?.tar_size
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _guard = guard;
                 let mut counter = CountingWriter { inner: &mut hashing, count: 0 };
                 let mut sink = TarSink::new(&mut counter);
                 self.backend.changes(id, non_empty(&layer.parent), &mut sink)?;

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod export;
 mod pull;
 mod source;
 
 pub use error::{Error, Result};
+pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, export_to_layout};
 pub use pull::{How, LayerReport, PullOptions, PullReport, pull};
 
 pub use strata_chunkfetch as chunkfetch;

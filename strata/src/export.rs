@@ -1,0 +1,242 @@
+//! Exporting a stored image to an OCI image layout: each layer's original
+//! tar is rebuilt from its tar-split (bit for bit, its diffID checked on the
+//! way), compressed as asked, and written as a blob; the config comes from
+//! the image's big data unchanged, so its diffIDs stay right whatever the
+//! compression.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Deserialize;
+use strata_chunkfetch::oci::{self, Descriptor, Manifest};
+use strata_chunkfetch::{LayoutWriter, WrittenBlob};
+use strata_layerstore::{Compression, DiffOptions, Store};
+
+use crate::{Error, Result};
+
+/// How layers are compressed on the way out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum LayerCompression {
+    /// The tar itself.
+    None,
+    #[default]
+    Gzip,
+    Zstd,
+    /// zstd:chunked with its TOC annotations, for partial pulls.
+    ZstdChunked,
+}
+
+impl LayerCompression {
+    pub fn parse(s: &str) -> Option<LayerCompression> {
+        Some(match s {
+            "none" => LayerCompression::None,
+            "gzip" => LayerCompression::Gzip,
+            "zstd" => LayerCompression::Zstd,
+            "zstd:chunked" => LayerCompression::ZstdChunked,
+            _ => return None,
+        })
+    }
+
+    fn media_type(self) -> &'static str {
+        match self {
+            LayerCompression::None => "application/vnd.oci.image.layer.v1.tar",
+            LayerCompression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            LayerCompression::Zstd | LayerCompression::ZstdChunked => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    pub compression: LayerCompression,
+    /// Also write the `io.containers.` TOC annotation keys podman 4.3 reads
+    /// (zstd:chunked only).
+    pub legacy_annotations: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportedLayer {
+    pub layer_id: String,
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportReport {
+    pub image_id: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub layers: Vec<ExportedLayer>,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// The image's config as stored with it (containers/image keeps it under
+/// its digest, which is the image ID).
+fn config_of(store: &Store, image_id: &str) -> Result<(Vec<u8>, String)> {
+    let key = format!("sha256:{image_id}");
+    let bytes = store.image_big_data(image_id, &key)?;
+    let actual = crate::source::sha256(&bytes);
+    if actual != key {
+        return Err(Error::invalid(format!("config of image {image_id}"), format!("its digest is {actual}")));
+    }
+    Ok((bytes, key))
+}
+
+/// Writes image `key` of `store` into the OCI layout at `dir`, tagged `tag`.
+pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>, options: &ExportOptions) -> Result<ExportReport> {
+    let image = store.image(key)?;
+    let (config_bytes, config_digest) = config_of(store, &image.id)?;
+    let config: Config = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::invalid(format!("config {config_digest}"), e.to_string()))?;
+    let mut layer_ids = store.image_layers(&image.id)?;
+    layer_ids.reverse();
+    if layer_ids.len() != config.rootfs.diff_ids.len() {
+        return Err(Error::invalid(
+            format!("image {}", image.id),
+            format!("{} layers in the store, {} diffIDs in its config", layer_ids.len(), config.rootfs.diff_ids.len()),
+        ));
+    }
+    let original: Option<Manifest> = store
+        .image_big_data(&image.id, "manifest")
+        .ok()
+        .and_then(|m| serde_json::from_slice(&m).ok());
+    let writer = LayoutWriter::create(dir)?;
+    let mut layers = Vec::new();
+    let mut descriptors = Vec::new();
+    for (id, diff_id) in layer_ids.iter().zip(&config.rootfs.diff_ids) {
+        let layer = store.layer(id)?;
+        if layer.diff_digest != *diff_id {
+            return Err(Error::invalid(
+                format!("layer {id} of image {}", image.id),
+                format!("its diffID is {}, the config says {diff_id}", layer.diff_digest),
+            ));
+        }
+        let (blob, annotations) = export_layer(store, id, diff_id, &writer, options)?;
+        let media_type = options.compression.media_type().to_owned();
+        descriptors.push(Descriptor {
+            media_type: media_type.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            annotations,
+            ..Descriptor::default()
+        });
+        layers.push(ExportedLayer {
+            layer_id: id.clone(),
+            diff_id: diff_id.clone(),
+            digest: blob.digest,
+            size: blob.size,
+            media_type,
+        });
+    }
+    let config_blob = writer.put_blob(&config_bytes)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: oci::MEDIA_TYPE_OCI_MANIFEST.to_owned(),
+        config: Descriptor {
+            media_type: "application/vnd.oci.image.config.v1+json".to_owned(),
+            digest: config_blob.digest.clone(),
+            size: config_blob.size,
+            ..Descriptor::default()
+        },
+        layers: descriptors,
+        annotations: original.map(|m| m.annotations).unwrap_or_default(),
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
+    let manifest_blob = writer.put_blob(&manifest_bytes)?;
+    writer.tag(
+        Descriptor {
+            media_type: oci::MEDIA_TYPE_OCI_MANIFEST.to_owned(),
+            digest: manifest_blob.digest.clone(),
+            size: manifest_blob.size,
+            ..Descriptor::default()
+        },
+        tag,
+    )?;
+    Ok(ExportReport {
+        image_id: image.id,
+        manifest_digest: manifest_blob.digest,
+        config_digest,
+        layers,
+    })
+}
+
+/// One layer as a blob; the store checks the rebuilt tar against the diffID.
+fn export_layer(
+    store: &Store,
+    id: &str,
+    diff_id: &str,
+    writer: &LayoutWriter,
+    options: &ExportOptions,
+) -> Result<(WrittenBlob, BTreeMap<String, String>)> {
+    let mut store_error = None;
+    let direct = |compression: Option<Compression>, store_error: &mut Option<Error>| {
+        writer.put_blob_with(|w| {
+            store
+                .diff(id, w, DiffOptions { compression, verify: true })
+                .map(drop)
+                .map_err(|e| {
+                    let msg = e.to_string();
+                    *store_error = Some(e.into());
+                    std::io::Error::other(msg)
+                })
+        })
+    };
+    let result = match options.compression {
+        LayerCompression::None => direct(None, &mut store_error).map(|b| (b, BTreeMap::new())),
+        LayerCompression::Gzip => direct(Some(Compression::Gzip), &mut store_error).map(|b| (b, BTreeMap::new())),
+        LayerCompression::Zstd => direct(Some(Compression::Zstd), &mut store_error).map(|b| (b, BTreeMap::new())),
+        LayerCompression::ZstdChunked => {
+            let (pipe_r, pipe_w) = std::io::pipe().map_err(|e| Error::invalid("pipe", e.to_string()))?;
+            let mut annotations = BTreeMap::new();
+            let mut written_diff_id = String::new();
+            let (diffed, blob) = std::thread::scope(|s| {
+                let differ = s.spawn(move || {
+                    let mut pipe_w = pipe_w;
+                    let r = store.diff(id, &mut pipe_w, DiffOptions { compression: None, verify: true });
+                    drop(pipe_w.flush());
+                    r
+                });
+                let blob = writer.put_blob_with(|w| {
+                    let written = strata_toc::write_zstd_chunked(
+                        pipe_r,
+                        w,
+                        &strata_toc::WriteOptions {
+                            level: 3,
+                            legacy_annotations: options.legacy_annotations,
+                            threads: None,
+                        },
+                    )
+                    .map_err(std::io::Error::other)?;
+                    annotations = written.annotations;
+                    written_diff_id = written.diff_id;
+                    Ok(())
+                });
+                (differ.join(), blob)
+            });
+            let diffed = diffed.map_err(|_| Error::invalid(format!("layer {id}"), "the diff thread panicked"))?;
+            diffed?;
+            let blob = blob?;
+            if written_diff_id != diff_id {
+                return Err(Error::invalid(format!("layer {id}"), format!("converted tar has diffID {written_diff_id}, expected {diff_id}")));
+            }
+            Ok((blob, annotations))
+        }
+    };
+    match (result, store_error) {
+        (Ok(r), _) => Ok(r),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+    }
+}
