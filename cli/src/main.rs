@@ -54,6 +54,8 @@ enum Command {
     Pull(pull::Args),
     /// Write a stored image to an OCI layout, layers rebuilt bit for bit.
     Export(export::Args),
+    /// Push a stored image to a registry, layers rebuilt bit for bit.
+    Push(export::PushArgs),
     /// Check a store's records against the disk, one problem per line.
     Fsck(store::FsckArgs),
     /// Round-trip a tar through tar-split and check every byte comes back.
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Fsck(args) => store::run_fsck(&cli.store, args),
         Command::Pull(args) => pull::run(&cli.store, args),
         Command::Export(args) => export::run(&cli.store, args),
+        Command::Push(args) => export::run_push(&cli.store, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

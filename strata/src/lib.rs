@@ -3,11 +3,13 @@
 mod error;
 mod export;
 mod pull;
+mod push;
 mod source;
 
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, export_to_layout};
 pub use pull::{How, LayerReport, PullOptions, PullReport, pull};
+pub use push::{PushOptions, PushReport, push};
 
 pub use strata_chunkfetch as chunkfetch;
 pub use strata_dedup_cache as dedup_cache;

@@ -137,6 +137,9 @@ pub enum Mode {
     BadBoundary,
     /// Bearer token required, served by the proxy itself.
     Token,
+    /// Blob uploads (PUT to an upload URL) answered with 500 after the
+    /// body is read.
+    RejectUploads,
 }
 
 /// A one-request-per-connection HTTP proxy in front of the registry that
@@ -217,6 +220,12 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
             return Ok(());
         }
     }
+    if mode == Mode::RejectUploads && request_line.starts_with("PUT ") && request_line.contains("/blobs/uploads/") {
+        let length: u64 = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let _ = std::io::copy(&mut (&mut client).take(length / 2), &mut std::io::sink());
+        write!(out, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
     if let (Mode::RefuseMulti(status), Some(r)) = (mode, &range)
         && r.contains(',')
     {
@@ -234,6 +243,9 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         write!(up, "{k}: {v}\r\n")?;
     }
     write!(up, "connection: close\r\n\r\n")?;
+    // Request bodies (uploads) by their Content-Length.
+    let length: u64 = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    std::io::copy(&mut (&mut client).take(length), &mut up)?;
     let up = up.into_inner().map_err(|e| e.into_error())?;
     let mut upr = BufReader::new(up);
     let mut resp = read_head(&mut upr)?;

@@ -189,8 +189,8 @@ impl Registry {
 
     /// Answers a 401: fetches a token for `scope` from the challenge's
     /// realm (or settles on Basic auth). False when nothing can be done.
-    fn authenticate(&self, resp: &Response<Body>, repository: &str) -> Result<bool> {
-        let scope = format!("repository:{repository}:pull");
+    fn authenticate(&self, resp: &Response<Body>, scope: &str) -> Result<bool> {
+        let scope = scope.to_owned();
         let fresh = resp
             .headers()
             .get_all("www-authenticate")
@@ -250,12 +250,7 @@ impl Registry {
     /// Sends a request with auth, retrying on connection errors, 429 and
     /// 5xx (not 501) with a doubling delay; re-authenticates once on 401.
     fn send(&self, method: Method, url: &str, repository: &str, headers: &[(&str, &str)]) -> Result<Response<Body>> {
-        let scope = format!("repository:{repository}:pull");
-        let options = &self.inner.options;
-        let mut delay = options.retry_delay;
-        let mut authenticated = false;
-        let mut attempt = 1;
-        loop {
+        self.execute(url, repository, Access::Pull, &mut |auth| {
             let mut req = match method {
                 Method::Get => self.inner.agent.get(url),
                 Method::Head => self.inner.agent.head(url),
@@ -263,14 +258,33 @@ impl Registry {
             for (name, value) in headers {
                 req = req.header(*name, *value);
             }
-            if let Some(auth) = self.auth_header(&scope) {
+            if let Some(auth) = auth {
                 req = req.header("Authorization", auth);
             }
-            let result = req.call();
+            req.call()
+        })
+    }
+
+    /// Runs `attempt` (which builds and sends one request, given the
+    /// Authorization value) with auth and bounded retries.
+    fn execute(
+        &self,
+        url: &str,
+        repository: &str,
+        access: Access,
+        attempt_once: &mut dyn FnMut(Option<String>) -> std::result::Result<Response<Body>, ureq::Error>,
+    ) -> Result<Response<Body>> {
+        let scope = access.scope(repository);
+        let options = &self.inner.options;
+        let mut delay = options.retry_delay;
+        let mut authenticated = false;
+        let mut attempt = 1;
+        loop {
+            let result = attempt_once(self.auth_header(&scope));
             let retry_after = match &result {
                 Ok(resp) if resp.status() == 401 && !authenticated => {
                     authenticated = true;
-                    if self.authenticate(resp, repository)? {
+                    if self.authenticate(resp, &scope)? {
                         continue;
                     }
                     None
@@ -292,6 +306,119 @@ impl Registry {
                 (_, Ok(resp)) => return Ok(resp),
                 (_, Err(e)) => return Err(transport(url, e)),
             }
+        }
+    }
+
+    /// True when the repository has the blob (HEAD).
+    pub fn has_blob(&self, repository: &str, digest: &str) -> Result<bool> {
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.inner.base);
+        let resp = self.execute(&url, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.head(&url);
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.call()
+        })?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => ok_or_error(&url, resp, "blob").map(|_| true),
+        }
+    }
+
+    /// Asks the registry to mount a blob it holds in `from` into
+    /// `repository`; false when it did not (then upload it).
+    pub fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool> {
+        let url = format!("{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}", self.inner.base);
+        let resp = self.execute(&url, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.post(&url).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        Ok(resp.status() == 201)
+    }
+
+    /// Uploads a blob monolithically (POST, then PUT with the digest).
+    /// `open` gives the content and may be called again for a retry.
+    pub fn upload_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        open: &dyn Fn() -> std::io::Result<Box<dyn Read + Send>>,
+    ) -> Result<()> {
+        let start = format!("{}/v2/{repository}/blobs/uploads/", self.inner.base);
+        let resp = self.execute(&start, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.post(&start).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        let resp = ok_or_error(&start, resp, "blob upload")?;
+        let location = header(&resp, "location")
+            .ok_or_else(|| Error::protocol(&start, "an upload answer without Location"))?
+            .to_owned();
+        let location = if location.starts_with('/') { format!("{}{location}", self.inner.base) } else { location };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={digest}");
+        let length = size.to_string();
+        let resp = self.execute(&put, repository, Access::Push, &mut |auth| {
+            let mut body = open().map_err(ureq::Error::Io)?;
+            let mut req = self
+                .inner
+                .agent
+                .put(&put)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", &length);
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send(ureq::SendBody::from_reader(&mut body))
+        })?;
+        ok_or_error(&put, resp, &format!("upload of blob {digest}")).map(drop)
+    }
+
+    /// Puts a manifest under `reference` (a tag or its digest); returns the
+    /// digest the registry gives it, checked against the bytes sent.
+    pub fn put_manifest(&self, repository: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String> {
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.inner.base);
+        let resp = self.execute(&url, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.put(&url).header("Content-Type", media_type);
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send(bytes)
+        })?;
+        let resp = ok_or_error(&url, resp, "manifest upload")?;
+        let digest = oci::sha256_digest(bytes);
+        if let Some(said) = header(&resp, "docker-content-digest")
+            && said != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest stored at {url}"),
+                expected: digest,
+                actual: said.to_owned(),
+            });
+        }
+        Ok(digest)
+    }
+}
+
+/// What a request needs the token to allow.
+#[derive(Clone, Copy, Debug)]
+enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self, repository: &str) -> String {
+        match self {
+            Access::Pull => format!("repository:{repository}:pull"),
+            Access::Push => format!("repository:{repository}:pull,push"),
         }
     }
 }
