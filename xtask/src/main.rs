@@ -8,6 +8,7 @@
 //! cargo xtask bench convert [--runs N]
 //! cargo xtask bench apply [--runs N]
 //! cargo xtask bench pull [--runs N]
+//! cargo xtask bench push [--runs N]
 //! cargo xtask fuzz [--seconds N]
 //! cargo xtask soak [--kills N] [--seconds N]
 //! cargo xtask example-image        # rewrites examples/app, the layout the README pulls
@@ -15,6 +16,7 @@
 
 mod example;
 mod pull_bench;
+mod push_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -82,8 +84,9 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("convert") => bench_convert(&args[1..]),
         Some("apply") => bench_apply(&args[1..]),
         Some("pull") => pull_bench::bench_pull(&args[1..]),
+        Some("push") => push_bench::bench_push(&args[1..]),
         other => Err(format!(
-            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply, pull"
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply, pull, push"
         )
         .into()),
     }

@@ -1,0 +1,78 @@
+//! `cargo xtask bench push`: the same image (a real root-filesystem tree,
+//! ~240 MB of tar, the one `bench pull` builds) pushed to a local
+//! docker-registry by `strata push` from a store and by `skopeo copy` from
+//! an OCI layout, per layer compression, each to a fresh repository.
+//! Prints the times and the ratio (skopeo's time / strata's).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_test_support::RegistryServer;
+
+use crate::{Error, flag, require, run, workspace_root};
+
+fn timed(cmd: &mut Command) -> Result<Duration, Error> {
+    cmd.stdout(Stdio::null());
+    let start = Instant::now();
+    run(cmd)?;
+    Ok(start.elapsed())
+}
+
+pub fn bench_push(args: &[String]) -> Result<(), Error> {
+    let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
+    for (tool, package) in [("skopeo", "skopeo"), ("docker-registry", "docker-registry")] {
+        require(tool, package)?;
+    }
+    let root = workspace_root();
+    let layout = root.join("target/bench/pull/layout");
+    if !layout.join("index.json").exists() {
+        return Err("run `cargo xtask bench pull` first: it builds the image this benchmark pushes".into());
+    }
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "strata-cli"])
+        .current_dir(&root))?;
+    let strata = root.join("target/release/strata");
+    let work = root.join("target/bench/push");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let store = |c: &mut Command| {
+        c.arg("--root").arg(work.join("graph")).arg("--runroot").arg(work.join("run")).args(["--driver", "vfs"]);
+    };
+    let mut pull = Command::new(&strata);
+    store(&mut pull);
+    run(pull.arg("pull").arg(format!("oci:{}:v1", layout.display())))?;
+    let server = RegistryServer::start();
+    println!("push of one ~240 MB layer to a local docker-registry; median of {runs}");
+    for (compress, skopeo_args) in [
+        ("none", vec!["--dest-decompress"]),
+        ("gzip", vec!["--dest-compress-format", "gzip"]),
+        ("zstd", vec!["--dest-compress-format", "zstd"]),
+        ("zstd:chunked", vec!["--dest-compress-format", "zstd:chunked"]),
+    ] {
+        let repo = compress.replace(':', "-");
+        let mut strata_times = Vec::new();
+        let mut skopeo_times = Vec::new();
+        for i in 0..runs {
+            let mut push = Command::new(&strata);
+            store(&mut push);
+            push.args(["push", "localhost/layout:v1"])
+                .arg(format!("docker://{}/strata-{repo}-{i}:v1", server.addr))
+                .args(["--tls-verify=false", "--compress", compress]);
+            strata_times.push(timed(&mut push)?);
+            let mut copy = Command::new("skopeo");
+            copy.args(["copy", "--quiet", "--dest-tls-verify=false"])
+                .args(&skopeo_args)
+                .arg(format!("oci:{}:v1", layout.display()))
+                .arg(format!("docker://{}/skopeo-{repo}-{i}:v1", server.addr));
+            skopeo_times.push(timed(&mut copy)?);
+        }
+        strata_times.sort();
+        skopeo_times.sort();
+        let (s, k) = (strata_times[runs / 2].as_secs_f64(), skopeo_times[runs / 2].as_secs_f64());
+        println!(
+            "  {compress:>12}: strata push {s:.2} s, skopeo copy {k:.2} s: strata at {:.2}x skopeo's throughput (target >= 1.5)",
+            k / s
+        );
+    }
+    Ok(())
+}
