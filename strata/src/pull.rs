@@ -98,6 +98,23 @@ pub struct LayerReport {
     pub note: Option<String>,
 }
 
+impl LayerReport {
+    fn new(desc: &Descriptor, diff_id: &str, layer_id: &str, how: How) -> LayerReport {
+        LayerReport {
+            digest: desc.digest.clone(),
+            diff_id: diff_id.to_owned(),
+            layer_id: layer_id.to_owned(),
+            how,
+            blob_size: desc.size,
+            bytes_fetched: 0,
+            bytes_reused: 0,
+            files_reused: 0,
+            files: 0,
+            note: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PullReport {
     pub image_id: String,
@@ -213,35 +230,15 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
         }
         let id = chain_id(parent.as_deref(), diff_id);
         let report = match store.layer(&id) {
-            Ok(_) => LayerReport {
-                digest: desc.digest.clone(),
-                diff_id: diff_id.clone(),
-                layer_id: id.clone(),
-                how: How::Present,
-                blob_size: desc.size,
-                bytes_fetched: 0,
-                bytes_reused: 0,
-                files_reused: 0,
-                files: 0,
-                note: None,
-            },
+            Ok(_) => LayerReport::new(desc, diff_id, &id, How::Present),
             Err(strata_layerstore::Error::NotFound(_)) => {
                 match pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options) {
                     Ok(report) => report,
                     // Another process pulling the same image committed it
                     // first: one copy is kept, and it is as good as ours.
-                    Err(Error::Store(strata_layerstore::Error::Exists(_))) if store.layer(&id).is_ok() => LayerReport {
-                        digest: desc.digest.clone(),
-                        diff_id: diff_id.clone(),
-                        layer_id: id.clone(),
-                        how: How::Present,
-                        blob_size: desc.size,
-                        bytes_fetched: 0,
-                        bytes_reused: 0,
-                        files_reused: 0,
-                        files: 0,
-                        note: None,
-                    },
+                    Err(Error::Store(strata_layerstore::Error::Exists(_))) if store.layer(&id).is_ok() => {
+                        LayerReport::new(desc, diff_id, &id, How::Present)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -304,18 +301,7 @@ fn pull_layer(
     options: &PullOptions,
 ) -> Result<LayerReport> {
     let blob = source.blob(desc)?;
-    let mut report = LayerReport {
-        digest: desc.digest.clone(),
-        diff_id: diff_id.to_owned(),
-        layer_id: id.to_owned(),
-        how: How::Full,
-        blob_size: desc.size,
-        bytes_fetched: 0,
-        bytes_reused: 0,
-        files_reused: 0,
-        files: 0,
-        note: None,
-    };
+    let mut report = LayerReport::new(desc, diff_id, id, How::Full);
     let has_toc = matches!(strata_toc::annotations::location(&desc.annotations), Ok(Some(_)));
     if options.partial && has_toc {
         let read = strata_toc::read_zstd_chunked(&SourceReadAt(&blob), Some(&desc.annotations)).map_err(|e| Error::Toc {

@@ -2,29 +2,14 @@
 //! reads the result, its config keeps the diffIDs, and pulling it back
 //! gives the same layers bit for bit.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata::chunkfetch::Reference;
-use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
 use strata::{ExportOptions, How, LayerCompression, PullOptions, export_to_layout, pull};
+mod common;
+
+use common::{diff, example, store};
 use strata_test_support::tools_or_skip;
-
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/app")
-}
-
-fn store(dir: &Path) -> Store {
-    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
-    options.driver = Some(Driver::Vfs);
-    Store::open(&options).expect("store")
-}
-
-fn diff(store: &Store, id: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    store.diff(id, &mut out, DiffOptions::default()).expect("diff");
-    out
-}
 
 #[test]
 fn exported_layouts_pull_back_bit_for_bit_with_every_compression() {

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 use strata::chunkfetch::{Reference, RegistryOptions};
-use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
 use strata::{How, PullOptions, pull};
+mod common;
+
+use common::{diff, store};
 use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, skopeo_copy, tools_or_skip};
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -113,18 +115,6 @@ fn two_versions(dir: &Path) -> (Vec<u8>, Vec<u8>, u64) {
     (v1, v2, v2_size)
 }
 
-fn store(dir: &Path) -> Store {
-    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
-    options.driver = Some(Driver::Vfs);
-    Store::open(&options).expect("store")
-}
-
-fn diff_of(store: &Store, layer: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    store.diff(layer, &mut out, DiffOptions::default()).expect("diff");
-    out
-}
-
 #[test]
 fn v2_from_an_oci_layout_reuses_what_v1_brought() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -134,12 +124,12 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
 
     let r1 = pull(&Reference::parse(&format!("oci:{}:v1", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v1");
     assert_eq!(r1.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Full, How::Partial]);
-    assert_eq!(diff_of(&store, &r1.layers[1].layer_id), v1_tar, "v1's app layer diffs to its tar");
+    assert_eq!(diff(&store, &r1.layers[1].layer_id), v1_tar, "v1's app layer diffs to its tar");
 
     let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v2");
     assert_eq!(r2.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Present, How::Partial]);
     let app = &r2.layers[1];
-    assert_eq!(diff_of(&store, &app.layer_id), v2_tar, "v2's app layer diffs to its tar");
+    assert_eq!(diff(&store, &app.layer_id), v2_tar, "v2's app layer diffs to its tar");
     assert!(app.files_reused >= 140, "{app:?}");
     assert!(app.bytes_fetched < v2_size / 5, "fetched {} of a {v2_size}-byte blob", app.bytes_fetched);
     eprintln!("v2 from a layout: fetched {} of {v2_size} bytes, reused {} bytes", app.bytes_fetched, app.bytes_reused);
@@ -209,7 +199,7 @@ fn v2_from_a_real_registry_fetches_little_more_than_what_changed() {
         let served = proxy.body_bytes.load(Ordering::Relaxed) - before;
         let app = &r2.layers[1];
         assert_eq!(app.how, How::Partial);
-        assert_eq!(diff_of(&store, &app.layer_id), v2_tar);
+        assert_eq!(diff(&store, &app.layer_id), v2_tar);
         eprintln!("{mode:?}: v2 served {served} bytes (blob {v2_size}); strata counted {} fetched", app.bytes_fetched);
         if mode == Mode::IgnoreRange {
             assert!(served <= v2_size + 20_000, "{mode:?}: the whole blob at most once (and the manifest, config)");
@@ -282,6 +272,6 @@ fn zstd_chunked_blobs_written_by_skopeo_are_pulled_and_verified() {
         // strata fetches such a layer whole and still checks its diffID.
         eprintln!("{tag}: {:?}, fetched {} of {}", layer.how, layer.bytes_fetched, layer.blob_size);
         assert_ne!(layer.how, How::Present);
-        assert_eq!(&diff_of(&store, &layer.layer_id), tar, "{tag} diffs to its tar");
+        assert_eq!(&diff(&store, &layer.layer_id), tar, "{tag} diffs to its tar");
     }
 }

@@ -4,30 +4,15 @@
 //! partially; a second push uploads nothing; a registry that fails uploads
 //! midway gives a clear error and the store does not change.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata::chunkfetch::reference::parse_registry;
 use strata::chunkfetch::{Reference, RegistryOptions};
-use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
 use strata::{ExportOptions, How, LayerCompression, PullOptions, PushOptions, pull, push};
+mod common;
+
+use common::{diff, example, store};
 use strata_test_support::{Mode, Proxy, RegistryServer, tools_or_skip};
-
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/app")
-}
-
-fn store(dir: &Path) -> Store {
-    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
-    options.driver = Some(Driver::Vfs);
-    Store::open(&options).expect("store")
-}
-
-fn diff(store: &Store, id: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    store.diff(id, &mut out, DiffOptions::default()).expect("diff");
-    out
-}
 
 fn plain() -> RegistryOptions {
     RegistryOptions { tls_verify: false, max_attempts: 2, ..RegistryOptions::default() }

@@ -218,8 +218,9 @@ pub fn find_by_walk<R: ReadAt + ?Sized>(blob: &R, name: &str) -> Result<Option<(
 }
 
 /// Writes a section's content to `out`: found by the TOC (decompressed and
-/// checked against its digest), else by walking the headers. Returns the
-/// bytes written, or `None` when the blob has no such section.
+/// checked against its size and digest), else by walking the headers.
+/// Returns the bytes written, or `None` when the blob has no such section.
+/// The content is streamed: on an error `out` may hold part of it.
 pub fn unpack<R: ReadAt + ?Sized, W: Write>(
     blob: &R,
     name: &str,
@@ -238,27 +239,53 @@ pub fn unpack<R: ReadAt + ?Sized, W: Write>(
                 blob_len,
                 u64::MAX,
             )?;
-            let content = match entry.flags & COMPRESSOR_MASK {
-                COMPRESSOR_ZSTD => zstd::bulk::decompress(&data, entry.uncompressed_size as usize)
-                    .map_err(|e| Error::Decompress {
+            // Streamed: a declared size is a claim, never an allocation.
+            let mut reader: Box<dyn Read + '_> = match entry.flags & COMPRESSOR_MASK {
+                COMPRESSOR_ZSTD => Box::new(zstd::stream::read::Decoder::new(&data[..]).map_err(|e| {
+                    Error::Decompress {
                         what: "nydus section",
                         reason: e.to_string(),
-                    })?,
-                COMPRESSOR_NONE | 0 => data,
+                    }
+                })?),
+                COMPRESSOR_NONE | 0 => Box::new(&data[..]),
                 other => {
                     return Err(invalid(format!(
                         "section {name:?} uses unsupported compressor {other:#x}"
                     )));
                 }
             };
-            if content.len() as u64 != entry.uncompressed_size {
+            let mut hasher = Sha256::new();
+            let mut written = 0u64;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(Error::Decompress {
+                            what: "nydus section",
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+                written += n as u64;
+                if written > entry.uncompressed_size {
+                    return Err(invalid(format!(
+                        "section {name:?} is larger than the {} bytes the TOC says",
+                        entry.uncompressed_size
+                    )));
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            if written != entry.uncompressed_size {
                 return Err(invalid(format!(
-                    "section {name:?} is {} bytes, the TOC says {}",
-                    content.len(),
+                    "section {name:?} is {written} bytes, the TOC says {}",
                     entry.uncompressed_size
                 )));
             }
-            let digest: [u8; 32] = Sha256::digest(&content).into();
+            let digest: [u8; 32] = hasher.finalize().into();
             if entry.uncompressed_digest != [0; 32] && digest != entry.uncompressed_digest {
                 return Err(Error::DigestMismatch {
                     what: "nydus section",
@@ -266,8 +293,7 @@ pub fn unpack<R: ReadAt + ?Sized, W: Write>(
                     actual: hex(&digest),
                 });
             }
-            out.write_all(&content)?;
-            return Ok(Some(content.len() as u64));
+            return Ok(Some(written));
         }
     }
     let Some((offset, size)) = find_by_walk(blob, name)? else {

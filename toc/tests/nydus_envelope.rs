@@ -124,3 +124,15 @@ fn lies_are_errors() {
     // A blob too short to hold a header.
     assert!(read_toc(&vec![0u8; 100]).is_err());
 }
+
+/// Found by the fuzzer: a TOC entry declaring an uncompressed size near
+/// 2^63 once made unpack allocate that much up front.
+#[test]
+fn a_declared_size_is_never_an_allocation() {
+    let blob = include_bytes!("data/nydus-huge-declared-size.bin");
+    for name in ["image.boot", "blob.meta", "image.blob"] {
+        let mut out = Vec::new();
+        let _ = strata_toc::nydus::unpack(&blob[..], name, &mut out);
+        assert!(out.len() < 1 << 20, "{name}: {} bytes", out.len());
+    }
+}

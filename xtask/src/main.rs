@@ -189,6 +189,14 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Runs a command once (its stdout dropped) and returns how long it took.
+fn timed(cmd: &mut Command) -> Result<Duration, Error> {
+    cmd.stdout(Stdio::null());
+    let start = Instant::now();
+    run(cmd)?;
+    Ok(start.elapsed())
+}
+
 /// Lets the previous run's writeback finish so it does not slow the next.
 fn sync() {
     let _ = Command::new("sync").status();

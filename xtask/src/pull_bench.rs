@@ -7,11 +7,10 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, skopeo_copy};
 
-use crate::{Error, flag, require, run, workspace_root};
+use crate::{Error, flag, require, run, timed, workspace_root};
 
 /// A tree of real files, and a copy where every 97th file changed.
 fn make_trees(work: &Path) -> Result<(), Error> {
@@ -86,13 +85,6 @@ fn chunked(tar: &[u8]) -> Result<(LayerBlob, u64), Error> {
         },
         size,
     ))
-}
-
-fn timed(cmd: &mut Command) -> Result<Duration, Error> {
-    cmd.stdout(Stdio::null());
-    let start = Instant::now();
-    run(cmd)?;
-    Ok(start.elapsed())
 }
 
 pub fn bench_pull(args: &[String]) -> Result<(), Error> {

@@ -4,19 +4,11 @@
 //! an OCI layout, per layer compression, each to a fresh repository.
 //! Prints the times and the ratio (skopeo's time / strata's).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use strata_test_support::RegistryServer;
 
-use crate::{Error, flag, require, run, workspace_root};
-
-fn timed(cmd: &mut Command) -> Result<Duration, Error> {
-    cmd.stdout(Stdio::null());
-    let start = Instant::now();
-    run(cmd)?;
-    Ok(start.elapsed())
-}
+use crate::{Error, flag, require, run, timed, workspace_root};
 
 pub fn bench_push(args: &[String]) -> Result<(), Error> {
     let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;

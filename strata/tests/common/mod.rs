@@ -1,0 +1,25 @@
+//! Helpers shared by the facade's tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
+
+/// The example image of the source tree (tags v1 and v2).
+pub fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/app")
+}
+
+/// A vfs store under `dir` (works without privileges).
+pub fn store(dir: &Path) -> Store {
+    let mut options = StoreOptions::new(dir.join("graph"), dir.join("run"));
+    options.driver = Some(Driver::Vfs);
+    Store::open(&options).expect("store")
+}
+
+/// A layer's tar as the store rebuilds it.
+pub fn diff(store: &Store, id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    store.diff(id, &mut out, DiffOptions::default()).expect("diff");
+    out
+}
