@@ -68,9 +68,15 @@ impl<W: Write> Encoder<W> {
         Ok(match compression.unwrap_or(Compression::None) {
             Compression::None => Encoder::Plain(out),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default())),
-            Compression::Zstd => Encoder::Zstd(
-                zstd::stream::write::Encoder::new(out, 3).map_err(|e| Error::io(std::path::Path::new("<zstd>"), e))?,
-            ),
+            Compression::Zstd => {
+                let zstd_err = |e| Error::io(std::path::Path::new("<zstd>"), e);
+                let mut encoder = zstd::stream::write::Encoder::new(out, 3).map_err(zstd_err)?;
+                // zstd's worker threads: with one or more the output is the
+                // same whatever their number (only zero workers differs).
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                encoder.multithread(threads as u32).map_err(zstd_err)?;
+                Encoder::Zstd(encoder)
+            }
             other => return Err(Error::Unsupported(format!("writing {other:?} is not supported"))),
         })
     }

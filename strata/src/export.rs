@@ -38,7 +38,7 @@ impl LayerCompression {
         })
     }
 
-    fn media_type(self) -> &'static str {
+    pub(crate) fn media_type(self) -> &'static str {
         match self {
             LayerCompression::None => "application/vnd.oci.image.layer.v1.tar",
             LayerCompression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -94,8 +94,19 @@ fn config_of(store: &Store, image_id: &str) -> Result<(Vec<u8>, String)> {
     Ok((bytes, key))
 }
 
-/// Writes image `key` of `store` into the OCI layout at `dir`, tagged `tag`.
-pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>, options: &ExportOptions) -> Result<ExportReport> {
+/// What an exported image is made of.
+pub(crate) struct ImageParts {
+    pub(crate) image_id: String,
+    pub(crate) config_bytes: Vec<u8>,
+    pub(crate) config_digest: String,
+    /// Layer IDs and diffIDs, base first.
+    pub(crate) layers: Vec<(String, String)>,
+    /// The stored manifest's annotations, kept on the new manifest.
+    pub(crate) annotations: BTreeMap<String, String>,
+}
+
+/// Reads the image's config and layer chain and checks they agree.
+pub(crate) fn image_parts(store: &Store, key: &str) -> Result<ImageParts> {
     let image = store.image(key)?;
     let (config_bytes, config_digest) = config_of(store, &image.id)?;
     let config: Config = serde_json::from_slice(&config_bytes)
@@ -108,13 +119,6 @@ pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>,
             format!("{} layers in the store, {} diffIDs in its config", layer_ids.len(), config.rootfs.diff_ids.len()),
         ));
     }
-    let original: Option<Manifest> = store
-        .image_big_data(&image.id, "manifest")
-        .ok()
-        .and_then(|m| serde_json::from_slice(&m).ok());
-    let writer = LayoutWriter::create(dir)?;
-    let mut layers = Vec::new();
-    let mut descriptors = Vec::new();
     for (id, diff_id) in layer_ids.iter().zip(&config.rootfs.diff_ids) {
         let layer = store.layer(id)?;
         if layer.diff_digest != *diff_id {
@@ -123,6 +127,45 @@ pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>,
                 format!("its diffID is {}, the config says {diff_id}", layer.diff_digest),
             ));
         }
+    }
+    let annotations = store
+        .image_big_data(&image.id, "manifest")
+        .ok()
+        .and_then(|m| serde_json::from_slice::<Manifest>(&m).ok())
+        .map(|m| m.annotations)
+        .unwrap_or_default();
+    Ok(ImageParts {
+        image_id: image.id,
+        config_bytes,
+        config_digest,
+        layers: layer_ids.into_iter().zip(config.rootfs.diff_ids).collect(),
+        annotations,
+    })
+}
+
+/// An OCI manifest for `config` and `layers`.
+pub(crate) fn manifest_for(config: &WrittenBlob, layers: Vec<Descriptor>, annotations: BTreeMap<String, String>) -> Manifest {
+    Manifest {
+        schema_version: 2,
+        media_type: oci::MEDIA_TYPE_OCI_MANIFEST.to_owned(),
+        config: Descriptor {
+            media_type: "application/vnd.oci.image.config.v1+json".to_owned(),
+            digest: config.digest.clone(),
+            size: config.size,
+            ..Descriptor::default()
+        },
+        layers,
+        annotations,
+    }
+}
+
+/// Writes image `key` of `store` into the OCI layout at `dir`, tagged `tag`.
+pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>, options: &ExportOptions) -> Result<ExportReport> {
+    let parts = image_parts(store, key)?;
+    let writer = LayoutWriter::create(dir)?;
+    let mut layers = Vec::new();
+    let mut descriptors = Vec::new();
+    for (id, diff_id) in &parts.layers {
         let (blob, annotations) = export_layer(store, id, diff_id, &writer, options)?;
         let media_type = options.compression.media_type().to_owned();
         descriptors.push(Descriptor {
@@ -140,19 +183,8 @@ pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>,
             media_type,
         });
     }
-    let config_blob = writer.put_blob(&config_bytes)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MEDIA_TYPE_OCI_MANIFEST.to_owned(),
-        config: Descriptor {
-            media_type: "application/vnd.oci.image.config.v1+json".to_owned(),
-            digest: config_blob.digest.clone(),
-            size: config_blob.size,
-            ..Descriptor::default()
-        },
-        layers: descriptors,
-        annotations: original.map(|m| m.annotations).unwrap_or_default(),
-    };
+    let config_blob = writer.put_blob(&parts.config_bytes)?;
+    let manifest = manifest_for(&config_blob, descriptors, parts.annotations);
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
     let manifest_blob = writer.put_blob(&manifest_bytes)?;
     writer.tag(
@@ -165,14 +197,14 @@ pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>,
         tag,
     )?;
     Ok(ExportReport {
-        image_id: image.id,
+        image_id: parts.image_id,
         manifest_digest: manifest_blob.digest,
-        config_digest,
+        config_digest: parts.config_digest,
         layers,
     })
 }
 
-/// One layer as a blob; the store checks the rebuilt tar against the diffID.
+/// One layer as a blob in the layout.
 fn export_layer(
     store: &Store,
     id: &str,
@@ -180,63 +212,72 @@ fn export_layer(
     writer: &LayoutWriter,
     options: &ExportOptions,
 ) -> Result<(WrittenBlob, BTreeMap<String, String>)> {
-    let mut store_error = None;
-    let direct = |compression: Option<Compression>, store_error: &mut Option<Error>| {
-        writer.put_blob_with(|w| {
-            store
-                .diff(id, w, DiffOptions { compression, verify: true })
-                .map(drop)
-                .map_err(|e| {
-                    let msg = e.to_string();
-                    *store_error = Some(e.into());
-                    std::io::Error::other(msg)
-                })
-        })
-    };
-    let result = match options.compression {
-        LayerCompression::None => direct(None, &mut store_error).map(|b| (b, BTreeMap::new())),
-        LayerCompression::Gzip => direct(Some(Compression::Gzip), &mut store_error).map(|b| (b, BTreeMap::new())),
-        LayerCompression::Zstd => direct(Some(Compression::Zstd), &mut store_error).map(|b| (b, BTreeMap::new())),
-        LayerCompression::ZstdChunked => {
-            let (pipe_r, pipe_w) = std::io::pipe().map_err(|e| Error::invalid("pipe", e.to_string()))?;
-            let mut annotations = BTreeMap::new();
-            let mut written_diff_id = String::new();
-            let (diffed, blob) = std::thread::scope(|s| {
-                let differ = s.spawn(move || {
-                    let mut pipe_w = pipe_w;
-                    let r = store.diff(id, &mut pipe_w, DiffOptions { compression: None, verify: true });
-                    drop(pipe_w.flush());
-                    r
-                });
-                let blob = writer.put_blob_with(|w| {
-                    let written = strata_toc::write_zstd_chunked(
-                        pipe_r,
-                        w,
-                        &strata_toc::WriteOptions {
-                            level: 3,
-                            legacy_annotations: options.legacy_annotations,
-                            threads: None,
-                        },
-                    )
-                    .map_err(std::io::Error::other)?;
-                    annotations = written.annotations;
-                    written_diff_id = written.diff_id;
-                    Ok(())
-                });
-                (differ.join(), blob)
-            });
-            let diffed = diffed.map_err(|_| Error::invalid(format!("layer {id}"), "the diff thread panicked"))?;
-            diffed?;
-            let blob = blob?;
-            if written_diff_id != diff_id {
-                return Err(Error::invalid(format!("layer {id}"), format!("converted tar has diffID {written_diff_id}, expected {diff_id}")));
-            }
-            Ok((blob, annotations))
+    let mut failure = None;
+    let mut annotations = BTreeMap::new();
+    let blob = writer.put_blob_with(|w| match write_layer(store, id, diff_id, options, w) {
+        Ok(a) => {
+            annotations = a;
+            Ok(())
         }
-    };
-    match (result, store_error) {
-        (Ok(r), _) => Ok(r),
+        Err(e) => {
+            let message = e.to_string();
+            failure = Some(e);
+            Err(std::io::Error::other(message))
+        }
+    });
+    match (blob, failure) {
+        (Ok(blob), _) => Ok((blob, annotations)),
         (Err(_), Some(e)) => Err(e),
         (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// Writes layer `id` to `out` compressed as `options` say; returns the
+/// annotations its descriptor needs. The store checks the rebuilt tar
+/// against the diffID on the way.
+pub(crate) fn write_layer(
+    store: &Store,
+    id: &str,
+    diff_id: &str,
+    options: &ExportOptions,
+    out: &mut dyn Write,
+) -> Result<BTreeMap<String, String>> {
+    let direct = |compression: Option<Compression>, out: &mut dyn Write| -> Result<BTreeMap<String, String>> {
+        store.diff(id, out, DiffOptions { compression, verify: true })?;
+        Ok(BTreeMap::new())
+    };
+    match options.compression {
+        LayerCompression::None => direct(None, out),
+        LayerCompression::Gzip => direct(Some(Compression::Gzip), out),
+        LayerCompression::Zstd => direct(Some(Compression::Zstd), out),
+        LayerCompression::ZstdChunked => {
+            let (pipe_r, pipe_w) = std::io::pipe().map_err(|e| Error::invalid("pipe", e.to_string()))?;
+            let (diffed, written) = std::thread::scope(|s| {
+                let differ = s.spawn(move || {
+                    let mut pipe_w = pipe_w;
+                    store.diff(id, &mut pipe_w, DiffOptions { compression: None, verify: true })
+                });
+                let written = strata_toc::write_zstd_chunked(
+                    pipe_r,
+                    out,
+                    &strata_toc::WriteOptions {
+                        level: 3,
+                        legacy_annotations: options.legacy_annotations,
+                        threads: None,
+                    },
+                );
+                (differ.join(), written)
+            });
+            // The store's error explains a converter that saw the tar end early.
+            diffed.map_err(|_| Error::invalid(format!("layer {id}"), "the diff thread panicked"))??;
+            let written = written.map_err(|e| Error::invalid(format!("layer {id}"), format!("converting to zstd:chunked: {e}")))?;
+            if written.diff_id != diff_id {
+                return Err(Error::invalid(
+                    format!("layer {id}"),
+                    format!("converted tar has diffID {}, expected {diff_id}", written.diff_id),
+                ));
+            }
+            Ok(written.annotations)
+        }
     }
 }

@@ -175,6 +175,33 @@ impl Proxy {
     }
 }
 
+/// Copies a chunked request body, framing included, up to its last chunk.
+fn relay_chunked(from: &mut impl BufRead, to: &mut dyn Write) -> std::io::Result<()> {
+    loop {
+        let mut line = String::new();
+        if from.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        to.write_all(line.as_bytes())?;
+        let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let mut t = String::new();
+                if from.read_line(&mut t)? == 0 {
+                    return Ok(());
+                }
+                to.write_all(t.as_bytes())?;
+                if t.trim().is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        std::io::copy(&mut from.take(size + 2), to)?;
+    }
+}
+
 fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
     let mut lines = Vec::new();
     loop {
@@ -220,9 +247,17 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
             return Ok(());
         }
     }
-    if mode == Mode::RejectUploads && request_line.starts_with("PUT ") && request_line.contains("/blobs/uploads/") {
-        let length: u64 = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-        let _ = std::io::copy(&mut (&mut client).take(length / 2), &mut std::io::sink());
+    let chunked = get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    let length: u64 = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    if mode == Mode::RejectUploads
+        && (request_line.starts_with("PUT ") || request_line.starts_with("PATCH "))
+        && request_line.contains("/blobs/uploads/")
+    {
+        if chunked {
+            relay_chunked(&mut client, &mut std::io::sink())?;
+        } else {
+            std::io::copy(&mut (&mut client).take(length), &mut std::io::sink())?;
+        }
         write!(out, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
@@ -243,9 +278,12 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         write!(up, "{k}: {v}\r\n")?;
     }
     write!(up, "connection: close\r\n\r\n")?;
-    // Request bodies (uploads) by their Content-Length.
-    let length: u64 = get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-    std::io::copy(&mut (&mut client).take(length), &mut up)?;
+    // Request bodies (uploads), chunked or by their Content-Length.
+    if chunked {
+        relay_chunked(&mut client, &mut up)?;
+    } else {
+        std::io::copy(&mut (&mut client).take(length), &mut up)?;
+    }
     let up = up.into_inner().map_err(|e| e.into_error())?;
     let mut upr = BufReader::new(up);
     let mut resp = read_head(&mut upr)?;

@@ -381,6 +381,71 @@ impl Registry {
         ok_or_error(&put, resp, &format!("upload of blob {digest}")).map(drop)
     }
 
+    /// Uploads a blob as it is produced, in one streamed PATCH, and
+    /// returns its digest and size (computed on the way; the final PUT
+    /// names the digest, so the registry checks it too). A stream cannot
+    /// be replayed: a failure midway is an error, not a retry.
+    pub fn upload_blob_stream(&self, repository: &str, body: &mut dyn Read) -> Result<(String, u64)> {
+        use sha2::{Digest, Sha256};
+        let start = format!("{}/v2/{repository}/blobs/uploads/", self.inner.base);
+        let resp = self.execute(&start, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.post(&start).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        let resp = ok_or_error(&start, resp, "blob upload")?;
+        let location = self.absolute(header(&resp, "location"), &start)?;
+        struct Hashing<'a> {
+            inner: &'a mut dyn Read,
+            hash: Sha256,
+            size: u64,
+        }
+        impl Read for Hashing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.inner.read(buf)?;
+                self.hash.update(&buf[..n]);
+                self.size += n as u64;
+                Ok(n)
+            }
+        }
+        let mut hashing = Hashing {
+            inner: body,
+            hash: Sha256::new(),
+            size: 0,
+        };
+        let auth = self.auth_header(&Access::Push.scope(repository));
+        let mut req = self.inner.agent.patch(&location).header("Content-Type", "application/octet-stream");
+        if let Some(auth) = auth {
+            req = req.header("Authorization", auth);
+        }
+        let resp = req
+            .send(ureq::SendBody::from_reader(&mut hashing))
+            .map_err(|e| transport(&location, e))?;
+        let resp = ok_or_error(&location, resp, "blob upload")?;
+        let next = self.absolute(header(&resp, "location"), &location)?;
+        let digest = format!("sha256:{}", hashing.hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let size = hashing.size;
+        let sep = if next.contains('?') { '&' } else { '?' };
+        let put = format!("{next}{sep}digest={digest}");
+        let resp = self.execute(&put, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.put(&put).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        ok_or_error(&put, resp, &format!("upload of blob {digest}"))?;
+        Ok((digest, size))
+    }
+
+    /// A Location header as an absolute URL.
+    fn absolute(&self, location: Option<&str>, url: &str) -> Result<String> {
+        let location = location.ok_or_else(|| Error::protocol(url, "an upload answer without Location"))?;
+        Ok(if location.starts_with('/') { format!("{}{location}", self.inner.base) } else { location.to_owned() })
+    }
+
     /// Puts a manifest under `reference` (a tag or its digest); returns the
     /// digest the registry gives it, checked against the bytes sent.
     pub fn put_manifest(&self, repository: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String> {
