@@ -28,7 +28,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Standard output as a plain file: binary data goes straight to the
 /// descriptor instead of through Rust's line-buffered `Stdout`.
 pub fn stdout_file() -> io::Result<File> {
-    Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+    let file = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    // A pipe of 64 KiB (the default) makes every large write wait for the
+    // reader several times over; 1 MiB lets a tar stream flow. Not a pipe,
+    // or not allowed: nothing changes.
+    let _ = rustix::pipe::fcntl_setpipe_size(&file, 1 << 20);
+    Ok(file)
 }
 
 /// An output file. A regular file is written under a temporary name beside
