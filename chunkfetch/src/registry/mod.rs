@@ -349,19 +349,7 @@ impl Registry {
         size: u64,
         open: &dyn Fn() -> std::io::Result<Box<dyn Read + Send>>,
     ) -> Result<()> {
-        let start = format!("{}/v2/{repository}/blobs/uploads/", self.inner.base);
-        let resp = self.execute(&start, repository, Access::Push, &mut |auth| {
-            let mut req = self.inner.agent.post(&start).header("Content-Length", "0");
-            if let Some(auth) = auth {
-                req = req.header("Authorization", auth);
-            }
-            req.send_empty()
-        })?;
-        let resp = ok_or_error(&start, resp, "blob upload")?;
-        let location = header(&resp, "location")
-            .ok_or_else(|| Error::protocol(&start, "an upload answer without Location"))?
-            .to_owned();
-        let location = if location.starts_with('/') { format!("{}{location}", self.inner.base) } else { location };
+        let location = self.start_upload(repository)?;
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{sep}digest={digest}");
         let length = size.to_string();
@@ -387,16 +375,7 @@ impl Registry {
     /// be replayed: a failure midway is an error, not a retry.
     pub fn upload_blob_stream(&self, repository: &str, body: &mut dyn Read) -> Result<(String, u64)> {
         use sha2::{Digest, Sha256};
-        let start = format!("{}/v2/{repository}/blobs/uploads/", self.inner.base);
-        let resp = self.execute(&start, repository, Access::Push, &mut |auth| {
-            let mut req = self.inner.agent.post(&start).header("Content-Length", "0");
-            if let Some(auth) = auth {
-                req = req.header("Authorization", auth);
-            }
-            req.send_empty()
-        })?;
-        let resp = ok_or_error(&start, resp, "blob upload")?;
-        let location = self.absolute(header(&resp, "location"), &start)?;
+        let location = self.start_upload(repository)?;
         struct Hashing<'a> {
             inner: &'a mut dyn Read,
             hash: Sha256,
@@ -438,6 +417,20 @@ impl Registry {
         })?;
         ok_or_error(&put, resp, &format!("upload of blob {digest}"))?;
         Ok((digest, size))
+    }
+
+    /// Opens an upload session (POST); returns its absolute URL.
+    fn start_upload(&self, repository: &str) -> Result<String> {
+        let start = format!("{}/v2/{repository}/blobs/uploads/", self.inner.base);
+        let resp = self.execute(&start, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.post(&start).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        let resp = ok_or_error(&start, resp, "blob upload")?;
+        self.absolute(header(&resp, "location"), &start)
     }
 
     /// A Location header as an absolute URL.
