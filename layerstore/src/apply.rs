@@ -182,9 +182,113 @@ impl SplitSink for LayerSink {
 
 const CHUNK: usize = 256 << 10;
 
+/// Hands the uncompressed tar to the extractor in `CHUNK`-sized buffers,
+/// hashing it (the diffID) on the way.
+struct ChunkSender {
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    hash: Sha256,
+    size: u64,
+}
+
+impl ChunkSender {
+    fn new(tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> Self {
+        ChunkSender {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            hash: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.hash.update(&buf);
+        self.size += buf.len() as u64;
+        self.tx
+            .send(Ok(buf))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"))
+    }
+
+    /// Reads `input` to its end straight into the buffers.
+    fn read_all(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        loop {
+            let filled = self.buf.len();
+            self.buf.resize(CHUNK, 0);
+            let n = loop {
+                match input.read(&mut self.buf[filled..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(filled + n);
+            if n == 0 {
+                return Ok(());
+            }
+            if self.buf.len() == CHUNK {
+                self.send()?;
+            }
+        }
+    }
+
+    /// Sends what is left; returns the digest and size of everything.
+    fn finish(mut self) -> io::Result<([u8; 32], u64)> {
+        self.send()?;
+        Ok((self.hash.finalize().into(), self.size))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a new layer is applied from.
+pub(crate) enum Input<R, F> {
+    /// A layer blob: plain, gzip or zstd, detected.
+    Blob(R),
+    /// A function that writes the uncompressed tar (a tar rebuilt from
+    /// other sources, say); it runs on the store's producing thread.
+    Tar(F),
+}
+
+/// What the producing thread found: compression, blob digest and size,
+/// diffID and size.
+type Produced = (Compression, [u8; 32], u64, [u8; 32], u64);
+
+fn produce_tar<F>(write: F, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<Produced>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let mut sender = ChunkSender::new(tx);
+    write(&mut sender)?;
+    let (digest, size) = sender.finish()?;
+    Ok((Compression::None, digest, size, digest, size))
+}
+
 /// Decompresses and hashes `input`, sending the tar stream to `tx`.
 /// Returns the compressed and uncompressed digests and sizes.
-fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<(Compression, [u8; 32], u64, [u8; 32], u64)> {
+fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<Produced> {
     let mut compressed = BufReader::with_capacity(
         CHUNK,
         HashingReader {
@@ -208,34 +312,13 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
             ));
         }
     };
-    let mut diff = Sha256::new();
-    let mut diff_size = 0u64;
-    loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        while filled < CHUNK {
-            match decoder.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        diff.update(&buf);
-        diff_size += filled as u64;
-        if tx.send(Ok(buf)).is_err() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"));
-        }
-    }
+    let mut sender = ChunkSender::new(tx);
+    sender.read_all(&mut decoder)?;
+    let (diff, diff_size) = sender.finish()?;
     drop(decoder);
     // Whatever follows the compressed stream still belongs to the blob.
     io::copy(&mut compressed, &mut io::sink())?;
     let inner = compressed.into_inner();
-    let diff: [u8; 32] = diff.finalize().into();
     let blob = inner.hash.map_or(diff, |h| h.finalize().into());
     Ok((compression, blob, inner.count, diff, diff_size))
 }
@@ -246,14 +329,18 @@ fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::
 /// The metadata goes to `split_name` in `split_dir` (the layers directory:
 /// it is renamed into place there, and the driver's staging directory may
 /// be on another mount).
-pub(crate) fn apply_blob<R: Read + Send>(
-    input: R,
+pub(crate) fn apply_blob<R, F>(
+    input: Input<R, F>,
     staged: &Staged,
     mode: ApplyMode,
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
     lowers: Vec<cap_std::fs::Dir>,
-) -> Result<Applied> {
+) -> Result<Applied>
+where
+    R: Read + Send,
+    F: FnOnce(&mut dyn Write) -> io::Result<()> + Send,
+{
     let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
     let mut extractor = Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata);
     if !lowers.is_empty() {
@@ -281,7 +368,10 @@ pub(crate) fn apply_blob<R: Read + Send>(
     let (produced, split) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let err_tx = tx.clone();
-            let result = produce(input, tx);
+            let result = match input {
+                Input::Blob(blob) => produce(blob, tx),
+                Input::Tar(write) => produce_tar(write, tx),
+            };
             if let Err(e) = &result {
                 let _ = err_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
             }

@@ -17,6 +17,9 @@ use crate::lock::{LockGuard, LockKind, TOKEN_LEN, Token};
 use crate::records::{LayerRecord, MountRecord};
 use crate::{Error, Result, mounts};
 
+/// The type of a tar writer for layers that have none.
+type NoTar = fn(&mut dyn std::io::Write) -> std::io::Result<()>;
+
 /// A storage driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
@@ -490,17 +493,35 @@ impl Store {
 
     /// An empty layer (a container's writable layer, say) on `parent`.
     pub fn create_layer(&self, options: &LayerOptions) -> Result<LayerRecord> {
-        self.new_layer(options, None::<&[u8]>)
+        self.new_layer(options, None::<apply::Input<&[u8], NoTar>>)
     }
 
     /// Creates a layer and applies `diff` (a plain, gzip or zstd layer
     /// tar) to it. The work happens in a staging directory without any
     /// store lock; only publishing takes the layers lock, briefly.
     pub fn put_layer<R: Read + Send>(&self, options: &LayerOptions, diff: R) -> Result<LayerRecord> {
-        self.new_layer(options, Some(diff))
+        self.new_layer(options, Some(apply::Input::<R, NoTar>::Blob(diff)))
     }
 
-    fn new_layer<R: Read + Send>(&self, options: &LayerOptions, diff: Option<R>) -> Result<LayerRecord> {
+    /// [`put_layer`](Self::put_layer) for a layer whose uncompressed tar
+    /// `write_tar` produces, on a thread of its own while the store
+    /// extracts and hashes what it writes: no pipe, no second copy. A
+    /// tar rebuilt from tar-split metadata and other layers' files (a
+    /// partial pull) comes in this way. An error `write_tar` returns
+    /// fails the layer and nothing is kept. Record the blob the tar came
+    /// from in [`LayerOptions::source_blob`].
+    pub fn put_layer_from<F>(&self, options: &LayerOptions, write_tar: F) -> Result<LayerRecord>
+    where
+        F: FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send,
+    {
+        self.new_layer(options, Some(apply::Input::<&[u8], F>::Tar(write_tar)))
+    }
+
+    fn new_layer<R, F>(&self, options: &LayerOptions, diff: Option<apply::Input<R, F>>) -> Result<LayerRecord>
+    where
+        R: Read + Send,
+        F: FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send,
+    {
         self.writable()?;
         if let Some(id) = &options.id {
             crate::check_id(id)?;

@@ -241,3 +241,37 @@ fn mounts_are_counted() {
         assert!(store.layers().expect("layers").is_empty());
     }
 }
+
+#[test]
+fn a_layer_written_by_a_function_equals_the_same_tar_put_and_a_failing_writer_keeps_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let big = "x".repeat(700 << 10); // spans several of the store's buffers
+    let tar = layer_tar(&[("etc/", ""), ("etc/big", &big), ("etc/small", "hello\n"), ("lnk", "->etc/small")]);
+    for driver in drivers() {
+        let store = open(&tmp.path().join(driver.name()), driver);
+        // Written in odd-sized pieces, as a tar rebuilt from parts is.
+        let from_fn = store
+            .put_layer_from(&LayerOptions::default(), |out| {
+                for piece in tar.chunks(4093) {
+                    out.write_all(piece)?;
+                }
+                Ok(())
+            })
+            .expect("put_layer_from");
+        let from_reader = store.put_layer(&LayerOptions::default(), &tar[..]).expect("put_layer");
+        assert_eq!(from_fn.diff_digest, sha(&tar));
+        assert_eq!(from_fn.diff_digest, from_reader.diff_digest);
+        assert_eq!(from_fn.diff_size, tar.len() as i64);
+        assert_eq!(diff(&store, &from_fn.id), tar, "{driver:?}: the diff is the tar written");
+
+        let before = store.layers().expect("layers").len();
+        let err = store
+            .put_layer_from(&LayerOptions::default(), |out| {
+                out.write_all(&tar[..tar.len() / 2])?;
+                Err(std::io::Error::other("the source went away"))
+            })
+            .expect_err("a failing writer fails the layer");
+        assert!(err.to_string().contains("the source went away"), "{err}");
+        assert_eq!(store.layers().expect("layers").len(), before, "{driver:?}: a layer was kept");
+    }
+}

@@ -393,7 +393,6 @@ fn pull_partial(
     let needs = plan.needs.clone();
     let (tx, rx) = sync_channel(64);
     let getter = TocGetter::new(plan, rx);
-    let (pipe_r, pipe_w) = std::io::pipe().map_err(|e| Error::invalid("pipe", e.to_string()))?;
     let layer_options = LayerOptions {
         id: Some(id.to_owned()),
         parent: parent.map(str::to_owned),
@@ -407,28 +406,46 @@ fn pull_partial(
         }),
         ..LayerOptions::default()
     };
-    let (fetched, assembled, stored) = std::thread::scope(|s| {
-        let fetcher = s.spawn(|| {
-            let tx = tx;
-            fetch_pieces(blob, &needs, &options.planner, &tx)
-        });
-        let assembler = s.spawn(move || {
-            let mut getter = getter;
-            let entries = strata_tarsplit::MetadataReader::new(&tar_split[..]);
-            let result = strata_tarsplit::assemble(entries, &mut getter, pipe_w);
-            (result, getter.unused())
-        });
-        let stored = store.put_layer(&layer_options, pipe_r);
-        (fetcher.join(), assembler.join(), stored)
-    });
-    let fetched = fetched.map_err(|_| Error::invalid("fetch", "the fetching thread panicked"))?;
-    let (assembled, unused) = assembled.map_err(|_| Error::invalid("assembly", "the assembling thread panicked"))?;
     let layer_error = |reason: String| Error::Layer {
         digest: desc.digest.clone(),
         reason,
     };
+    // Why the tar could not be rebuilt, in full; the store only sees that
+    // its writer failed.
+    let assembly_error = std::sync::Mutex::new(None::<String>);
+    let (fetched, stored) = std::thread::scope(|s| {
+        let fetcher = s.spawn(|| {
+            let tx = tx;
+            fetch_pieces(blob, &needs, &options.planner, &tx)
+        });
+        let stored = store.put_layer_from(&layer_options, |out| {
+            let mut getter = getter;
+            let entries = strata_tarsplit::MetadataReader::new(&tar_split[..]);
+            let failure = match strata_tarsplit::assemble(entries, &mut getter, out) {
+                Err(e) => Some(format!("rebuilding the layer tar: {e}")),
+                Ok(_) => getter.unused().first().map(|first| {
+                    format!(
+                        "the TOC lists {} file(s) the tar-split never names (first: {first})",
+                        getter.unused().len()
+                    )
+                }),
+            };
+            // Dropping the getter stops a fetch still sending.
+            drop(getter);
+            match failure {
+                Some(reason) => {
+                    let short = reason.clone();
+                    *assembly_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    Err(std::io::Error::other(short))
+                }
+                None => Ok(()),
+            }
+        });
+        (fetcher.join(), stored)
+    });
+    let fetched = fetched.map_err(|_| Error::invalid("fetch", "the fetching thread panicked"))?;
     // The first failure explains the others: a bad piece stops the
-    // assembly, which truncates the tar the store was reading.
+    // assembly, which fails the layer.
     let stats = match fetched {
         Err(strata_chunkfetch::Error::Sink(e)) if e.get_ref().is_some_and(|i| i.is::<ReceiverGone>()) => None,
         Err(e) => {
@@ -437,17 +454,9 @@ fn pull_partial(
         }
         Ok(stats) => Some(stats),
     };
-    if let Err(e) = assembled {
+    if let Some(reason) = assembly_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         let _ = stored.as_ref().map(|_| store.delete_layer(id));
-        return Err(layer_error(format!("rebuilding the layer tar: {e}")));
-    }
-    if !unused.is_empty() {
-        let _ = stored.as_ref().map(|_| store.delete_layer(id));
-        return Err(layer_error(format!(
-            "the TOC lists {} file(s) the tar-split never names (first: {})",
-            unused.len(),
-            unused[0]
-        )));
+        return Err(layer_error(reason));
     }
     stored?;
     let stats = stats.ok_or_else(|| layer_error("the fetch stopped early".into()))?;
