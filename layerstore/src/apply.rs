@@ -15,8 +15,9 @@ use crate::files::hex;
 use crate::{Error, Result};
 
 /// The compression of a layer blob, with containers-storage's codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {
+    #[default]
     None,
     Bzip2,
     Gzip,
@@ -100,12 +101,6 @@ pub(crate) struct Applied {
     pub compression: Compression,
     pub uids: BTreeSet<u32>,
     pub gids: BTreeSet<u32>,
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        Compression::None
-    }
 }
 
 
