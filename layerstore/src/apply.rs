@@ -73,11 +73,13 @@ pub struct LayerOptions {
     pub metadata: Option<String>,
     /// Start from this layer's content (a copy) instead of empty.
     pub template: Option<String>,
-    /// The blob the layer came from, when the stream applied is not that
-    /// blob: a partial pull applies the tar reassembled from the blob's
-    /// TOC, tar-split and local files. Recorded as given (and checked
-    /// against `expected_compressed_digest`); the diffID is still computed
-    /// from the stream.
+    /// The blob the layer came from. For a layer written by
+    /// [`Store::put_layer_from`](crate::Store::put_layer_from) (a tar
+    /// rebuilt from the blob's TOC, tar-split and local files), its digest,
+    /// size and compression are recorded as given (and checked against
+    /// `expected_compressed_digest`); for a blob applied as is, they must
+    /// match what was read. Its TOC digest is recorded either way. The
+    /// diffID is always computed from the stream.
     pub source_blob: Option<SourceBlob>,
 }
 

@@ -537,6 +537,10 @@ impl Store {
         };
         let staged = self.backend.stage(parent.as_deref(), template.as_deref())?;
         let split_tmp = backend::side_file_name(&staged.name, "tar-split.gz");
+        // A tar rebuilt by a function is not the blob: its digest and size
+        // come from `source_blob`. A blob applied as is is hashed, and
+        // `source_blob` must agree with it.
+        let rebuilt = matches!(diff, Some(apply::Input::Tar(_)));
         let applied = match diff {
             Some(diff) => {
                 let lowers = self.backend.lowers_for(parent.as_deref())?;
@@ -546,7 +550,9 @@ impl Store {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }
                 let mut applied = applied?;
-                if let Some(blob) = &options.source_blob {
+                if let Some(blob) = &options.source_blob
+                    && rebuilt
+                {
                     applied.compressed_digest = blob.digest.clone();
                     applied.compressed_size = blob.size;
                     applied.compression = blob.compression;
@@ -558,6 +564,8 @@ impl Store {
         let _cleanup = SideFile(&self.layers_dir, &split_tmp);
         if let Some(a) = &applied {
             check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
+            let blob_digest = options.source_blob.as_ref().map(|b| b.digest.as_str());
+            check_expected("layer blob", blob_digest, &a.compressed_digest)?;
             check_expected("layer blob", options.expected_compressed_digest.as_deref(), &a.compressed_digest)?;
         }
         let template_split = match &template {

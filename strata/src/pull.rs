@@ -11,7 +11,7 @@ use std::sync::mpsc::sync_channel;
 use serde::Deserialize;
 use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
-use strata_chunkfetch::{Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces, plan_layer};
+use strata_chunkfetch::{LayerPlan, Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces, plan_layer};
 use strata_dedup_cache::{DiskCache, LayerIndex};
 use strata_layerstore::{Compression, ImageOptions, LayerOptions, SourceBlob, Store, chain_id};
 
@@ -29,6 +29,10 @@ pub struct PullOptions {
     /// Rebuild layers that have a TOC from local content and fetched
     /// pieces (default); otherwise every missing layer is fetched whole.
     pub partial: bool,
+    /// A layer whose missing pieces make up at least this share of its
+    /// payload is fetched whole instead: one streamed request, no
+    /// rebuilding, and nearly the same bytes. Default 0.75.
+    pub full_fetch_share: f64,
     /// Platform to choose from an index.
     pub os: String,
     pub architecture: String,
@@ -44,6 +48,7 @@ impl std::fmt::Debug for PullOptions {
             .field("registry", &self.registry)
             .field("planner", &self.planner)
             .field("partial", &self.partial)
+            .field("full_fetch_share", &self.full_fetch_share)
             .field("os", &self.os)
             .field("architecture", &self.architecture)
             .field("names", &self.names)
@@ -57,6 +62,7 @@ impl Default for PullOptions {
             registry: RegistryOptions::default(),
             planner: Planner::default(),
             partial: true,
+            full_fetch_share: 0.75,
             os: "linux".into(),
             architecture: oci::host_architecture().into(),
             names: Vec::new(),
@@ -303,23 +309,35 @@ fn pull_layer(
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
     let has_toc = matches!(strata_toc::annotations::location(&desc.annotations), Ok(Some(_)));
+    // What the TOC gives a layer fetched whole: its digest for the record
+    // and the dedup index, with no second pass over the files.
+    let mut from_toc: Option<(String, LayerIndex)> = None;
     if options.partial && has_toc {
         let read = strata_toc::read_zstd_chunked(&SourceReadAt(&blob), Some(&desc.annotations)).map_err(|e| Error::Toc {
             digest: desc.digest.clone(),
             source: e,
         })?;
+        let index = LayerIndex::from_toc(&read.toc);
         match read.tar_split {
             Some(tar_split) => {
-                let toc_digest = read.toc_digest.clone();
-                let index = LayerIndex::from_toc(&read.toc);
-                let toc_bytes = read.location.toc_compressed_len + read.location.tar_split.map_or(0, |t| t.1);
-                let layer = Target { store, id, parent, diff_id };
-                pull_partial(&layer, &blob, desc, &read.toc, read.location.toc_offset, tar_split, toc_digest, cache, options, &mut report)?;
-                // A registry blob counts what it received, TOC included.
-                report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-                report.how = How::Partial;
-                save_index(store, id, index, cache);
-                return Ok(report);
+                let plan = plan_layer(&read.toc, read.location.toc_offset, cache)?;
+                let payload_area = read.location.toc_offset.max(1);
+                let share = plan.stats.bytes_to_fetch as f64 / payload_area as f64;
+                if share < options.full_fetch_share {
+                    let toc_bytes = read.location.toc_compressed_len + read.location.tar_split.map_or(0, |t| t.1);
+                    let layer = Target { store, id, parent, diff_id };
+                    let toc_digest = read.toc_digest.clone();
+                    pull_partial(&layer, &blob, desc, plan, tar_split, toc_digest, options, &mut report)?;
+                    // A registry blob counts what it received, TOC included.
+                    report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
+                    report.how = How::Partial;
+                    save_index(store, id, index, cache);
+                    return Ok(report);
+                }
+                report.note = Some(format!(
+                    "local layers hold too little of it ({:.0}% would be fetched): fetched whole, which is faster",
+                    share * 100.0
+                ));
             }
             None => {
                 // containers-storage ≤ 1.53 and skopeo ≤ 1.13 write none: the
@@ -328,27 +346,42 @@ fn pull_layer(
                 report.note = Some("its TOC comes without tar-split, so it was fetched whole to check its diffID".into());
             }
         }
+        from_toc = Some((read.toc_digest, index));
     }
     let counter = Arc::new(AtomicU64::new(0));
     let reader = Counting {
         inner: blob.open()?,
         count: counter.clone(),
     };
+    let toc_digest = from_toc.as_ref().map(|(digest, _)| digest.clone());
     store.put_layer(
         &LayerOptions {
             id: Some(id.to_owned()),
             parent: parent.map(str::to_owned),
             expected_diff_id: Some(diff_id.to_owned()),
             expected_compressed_digest: Some(desc.digest.clone()),
+            source_blob: toc_digest.map(|toc| SourceBlob {
+                digest: desc.digest.clone(),
+                size: desc.size as i64,
+                compression: Compression::Zstd,
+                toc_digest: Some(toc),
+            }),
             ..LayerOptions::default()
         },
         reader,
     )?;
-    report.bytes_fetched = counter.load(Ordering::Relaxed);
-    if let Ok(root) = store.layer_files(id) {
-        match LayerIndex::from_dir(&root) {
-            Ok(index) => save_index(store, id, index, cache),
-            Err(e) => tracing::warn!(layer = %id, "no dedup index: {e}"),
+    report.bytes_fetched = blob.received().unwrap_or_else(|| counter.load(Ordering::Relaxed));
+    match from_toc {
+        // The TOC was checked against the manifest, and the files against
+        // the diffID: the index can come from it.
+        Some((_, index)) => save_index(store, id, index, cache),
+        None => {
+            if let Ok(root) = store.layer_files(id) {
+                match LayerIndex::from_dir(&root) {
+                    Ok(index) => save_index(store, id, index, cache),
+                    Err(e) => tracing::warn!(layer = %id, "no dedup index: {e}"),
+                }
+            }
         }
     }
     Ok(report)
@@ -377,16 +410,13 @@ fn pull_partial(
     layer: &Target<'_>,
     blob: &Blob,
     desc: &Descriptor,
-    toc: &strata_toc::Toc,
-    toc_offset: u64,
+    plan: LayerPlan,
     tar_split: Vec<u8>,
     toc_digest: String,
-    cache: &DiskCache,
     options: &PullOptions,
     report: &mut LayerReport,
 ) -> Result<()> {
     let Target { store, id, parent, diff_id } = *layer;
-    let plan = plan_layer(toc, toc_offset, cache)?;
     report.bytes_reused = plan.stats.bytes_reused;
     report.files_reused = plan.stats.files_reused;
     report.files = plan.stats.files;

@@ -193,7 +193,19 @@ fn v2_from_a_real_registry_fetches_little_more_than_what_changed() {
             registry: RegistryOptions { tls_verify: false, ..RegistryOptions::default() },
             ..PullOptions::default()
         };
-        pull(&Reference::parse(&format!("docker://{}/app:v1", proxy.addr)).expect("ref"), &store, &options).expect("pull v1");
+        // v1 fetched whole (share 0): indexed from its TOC all the same,
+        // so the v2 pull below reuses it, and found by its TOC digest.
+        let whole = PullOptions {
+            full_fetch_share: 0.0,
+            ..options.clone()
+        };
+        let r1 = pull(&Reference::parse(&format!("docker://{}/app:v1", proxy.addr)).expect("ref"), &store, &whole).expect("pull v1");
+        let layer = &r1.layers[1];
+        assert_eq!(layer.how, How::Full, "{mode:?}: {layer:?}");
+        let record = store.layer(&layer.layer_id).expect("record");
+        assert!(!record.toc_digest.is_empty(), "{mode:?}: the TOC digest is recorded");
+        let found = store.layers_by_toc_digest(&record.toc_digest).expect("by TOC");
+        assert!(found.iter().any(|l| l.id == layer.layer_id));
         let before = proxy.body_bytes.load(Ordering::Relaxed);
         let r2 = pull(&Reference::parse(&format!("docker://{}/app:v2", proxy.addr)).expect("ref"), &store, &options).expect("pull v2");
         let served = proxy.body_bytes.load(Ordering::Relaxed) - before;
@@ -220,17 +232,20 @@ fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_keeps_nothing() {
     two_versions(&layout);
     let server = RegistryServer::start();
     skopeo_copy(&format!("oci:{}:v2", layout.display()), &format!("docker://{}/app:v2", server.addr));
-    for mode in [Mode::WrongBytes, Mode::Truncate] {
+    // Into an empty store a layer is fetched whole (share 0.75, the
+    // default); forced partial (share 2.0) it is rebuilt from pieces.
+    for (mode, share) in [(Mode::WrongBytes, 0.75), (Mode::Truncate, 0.75), (Mode::WrongBytes, 2.0), (Mode::Truncate, 2.0)] {
         let proxy = Proxy::start(&server.addr, mode);
         let store_dir = tempfile::tempdir().expect("tempdir");
         let store = store(store_dir.path());
         let options = PullOptions {
             registry: RegistryOptions { tls_verify: false, max_attempts: 1, ..RegistryOptions::default() },
+            full_fetch_share: share,
             ..PullOptions::default()
         };
         let err = pull(&Reference::parse(&format!("docker://{}/app:v2", proxy.addr)).expect("ref"), &store, &options)
             .expect_err("corrupted answers");
-        eprintln!("{mode:?}: {err}");
+        eprintln!("{mode:?}, share {share}: {err}");
         assert!(store.layers().expect("layers").is_empty(), "{mode:?}: no layer kept");
         assert!(store.images().expect("images").is_empty(), "{mode:?}: no image kept");
     }
