@@ -151,8 +151,47 @@ pub struct Proxy {
     pub requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// A link of limited bandwidth that every connection through a proxy
+/// shares: bytes leave in order, no faster than the rate, and an idle link
+/// saves up no credit.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_second: u64,
+    /// When the link is free again.
+    free_at: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn wait(&self, n: usize) {
+        let done = {
+            let mut free_at = self.free_at.lock().expect("lock");
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
+            *free_at
+        };
+        let now = Instant::now();
+        if done > now {
+            std::thread::sleep(done - now);
+        }
+    }
+}
+
 impl Proxy {
     pub fn start(upstream: &str, mode: Mode) -> Proxy {
+        Proxy::launch(upstream, mode, None)
+    }
+
+    /// A proxy whose answers share a link of `bits_per_second` (1 Gbit/s,
+    /// 50 Mbit/s: what a pull meets outside a data centre).
+    pub fn start_paced(upstream: &str, mode: Mode, bits_per_second: u64) -> Proxy {
+        let pacer = Pacer {
+            bytes_per_second: (bits_per_second / 8).max(1),
+            free_at: Mutex::new(Instant::now()),
+        };
+        Proxy::launch(upstream, mode, Some(Arc::new(pacer)))
+    }
+
+    fn launch(upstream: &str, mode: Mode, pacer: Option<Arc<Pacer>>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let body_bytes = Arc::new(AtomicU64::new(0));
@@ -162,8 +201,9 @@ impl Proxy {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let (upstream, counter, log, me) = (upstream.clone(), counter.clone(), log.clone(), me.clone());
+                let pacer = pacer.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, mode, &counter, &log, &me);
+                    let _ = serve(conn, &upstream, mode, &counter, &log, &me, pacer.as_deref());
                 });
             }
         });
@@ -217,7 +257,15 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
     }
 }
 
-fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: &Mutex<Vec<String>>, me: &str) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    mode: Mode,
+    counter: &AtomicU64,
+    log: &Mutex<Vec<String>>,
+    me: &str,
+    pacer: Option<&Pacer>,
+) -> std::io::Result<()> {
     // Small header writes must not wait on delayed ACKs (Nagle): the proxy
     // would then time itself, not the client.
     conn.set_nodelay(true)?;
@@ -313,6 +361,11 @@ fn serve(conn: TcpStream, upstream: &str, mode: Mode, counter: &AtomicU64, log: 
         }
         if mode == Mode::WrongBytes && is_blob && sent <= 999 && sent + n as u64 > 999 {
             buf[(999 - sent) as usize] ^= 0x55;
+        }
+        if let Some(pacer) = pacer {
+            // What is buffered leaves first: the pacing is of the wire.
+            out.flush()?;
+            pacer.wait(n);
         }
         out.write_all(&buf[..n])?;
         sent += n as u64;

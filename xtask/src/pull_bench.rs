@@ -1,16 +1,20 @@
 //! `cargo xtask bench pull`: strata and podman (containers-storage 1.43,
-//! partial pulls on) pull v1 and then v2 of the same zstd:chunked image
-//! from a local docker-registry, each through its own counting proxy. v2
-//! changes about 1 % of v1's files. Prints, for the v2 pull, the time and
-//! the bytes the registry served, and the ratios.
+//! partial pulls on) pull v1 (cold) and then v2 (an update) of the same
+//! zstd:chunked image from a local docker-registry, each through its own
+//! counting proxy; v2 changes about 1 % of v1's files. Prints the time and
+//! the bytes the registry served for each, and the ratios. Then strata's
+//! update is timed partial and fetched whole (`--no-partial`), on loopback
+//! and through proxies that limit the link to 1 Gbit/s and 50 Mbit/s: a
+//! partial pull must never be the slower one.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, skopeo_copy};
 
-use crate::{Error, flag, require, run, timed, workspace_root};
+use crate::{Error, flag, require, run, sync, timed, workspace_root};
 
 /// A tree of real files, and a copy where every 97th file changed.
 fn make_trees(work: &Path) -> Result<(), Error> {
@@ -87,6 +91,85 @@ fn chunked(tar: &[u8]) -> Result<(LayerBlob, u64), Error> {
     ))
 }
 
+/// One store of each tool, kept until the bench ends: deleting thousands
+/// of files just before a timed run slows the next creations down (ext4
+/// skips recently freed inodes), which would time the disk, not the tool.
+struct Stores {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Stores {
+    fn next(&mut self) -> Result<std::path::PathBuf, Error> {
+        self.n += 1;
+        let p = self.dir.path().join(format!("s{}", self.n));
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+}
+
+fn podman_conf(scratch: &Path) -> Result<std::path::PathBuf, Error> {
+    let conf = scratch.join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"false\"}}\n",
+            scratch.join("graph").display(),
+            scratch.join("run").display()
+        ),
+    )?;
+    Ok(conf)
+}
+
+fn podman_pull(conf: &Path, addr: &str, tag: &str) -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_STORAGE_CONF", conf)
+        .args(["--events-backend", "none", "pull", "--quiet", "--tls-verify=false"])
+        .arg(format!("{addr}/bench:{tag}"));
+    c
+}
+
+fn strata_pull(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bool) -> Command {
+    let mut c = Command::new(strata);
+    c.arg("--root")
+        .arg(scratch.join("graph"))
+        .arg("--runroot")
+        .arg(scratch.join("run"))
+        .args(["--driver", "overlay", "pull", "--tls-verify=false"])
+        .arg(format!("docker://{addr}/bench:{tag}"));
+    if !partial {
+        c.arg("--no-partial");
+    }
+    c
+}
+
+/// A timed command and the bytes the proxy served it.
+fn measured(proxy: &Proxy, cmd: &mut Command) -> Result<(Duration, u64), Error> {
+    sync();
+    let before = proxy.body_bytes.load(Ordering::Relaxed);
+    let t = timed(cmd)?;
+    Ok((t, proxy.body_bytes.load(Ordering::Relaxed) - before))
+}
+
+#[derive(Default)]
+struct Series {
+    times: Vec<Duration>,
+    bytes: u64,
+}
+
+impl Series {
+    fn add(&mut self, (t, bytes): (Duration, u64)) {
+        self.times.push(t);
+        self.bytes = bytes;
+    }
+
+    fn median(&self) -> f64 {
+        let mut t = self.times.clone();
+        t.sort();
+        t[t.len() / 2].as_secs_f64()
+    }
+}
+
 pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
     for (tool, package) in [("podman", "podman"), ("skopeo", "skopeo"), ("docker-registry", "docker-registry")] {
@@ -100,7 +183,6 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     let work = root.join("target/bench/pull");
     make_trees(&work)?;
     let layout = work.join("layout");
-    let mut v2_size = 0;
     if !layout.join("index.json").exists() {
         for tag in ["v1", "v2"] {
             let tar = tar_of(&work.join(tag))?;
@@ -109,6 +191,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
             add_image(&layout, tag, &[blob]);
         }
     }
+    let mut v2_size = 0;
     for entry in std::fs::read_dir(layout.join("blobs/sha256"))? {
         v2_size = v2_size.max(entry?.metadata()?.len());
     }
@@ -116,71 +199,92 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     for tag in ["v1", "v2"] {
         skopeo_copy(&format!("oci:{}:{tag}", layout.display()), &format!("docker://{}/bench:{tag}", server.addr));
     }
+    let mut stores = Stores {
+        dir: tempfile::tempdir_in(&work)?,
+        n: 0,
+    };
+    let mut podman_dirs = Vec::new();
+    let mut strata_dirs = Vec::new();
 
-    let mut strata_times = Vec::new();
-    let mut podman_times = Vec::new();
-    let (mut strata_bytes, mut podman_bytes) = (0, 0);
+    let (mut podman_cold, mut podman_update, mut strata_cold, mut strata_update) =
+        (Series::default(), Series::default(), Series::default(), Series::default());
     for _ in 0..runs {
-        let scratch = tempfile::tempdir_in(&work)?;
-        // podman: its own overlay store with partial pulls on.
+        // podman: its own overlay store with partial pulls on, and no
+        // blob-info cache from an earlier run.
+        let _ = std::fs::remove_dir_all("/var/lib/containers/cache");
         let proxy = Proxy::start(&server.addr, Mode::Pass);
-        let conf = scratch.path().join("storage.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"false\"}}\n",
-                scratch.path().join("podman/graph").display(),
-                scratch.path().join("podman/run").display()
-            ),
-        )?;
-        let podman = |tag: &str| {
-            let mut c = Command::new("podman");
-            c.env("CONTAINERS_STORAGE_CONF", &conf)
-                .args(["--events-backend", "none", "pull", "--quiet", "--tls-verify=false"])
-                .arg(format!("{}/bench:{tag}", proxy.addr));
-            c
-        };
-        timed(&mut podman("v1"))?;
-        let before = proxy.body_bytes.load(Ordering::Relaxed);
-        podman_times.push(timed(&mut podman("v2"))?);
-        podman_bytes = proxy.body_bytes.load(Ordering::Relaxed) - before;
+        let scratch = stores.next()?;
+        let conf = podman_conf(&scratch)?;
+        podman_dirs.push(conf.clone());
+        podman_cold.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v1"))?);
+        podman_update.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v2"))?);
+
+        let proxy = Proxy::start(&server.addr, Mode::Pass);
+        let scratch = stores.next()?;
+        strata_dirs.push(scratch.clone());
+        strata_cold.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v1", true))?);
+        strata_update.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v2", true))?);
+    }
+
+    // Partial against whole, the update with v1 present, on loopback and
+    // on slower links; the two interleaved, so both meet the same disk.
+    let mut links = Vec::new();
+    for (label, bits) in [("loopback", None), ("1 Gbit/s", Some(1_000_000_000u64)), ("50 Mbit/s", Some(50_000_000))] {
+        let (mut partial, mut full) = (Series::default(), Series::default());
+        for _ in 0..runs {
+            for (series, is_partial) in [(&mut partial, true), (&mut full, false)] {
+                let scratch = stores.next()?;
+                strata_dirs.push(scratch.clone());
+                run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
+                let proxy = match bits {
+                    Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
+                    None => Proxy::start(&server.addr, Mode::Pass),
+                };
+                series.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v2", is_partial))?);
+            }
+        }
+        links.push((label, partial, full));
+    }
+
+    println!("v2 blob {:.1} MiB; median of {runs}; store on this disk, registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
+    println!("| pull | podman (partial on) | strata | strata / podman time | strata / podman bytes |");
+    println!("|---|---|---|---|---|");
+    for (what, p, s) in [("cold v1", &podman_cold, &strata_cold), ("update v1 -> v2", &podman_update, &strata_update)] {
+        println!(
+            "| {what} | {:.2} s, {} B | {:.2} s, {} B | {:.2} | {:.2} |",
+            p.median(),
+            p.bytes,
+            s.median(),
+            s.bytes,
+            s.median() / p.median(),
+            s.bytes as f64 / p.bytes.max(1) as f64
+        );
+    }
+    println!();
+    println!("strata's update v1 -> v2, partial against fetched whole (--no-partial):");
+    println!("| link | partial | whole | partial / whole time |");
+    println!("|---|---|---|---|");
+    for (label, partial, full) in &links {
+        println!(
+            "| {label} | {:.2} s, {} B | {:.2} s, {} B | {:.2} |",
+            partial.median(),
+            partial.bytes,
+            full.median(),
+            full.bytes,
+            partial.median() / full.median()
+        );
+    }
+
+    for conf in &podman_dirs {
         let _ = Command::new("podman")
-            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .env("CONTAINERS_STORAGE_CONF", conf)
             .args(["--events-backend", "none", "system", "reset", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-
-        // strata: an overlay store too.
-        let proxy = Proxy::start(&server.addr, Mode::Pass);
-        let graph = scratch.path().join("strata/graph");
-        let run_dir = scratch.path().join("strata/run");
-        let pull = |tag: &str| {
-            let mut c = Command::new(&strata);
-            c.arg("--root")
-                .arg(&graph)
-                .arg("--runroot")
-                .arg(&run_dir)
-                .args(["--driver", "overlay", "pull", "--tls-verify=false"])
-                .arg(format!("docker://{}/bench:{tag}", proxy.addr));
-            c
-        };
-        timed(&mut pull("v1"))?;
-        let before = proxy.body_bytes.load(Ordering::Relaxed);
-        strata_times.push(timed(&mut pull("v2"))?);
-        strata_bytes = proxy.body_bytes.load(Ordering::Relaxed) - before;
-        let _ = Command::new("umount").arg("-R").arg(graph.join("overlay")).stderr(Stdio::null()).status();
     }
-    strata_times.sort();
-    podman_times.sort();
-    let (s, p) = (strata_times[runs / 2].as_secs_f64(), podman_times[runs / 2].as_secs_f64());
-    println!("v2 blob {:.1} MiB; median of {runs}", v2_size as f64 / (1u64 << 20) as f64);
-    println!("  podman pull v2: {p:.2} s, {podman_bytes} bytes served");
-    println!("  strata pull v2: {s:.2} s, {strata_bytes} bytes served (diffID verified)");
-    println!(
-        "  strata is {:.2}x podman's speed; fetches {:.2}x podman's bytes",
-        p / s,
-        strata_bytes as f64 / podman_bytes.max(1) as f64
-    );
+    for dir in &strata_dirs {
+        let _ = Command::new("umount").arg("-R").arg(dir.join("graph/overlay")).stderr(Stdio::null()).status();
+    }
     Ok(())
 }
