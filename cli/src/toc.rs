@@ -71,7 +71,7 @@ pub fn run(cmd: Command) -> Result<(), BoxError> {
         format: "zstd:chunked",
         toc_digest: &read.toc_digest,
         verified: read.verified,
-        tar_split_bytes: read.tar_split.as_ref().map(Vec::len),
+        tar_split_bytes: read.tar_split.as_ref().map(|t| t.len()),
         toc: &read.toc,
     })
 }
@@ -82,7 +82,7 @@ struct Report<'a> {
     format: &'static str,
     toc_digest: &'a str,
     verified: bool,
-    tar_split_bytes: Option<usize>,
+    tar_split_bytes: Option<u64>,
     toc: &'a strata_toc::Toc,
 }
 

@@ -4,12 +4,10 @@
 //! pass the diffID check with wrong metadata on disk. containers-storage
 //! (≥ 1.55) checks the same fields.
 
-use std::collections::HashMap;
-
 use strata_tarsplit::{Entry as SplitEntry, MetadataReader, header_of};
 
 use crate::error::{Error, Result};
-use crate::toc::{Entry, Toc};
+use crate::toc::{Entry, TocItem};
 use crate::writer::entry_from_header;
 
 /// `Clean("/" + name)`, as containers-storage keys entries.
@@ -119,54 +117,74 @@ fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     Ok((stripped, times))
 }
 
-/// Checks the TOC against the decompressed tar-split.
-pub fn check(toc: &Toc, tar_split: &[u8]) -> Result<()> {
-    let mut by_name: HashMap<String, &Entry> = HashMap::new();
-    for e in toc.entries.iter().filter(|e| e.kind != "chunk") {
-        if by_name.insert(clean(&e.name), e).is_some() {
-            return Err(Error::InvalidToc(format!(
-                "the TOC lists {:?} twice",
-                e.name
-            )));
+/// Checks TOC items against the tar-split's headers in step, one item per
+/// tar entry in the tar's order (as every writer lists them), so neither
+/// side is ever held whole.
+pub(crate) struct Lockstep<R: std::io::Read> {
+    records: MetadataReader<R>,
+}
+
+impl<R: std::io::Read> Lockstep<R> {
+    pub(crate) fn new(tar_split: R) -> Self {
+        Lockstep {
+            records: MetadataReader::new(tar_split),
         }
     }
-    let mut seen = 0usize;
-    let mut last_segment: Vec<u8> = Vec::new();
-    for record in MetadataReader::new(tar_split) {
-        match record? {
-            SplitEntry::Segment(bytes) => last_segment = bytes,
-            SplitEntry::File(file) => {
-                let header = header_of(&last_segment).ok_or_else(|| {
-                    Error::InvalidToc(format!(
-                        "tar-split has no header for {:?}",
-                        String::from_utf8_lossy(&file.name)
-                    ))
-                })?;
-                let from_tar =
-                    entry_from_header(&header).map_err(|e| Error::InvalidToc(e.to_string()))?;
-                let name = clean(&from_tar.name);
-                let listed = by_name
-                    .get(&name)
-                    .ok_or_else(|| Error::InvalidToc(format!("the TOC does not list {name:?}")))?;
-                let (a, ta) = comparable(listed).map_err(Error::InvalidToc)?;
-                let (b, tb) = comparable(&from_tar).map_err(Error::InvalidToc)?;
-                if a != b || ta != tb {
-                    return Err(Error::InvalidToc(format!(
-                        "the TOC entry for {name:?} does not match its tar header"
-                    )));
-                }
-                seen += 1;
-                last_segment.clear();
+
+    /// The next file record, with the segment just before it (its
+    /// headers); `None` at the end.
+    fn next_file(&mut self) -> Result<Option<(strata_tarsplit::FileEntry, Vec<u8>)>> {
+        let mut last_segment = Vec::new();
+        for record in &mut self.records {
+            match record? {
+                SplitEntry::Segment(bytes) => last_segment = bytes,
+                SplitEntry::File(file) => return Ok(Some((file, last_segment))),
             }
         }
+        Ok(None)
     }
-    if seen != by_name.len() {
-        return Err(Error::InvalidToc(format!(
-            "the TOC lists {} entries, the tar-split {seen}",
-            by_name.len()
-        )));
+
+    pub(crate) fn check(&mut self, item: &TocItem) -> Result<()> {
+        let listed = &item.entry;
+        let name = clean(&listed.name);
+        let Some((file, segment)) = self.next_file()? else {
+            return Err(Error::InvalidToc(format!(
+                "the TOC lists {name:?} after the tar-split's last entry"
+            )));
+        };
+        let header = header_of(&segment).ok_or_else(|| {
+            Error::InvalidToc(format!(
+                "tar-split has no header for {:?}",
+                String::from_utf8_lossy(&file.name)
+            ))
+        })?;
+        let from_tar = entry_from_header(&header).map_err(|e| Error::InvalidToc(e.to_string()))?;
+        if clean(&from_tar.name) != name {
+            return Err(Error::InvalidToc(format!(
+                "the TOC lists {name:?} where the tar-split has {:?}",
+                clean(&from_tar.name)
+            )));
+        }
+        let (a, ta) = comparable(listed).map_err(Error::InvalidToc)?;
+        let (b, tb) = comparable(&from_tar).map_err(Error::InvalidToc)?;
+        if a != b || ta != tb {
+            return Err(Error::InvalidToc(format!(
+                "the TOC entry for {name:?} does not match its tar header"
+            )));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Fails when the tar-split has entries the TOC did not list.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        match self.next_file()? {
+            None => Ok(()),
+            Some((file, _)) => Err(Error::InvalidToc(format!(
+                "the tar-split lists {:?}, which the TOC does not",
+                String::from_utf8_lossy(&file.name)
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

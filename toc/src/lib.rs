@@ -14,6 +14,6 @@ mod zstd_chunked;
 
 pub use error::{Error, Result};
 pub use read_at::ReadAt;
-pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc};
+pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc, TocHeader, TocItem, stream_items};
 pub use writer::{WriteOptions, Written, write_zstd_chunked};
-pub use zstd_chunked::{ChunkedToc, MAX_TAR_SPLIT, MAX_TOC, read_zstd_chunked};
+pub use zstd_chunked::{ChunkedToc, ChunkedTocInfo, MAX_TAR_SPLIT, MAX_TOC, TarSplit, read_zstd_chunked, read_zstd_chunked_with};

@@ -97,84 +97,150 @@ pub struct Piece {
 impl Toc {
     /// Parses TOC JSON. Only whitespace may follow the object.
     pub fn parse(json: &[u8]) -> Result<Toc> {
-        serde_json::from_slice(json).map_err(|e| Error::InvalidToc(e.to_string()))
+        let mut entries = Vec::new();
+        let header = stream_items(json, |item| {
+            entries.push(item.entry);
+            entries.extend(item.chunks);
+            Ok(())
+        })?;
+        Ok(Toc {
+            version: header.version,
+            entries,
+            tar_split_digest: header.tar_split_digest,
+        })
     }
 
     /// Checks every entry before a byte of the TOC is trusted: known types,
     /// well-formed digests, chunks directly after their file and adding up
     /// to its size, payload offsets ordered and inside `[0, data_end)`.
     pub fn validate(&self, data_end: u64) -> Result<()> {
-        if self.version != 1 {
-            return Err(Error::InvalidToc(format!(
-                "version {}, expected 1",
-                self.version
-            )));
-        }
-        if !self.tar_split_digest.is_empty() && !valid_digest(&self.tar_split_digest) {
-            return Err(Error::InvalidToc(format!(
-                "tarSplitDigest {:?} is not a sha256 digest",
-                self.tar_split_digest
-            )));
-        }
+        check_header(self.version, &self.tar_split_digest)?;
         let mut i = 0;
         while i < self.entries.len() {
-            let e = &self.entries[i];
-            let bad = |reason: String| Error::InvalidEntry {
-                index: i,
-                name: e.name.clone(),
-                reason,
-            };
-            if !KINDS.contains(&e.kind.as_str()) {
-                return Err(bad(format!("unknown type {:?}", e.kind)));
-            }
-            if e.kind == "chunk" {
-                return Err(bad("chunk without a preceding reg entry".into()));
-            }
-            if e.name.is_empty() {
-                return Err(bad("empty name".into()));
-            }
-            for (what, v) in [
-                ("size", e.size),
-                ("uid", e.uid),
-                ("gid", e.gid),
-                ("offset", e.offset),
-                ("endOffset", e.end_offset),
-            ] {
-                if v < 0 {
-                    return Err(bad(format!("negative {what}")));
-                }
-            }
-            if e.inner_offset != 0 {
-                // Members shared between chunks (eStargz MinChunkSize): not
-                // something containers-storage reads correctly either.
-                return Err(bad("innerOffset is not supported".into()));
-            }
-            if e.kind == "hardlink" && e.link_name.is_empty() {
-                return Err(bad("hardlink without linkName".into()));
-            }
             let chunks = self.entries[i + 1..]
                 .iter()
                 .take_while(|c| c.kind == "chunk")
                 .count();
-            if e.kind == "reg" {
-                self.validate_payload(i, chunks, data_end)?;
-            } else if chunks > 0 {
-                return Err(bad(format!("{} entry followed by chunks", e.kind)));
-            }
+            let item = TocItemRef {
+                index: i,
+                entry: &self.entries[i],
+                chunks: &self.entries[i + 1..i + 1 + chunks],
+            };
+            item.validate(data_end)?;
             i += 1 + chunks;
         }
         Ok(())
     }
 
-    fn validate_payload(&self, i: usize, chunks: usize, data_end: u64) -> Result<()> {
-        let e = &self.entries[i];
-        let bad = |reason: String| Error::InvalidEntry {
-            index: i,
-            name: e.name.clone(),
+    /// The payload pieces of the `reg` entry at `index`.
+    pub fn pieces(&self, index: usize) -> Result<Vec<Piece>, String> {
+        let chunks = self.entries[index + 1..]
+            .iter()
+            .take_while(|c| c.kind == "chunk")
+            .count();
+        pieces_of(&self.entries[index], &self.entries[index + 1..index + 1 + chunks])
+    }
+}
+
+/// Checks what the TOC says besides its entries.
+pub(crate) fn check_header(version: i64, tar_split_digest: &str) -> Result<()> {
+    if version != 1 {
+        return Err(Error::InvalidToc(format!("version {version}, expected 1")));
+    }
+    if !tar_split_digest.is_empty() && !valid_digest(tar_split_digest) {
+        return Err(Error::InvalidToc(format!(
+            "tarSplitDigest {tar_split_digest:?} is not a sha256 digest"
+        )));
+    }
+    Ok(())
+}
+
+/// One entry of a TOC with the `chunk` entries that follow it (for a
+/// `reg` entry with a chunked payload): the unit a TOC is streamed in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TocItem {
+    /// Position of `entry` in the TOC's entry list.
+    pub index: usize,
+    pub entry: Entry,
+    pub chunks: Vec<Entry>,
+}
+
+impl TocItem {
+    /// The payload pieces of a `reg` entry: one per chunk.
+    pub fn pieces(&self) -> Result<Vec<Piece>, String> {
+        pieces_of(&self.entry, &self.chunks)
+    }
+
+    /// The checks of [`Toc::validate`] that concern this item.
+    pub fn validate(&self, data_end: u64) -> Result<()> {
+        TocItemRef {
+            index: self.index,
+            entry: &self.entry,
+            chunks: &self.chunks,
+        }
+        .validate(data_end)
+    }
+}
+
+struct TocItemRef<'a> {
+    index: usize,
+    entry: &'a Entry,
+    chunks: &'a [Entry],
+}
+
+impl TocItemRef<'_> {
+    fn bad(&self, reason: String) -> Error {
+        Error::InvalidEntry {
+            index: self.index,
+            name: self.entry.name.clone(),
             reason,
-        };
+        }
+    }
+
+    fn validate(&self, data_end: u64) -> Result<()> {
+        let e = self.entry;
+        if !KINDS.contains(&e.kind.as_str()) {
+            return Err(self.bad(format!("unknown type {:?}", e.kind)));
+        }
+        if e.kind == "chunk" {
+            return Err(self.bad("chunk without a preceding reg entry".into()));
+        }
+        if e.name.is_empty() {
+            return Err(self.bad("empty name".into()));
+        }
+        for (what, v) in [
+            ("size", e.size),
+            ("uid", e.uid),
+            ("gid", e.gid),
+            ("offset", e.offset),
+            ("endOffset", e.end_offset),
+        ] {
+            if v < 0 {
+                return Err(self.bad(format!("negative {what}")));
+            }
+        }
+        if e.inner_offset != 0 {
+            // Members shared between chunks (eStargz MinChunkSize): not
+            // something containers-storage reads correctly either.
+            return Err(self.bad("innerOffset is not supported".into()));
+        }
+        if e.kind == "hardlink" && e.link_name.is_empty() {
+            return Err(self.bad("hardlink without linkName".into()));
+        }
+        if e.kind == "reg" {
+            self.validate_payload(data_end)
+        } else if !self.chunks.is_empty() {
+            Err(self.bad(format!("{} entry followed by chunks", e.kind)))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn validate_payload(&self, data_end: u64) -> Result<()> {
+        let e = self.entry;
+        let bad = |reason: String| self.bad(reason);
         if e.size == 0 {
-            if chunks > 0 || e.offset != 0 {
+            if !self.chunks.is_empty() || e.offset != 0 {
                 return Err(bad("empty file with a payload".into()));
             }
             if !e.digest.is_empty() && e.digest != EMPTY_DIGEST {
@@ -185,7 +251,7 @@ impl Toc {
         if !valid_digest(&e.digest) {
             return Err(bad(format!("digest {:?} is not a sha256 digest", e.digest)));
         }
-        let pieces = self.pieces(i).map_err(bad)?;
+        let pieces = pieces_of(e, self.chunks).map_err(bad)?;
         let mut covered = 0u64;
         let mut last_offset = 0u64;
         for (k, p) in pieces.iter().enumerate() {
@@ -233,53 +299,173 @@ impl Toc {
         }
         Ok(())
     }
+}
 
-    /// The payload pieces of the `reg` entry at `index`.
-    pub fn pieces(&self, index: usize) -> Result<Vec<Piece>, String> {
-        let e = &self.entries[index];
-        let chunks: Vec<&Entry> = self.entries[index + 1..]
-            .iter()
-            .take_while(|c| c.kind == "chunk")
-            .collect();
-        if chunks.is_empty() {
-            return Ok(vec![Piece {
-                offset: e.offset as u64,
-                file_offset: 0,
-                len: e.size as u64,
-                digest: None,
-                zeros: e.chunk_type == "zeros",
-            }]);
+/// The payload pieces of a `reg` entry followed by `chunks`.
+fn pieces_of(e: &Entry, chunks: &[Entry]) -> Result<Vec<Piece>, String> {
+    if chunks.is_empty() {
+        return Ok(vec![Piece {
+            offset: e.offset as u64,
+            file_offset: 0,
+            len: e.size as u64,
+            digest: None,
+            zeros: e.chunk_type == "zeros",
+        }]);
+    }
+    let mut out = Vec::with_capacity(chunks.len() + 1);
+    let mut remaining = e.size;
+    for (k, c) in std::iter::once(e).chain(chunks.iter()).enumerate() {
+        if c.name != e.name && k > 0 {
+            return Err(format!("chunk {k} names {:?}", c.name));
         }
-        let mut out = Vec::with_capacity(chunks.len() + 1);
-        let mut remaining = e.size;
-        for (k, c) in std::iter::once(e).chain(chunks.iter().copied()).enumerate() {
-            if c.name != e.name && k > 0 {
-                return Err(format!("chunk {k} names {:?}", c.name));
+        if c.chunk_size < 0 || c.chunk_offset < 0 || c.offset < 0 {
+            return Err(format!("chunk {k} has a negative field"));
+        }
+        // A last chunk without a size (eStargz) takes what is left.
+        let len = if c.chunk_size == 0 && k == chunks.len() {
+            remaining
+        } else {
+            c.chunk_size
+        };
+        if len <= 0 || len > remaining {
+            return Err(format!(
+                "chunk {k} size {len} does not fit the {remaining} bytes left"
+            ));
+        }
+        remaining -= len;
+        out.push(Piece {
+            offset: c.offset as u64,
+            file_offset: c.chunk_offset as u64,
+            len: len as u64,
+            digest: Some(c.chunk_digest.clone()).filter(|d| !d.is_empty()),
+            zeros: c.chunk_type == "zeros",
+        });
+    }
+    Ok(out)
+}
+
+/// What a TOC says besides its entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TocHeader {
+    pub version: i64,
+    pub tar_split_digest: String,
+    /// Entries read, chunk entries included.
+    pub entries: u64,
+}
+
+/// Reads TOC JSON item by item, handing each to `visit`: the entries are
+/// never all in memory, whatever their number. Items are not validated
+/// here (see [`TocItem::validate`]); the header is checked at the end.
+pub fn stream_items<R: std::io::Read>(
+    json: R,
+    mut visit: impl FnMut(TocItem) -> Result<()>,
+) -> Result<TocHeader> {
+    let mut failure: Option<Error> = None;
+    let mut pending: Option<TocItem> = None;
+    let mut count = 0usize;
+    let header = {
+        let mut on_entry = |e: Entry| -> std::result::Result<(), String> {
+            let index = count;
+            count += 1;
+            if e.kind == "chunk"
+                && let Some(p) = &mut pending
+                && p.entry.kind == "reg"
+            {
+                p.chunks.push(e);
+                return Ok(());
             }
-            if c.chunk_size < 0 || c.chunk_offset < 0 || c.offset < 0 {
-                return Err(format!("chunk {k} has a negative field"));
+            if let Some(done) = pending.take()
+                && let Err(err) = visit(done)
+            {
+                failure = Some(err);
+                return Err("stopped".into());
             }
-            // A last chunk without a size (eStargz) takes what is left.
-            let len = if c.chunk_size == 0 && k == chunks.len() {
-                remaining
-            } else {
-                c.chunk_size
-            };
-            if len <= 0 || len > remaining {
-                return Err(format!(
-                    "chunk {k} size {len} does not fit the {remaining} bytes left"
-                ));
-            }
-            remaining -= len;
-            out.push(Piece {
-                offset: c.offset as u64,
-                file_offset: c.chunk_offset as u64,
-                len: len as u64,
-                digest: Some(c.chunk_digest.clone()).filter(|d| !d.is_empty()),
-                zeros: c.chunk_type == "zeros",
+            pending = Some(TocItem {
+                index,
+                entry: e,
+                chunks: Vec::new(),
             });
+            Ok(())
+        };
+        let mut de = serde_json::Deserializer::from_reader(json);
+        let header = serde::de::DeserializeSeed::deserialize(TopSeed(&mut on_entry), &mut de)
+            .and_then(|h| de.end().map(|()| h));
+        match (header, failure.take()) {
+            (_, Some(err)) => return Err(err),
+            (Err(e), None) => return Err(Error::InvalidToc(e.to_string())),
+            (Ok(h), None) => h,
         }
-        Ok(out)
+    };
+    if let Some(done) = pending.take() {
+        visit(done)?;
+    }
+    Ok(TocHeader {
+        entries: count as u64,
+        ..header
+    })
+}
+
+/// The top-level object, handing entries to a callback as they come.
+struct TopSeed<'f>(&'f mut dyn FnMut(Entry) -> std::result::Result<(), String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = TocHeader;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<TocHeader, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = TocHeader;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOC object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<TocHeader, A::Error> {
+        let mut header = TocHeader::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if key_is(&key, "version") {
+                header.version = or_default(&mut map)?;
+            } else if key_is(&key, "entries") {
+                map.next_value_seed(EntriesSeed(&mut *self.0))?;
+            } else if key_is(&key, "tarSplitDigest") {
+                header.tar_split_digest = or_default(&mut map)?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(header)
+    }
+}
+
+/// The entry list (or `null`), each entry handed on as it is read.
+struct EntriesSeed<'f>(&'f mut dyn FnMut(Entry) -> std::result::Result<(), String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of TOC entries")
+    }
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(e) = seq.next_element::<Entry>()? {
+            (self.0)(e).map_err(serde::de::Error::custom)?;
+        }
+        Ok(())
     }
 }
 
@@ -340,60 +526,6 @@ impl<'de> Deserialize<'de> for Entry {
             }
         }
         d.deserialize_map(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Toc {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Toc;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a TOC object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Toc, A::Error> {
-                let mut toc = Toc::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key_is(&key, "version") {
-                        toc.version = or_default(&mut map)?;
-                    } else if key_is(&key, "entries") {
-                        toc.entries = map
-                            .next_value::<Option<Entries>>()?
-                            .map(|e| e.0)
-                            .unwrap_or_default();
-                    } else if key_is(&key, "tarSplitDigest") {
-                        toc.tar_split_digest = or_default(&mut map)?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(toc)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// The entry list, read without preallocating from a hostile size hint.
-struct Entries(Vec<Entry>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of TOC entries")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
-                let mut out = Vec::new();
-                while let Some(e) = seq.next_element::<Entry>()? {
-                    out.push(e);
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_seq(V)
     }
 }
 

@@ -4,6 +4,7 @@
 //! byte is decompressed.
 
 use std::collections::BTreeMap;
+use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
@@ -11,7 +12,8 @@ use crate::annotations::{self, Location};
 use crate::error::{Error, Result};
 use crate::footer;
 use crate::read_at::{ReadAt, read_range};
-use crate::toc::Toc;
+use crate::consistency::Lockstep;
+use crate::toc::{Toc, TocHeader, TocItem, check_header, stream_items};
 
 /// Largest TOC accepted, compressed or not (containers-storage's limit).
 pub const MAX_TOC: u64 = 150 << 20;
@@ -29,8 +31,54 @@ pub struct ChunkedToc {
     /// for it then).
     pub verified: bool,
     pub location: Location,
-    /// The decompressed tar-split, when the TOC names its digest.
-    pub tar_split: Option<Vec<u8>>,
+    /// The tar-split, when the TOC names its digest: checked, and kept
+    /// compressed (a layer of 200 000 files has hundreds of MB of it).
+    pub tar_split: Option<TarSplit>,
+}
+
+/// A blob's tar-split metadata, digest-checked, still compressed.
+#[derive(Clone)]
+pub struct TarSplit {
+    compressed: Vec<u8>,
+    len: u64,
+}
+
+impl std::fmt::Debug for TarSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TarSplit")
+            .field("compressed", &self.compressed.len())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl TarSplit {
+    /// Decompressed size, as the blob declares it.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The decompressed metadata, streamed; a stream that does not come to
+    /// the declared size is an error.
+    pub fn reader(&self) -> impl Read + Send + '_ {
+        SizedDecoder::new("tar-split", &self.compressed, self.len)
+    }
+
+    /// The decompressed metadata, whole.
+    pub fn to_vec(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0).min(MAX_TAR_SPLIT as usize));
+        self.reader()
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Decompress {
+                what: "tar-split",
+                reason: e.to_string(),
+            })?;
+        Ok(out)
+    }
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -43,28 +91,6 @@ fn sha256(bytes: &[u8]) -> String {
     )
 }
 
-fn decompress(what: &'static str, compressed: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {
-    if declared > limit {
-        return Err(Error::TooLarge {
-            what,
-            len: declared,
-            limit,
-        });
-    }
-    let out =
-        zstd::bulk::decompress(compressed, declared as usize).map_err(|e| Error::Decompress {
-            what,
-            reason: e.to_string(),
-        })?;
-    if out.len() as u64 != declared {
-        return Err(Error::Decompress {
-            what,
-            reason: format!("{} bytes, the blob declared {declared}", out.len()),
-        });
-    }
-    Ok(out)
-}
-
 /// Reads and checks the TOC of a zstd:chunked blob. With `annotations`, the
 /// location and digest come from them and the TOC must match; without, the
 /// footer locates it and `verified` is false.
@@ -72,6 +98,50 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(
     blob: &R,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Result<ChunkedToc> {
+    let mut entries = Vec::new();
+    let info = read_zstd_chunked_with(blob, annotations, |item| {
+        entries.push(item.entry);
+        entries.extend(item.chunks);
+        Ok(())
+    })?;
+    Ok(ChunkedToc {
+        toc: Toc {
+            version: info.header.version,
+            entries,
+            tar_split_digest: info.header.tar_split_digest,
+        },
+        toc_digest: info.toc_digest,
+        verified: info.verified,
+        location: info.location,
+        tar_split: info.tar_split,
+    })
+}
+
+/// What [`read_zstd_chunked_with`] found besides the TOC's items.
+#[derive(Debug, Clone)]
+pub struct ChunkedTocInfo {
+    pub header: TocHeader,
+    /// `sha256:` of the compressed TOC.
+    pub toc_digest: String,
+    /// See [`ChunkedToc::verified`].
+    pub verified: bool,
+    pub location: Location,
+    /// The tar-split, when the TOC names its digest: checked against it,
+    /// and against the TOC entry by entry.
+    pub tar_split: Option<TarSplit>,
+}
+
+/// [`read_zstd_chunked`] without holding the TOC: each item (an entry with
+/// its chunks) is validated, compared with the tar-split's header for it,
+/// and handed to `visit`, in order. Memory stays bounded by the compressed
+/// TOC and tar-split, whatever the number of entries. `visit` may have
+/// seen every item when the read fails at the end (a tar-split that does
+/// not match its digest, say): act on the items only once this returns.
+pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
+    blob: &R,
+    annotations: Option<&BTreeMap<String, String>>,
+    mut visit: impl FnMut(TocItem) -> Result<()>,
+) -> Result<ChunkedTocInfo> {
     let blob_len = blob.size()?;
     let from_annotations = match annotations {
         Some(a) => annotations::location(a)?,
@@ -116,39 +186,130 @@ pub fn read_zstd_chunked<R: ReadAt + ?Sized>(
             actual: digest,
         });
     }
-    let json = decompress("TOC", &compressed, location.toc_len, MAX_TOC)?;
-    let toc = Toc::parse(&json)?;
+    if location.toc_len > MAX_TOC {
+        return Err(Error::TooLarge {
+            what: "TOC",
+            len: location.toc_len,
+            limit: MAX_TOC,
+        });
+    }
+    // The tar-split comes first, so that each TOC entry is compared with
+    // its header as it is read; whether the tar-split is the one the TOC
+    // names is known at the TOC's end.
+    let tar_split = match location.tar_split {
+        Some((offset, len, ulen)) => {
+            if ulen > MAX_TAR_SPLIT {
+                return Err(Error::TooLarge {
+                    what: "tar-split",
+                    len: ulen,
+                    limit: MAX_TAR_SPLIT,
+                });
+            }
+            let compressed = read_range(blob, "tar-split", offset, len, blob_len, MAX_TAR_SPLIT)?;
+            Some(TarSplit { compressed, len: ulen })
+        }
+        None => None,
+    };
+    let tar_split_digest = tar_split.as_ref().map(|t| sha256(&t.compressed));
+    let mut lockstep = tar_split.as_ref().map(|t| Lockstep::new(t.reader()));
+    // A mismatch counts only if the tar-split turns out to be the TOC's.
+    let mut inconsistency: Option<Error> = None;
     // Payload frames lie before the TOC's skippable frame header.
-    toc.validate(location.toc_offset.saturating_sub(8))?;
-
-    let tar_split = if toc.tar_split_digest.is_empty() {
+    let data_end = location.toc_offset.saturating_sub(8);
+    let mut json = SizedDecoder::new("TOC", &compressed, location.toc_len);
+    let header = stream_items(&mut json, |item| {
+        item.validate(data_end)?;
+        if inconsistency.is_none()
+            && let Some(l) = &mut lockstep
+            && let Err(e) = l.check(&item)
+        {
+            inconsistency = Some(e);
+        }
+        visit(item)
+    })
+    .map_err(|e| match json.failure.take() {
+        Some(reason) => Error::Decompress { what: "TOC", reason },
+        None => e,
+    })?;
+    check_header(header.version, &header.tar_split_digest)?;
+    let rest = match (lockstep, inconsistency) {
+        (Some(l), None) => l.finish(),
+        (_, Some(e)) => Err(e),
+        (None, None) => Ok(()),
+    };
+    let tar_split = if header.tar_split_digest.is_empty() {
         None
     } else {
-        let (offset, len, ulen) = location.tar_split.ok_or_else(|| {
+        let tar_split = tar_split.ok_or_else(|| {
             Error::InvalidToc("the TOC names a tar-split digest but its position is unknown".into())
         })?;
-        let compressed = read_range(blob, "tar-split", offset, len, blob_len, MAX_TAR_SPLIT)?;
-        let actual = sha256(&compressed);
-        if actual != toc.tar_split_digest {
+        let actual = tar_split_digest.unwrap_or_default();
+        if actual != header.tar_split_digest {
             return Err(Error::DigestMismatch {
                 what: "tar-split",
-                expected: toc.tar_split_digest.clone(),
+                expected: header.tar_split_digest.clone(),
                 actual,
             });
         }
-        let tar_split = decompress("tar-split", &compressed, ulen, MAX_TAR_SPLIT)?;
-        crate::consistency::check(&toc, &tar_split)?;
+        rest?;
         Some(tar_split)
     };
     let location = Location {
         toc_digest: digest.clone(),
         ..location
     };
-    Ok(ChunkedToc {
-        toc,
+    Ok(ChunkedTocInfo {
+        header,
         toc_digest: digest,
         verified,
         location,
         tar_split,
     })
+}
+
+/// A zstd stream that must decompress to exactly its declared size.
+struct SizedDecoder<'a> {
+    what: &'static str,
+    decoder: Option<zstd::stream::read::Decoder<'a, &'a [u8]>>,
+    declared: u64,
+    read: u64,
+    /// Why decompressing failed, once it has.
+    failure: Option<String>,
+}
+
+impl<'a> SizedDecoder<'a> {
+    fn new(what: &'static str, compressed: &'a [u8], declared: u64) -> Self {
+        SizedDecoder {
+            what,
+            decoder: zstd::stream::read::Decoder::with_buffer(compressed).ok(),
+            declared,
+            read: 0,
+            failure: None,
+        }
+    }
+
+    fn decode(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        let decoder = self.decoder.as_mut().ok_or("cannot start decompressing")?;
+        let n = decoder.read(buf).map_err(|e| format!("does not decompress: {e}"))?;
+        self.read += n as u64;
+        if self.read > self.declared || (n == 0 && !buf.is_empty() && self.read != self.declared) {
+            return Err(format!(
+                "decompresses to {}{} bytes, the blob declared {}",
+                if n == 0 { "" } else { "more than " },
+                self.read,
+                self.declared
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl Read for SizedDecoder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.decode(buf).map_err(|reason| {
+            let e = io::Error::new(io::ErrorKind::InvalidData, format!("{}: {reason}", self.what));
+            self.failure = Some(reason);
+            e
+        })
+    }
 }

@@ -122,7 +122,7 @@ fn check(tar: &[u8]) -> ChunkedToc {
         .filter(|(_, e)| e.kind == "reg" && e.size > 0)
         .map(|(i, e)| (e.name.clone().into_bytes(), i))
         .collect();
-    let tar_split = read.tar_split.clone().expect("tar-split");
+    let tar_split = read.tar_split.as_ref().expect("tar-split").to_vec().expect("tar-split decompresses");
     let mut getter = FromBlob {
         blob: &blob,
         files,
