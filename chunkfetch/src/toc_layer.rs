@@ -7,23 +7,23 @@
 //! partial pull is extracted and verified (diffID included) exactly like a
 //! full one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest, Sha256};
 use strata_dedup_cache::{ChunkCache, Found};
-use strata_toc::Toc;
+use strata_toc::{Toc, TocItem};
 
 use crate::{ByteRange, Error, FetchStats, Planner, RangeSource, Result};
 
 /// A piece of the blob to fetch: compressed `range`, decompressing to
-/// `length` bytes, with the chunk digest when the TOC gives one.
+/// `length` bytes, with the SHA-256 of those bytes when the TOC gives one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PieceNeed {
     pub range: ByteRange,
     pub length: u64,
-    pub digest: Option<String>,
+    pub digest: Option<[u8; 32]>,
 }
 
 /// What the plan reuses and fetches.
@@ -49,15 +49,18 @@ enum Part {
     Fetch(u64),
 }
 
+/// A file to rebuild, in TOC order: files come to the assembly in the
+/// tar's order, which is the TOC's, so no name needs keeping but a hash to
+/// check the two agree.
 struct PlannedFile {
-    name: String,
-    digest: String,
+    name_hash: u64,
+    digest: [u8; 32],
     parts: Vec<Part>,
 }
 
 /// Which bytes of a layer come from where.
 pub struct LayerPlan {
-    files: HashMap<String, VecDeque<PlannedFile>>,
+    files: VecDeque<PlannedFile>,
     pub needs: Vec<PieceNeed>,
     pub stats: PlanStats,
 }
@@ -69,89 +72,171 @@ impl std::fmt::Debug for LayerPlan {
 }
 
 /// A tar or TOC name as a lookup key: no leading `./` or `/`, no
-/// trailing `/`.
-fn key(name: &str) -> String {
-    name.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/")
+/// trailing `/`, hashed.
+fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for part in name.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".") {
+        part.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Plans a layer from its TOC items as they stream by (see
+/// [`strata_toc::read_zstd_chunked_with`]): the TOC need never be held.
+pub struct LayerPlanner<'c> {
+    cache: &'c dyn ChunkCache,
+    data_end: u64,
+    plan: LayerPlan,
+    /// The last piece to fetch, whose end is the next payload's offset.
+    open: Option<usize>,
+    last_end: u64,
+}
+
+impl std::fmt::Debug for LayerPlanner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerPlanner").field("plan", &self.plan).finish()
+    }
+}
+
+impl<'c> LayerPlanner<'c> {
+    /// `data_end` is where the payload frames end (the TOC's offset).
+    pub fn new(data_end: u64, cache: &'c dyn ChunkCache) -> Self {
+        LayerPlanner {
+            cache,
+            data_end,
+            plan: LayerPlan {
+                files: VecDeque::new(),
+                needs: Vec::new(),
+                stats: PlanStats::default(),
+            },
+            open: None,
+            last_end: 0,
+        }
+    }
+
+    fn close_open(&mut self, end: u64, name: &str) -> Result<()> {
+        let Some(i) = self.open.take() else { return Ok(()) };
+        let need = &mut self.plan.needs[i];
+        if end <= need.range.offset || end > self.data_end {
+            return Err(Error::Invalid {
+                what: format!("TOC entry {name:?}"),
+                reason: format!(
+                    "the payload before it, at {}, does not end inside the blob's payload area in order",
+                    need.range.offset
+                ),
+            });
+        }
+        need.range.length = end - need.range.offset;
+        self.plan.stats.bytes_to_fetch += need.range.length;
+        self.last_end = end;
+        Ok(())
+    }
+
+    /// Adds one (validated) TOC item.
+    pub fn add(&mut self, item: &TocItem) -> Result<()> {
+        let e = &item.entry;
+        let invalid = |reason: String| Error::Invalid {
+            what: format!("TOC entry {:?}", e.name),
+            reason,
+        };
+        if e.offset > 0 {
+            self.close_open(e.offset as u64, &e.name)?;
+        }
+        if e.kind != "reg" || e.size <= 0 {
+            return Ok(());
+        }
+        self.plan.stats.files += 1;
+        let size = e.size as u64;
+        let digest_text = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST } else { e.digest.as_str() };
+        let digest = digest_bytes(digest_text).ok_or_else(|| invalid(format!("digest {digest_text:?}")))?;
+        let mut parts = Vec::new();
+        if let Some(found) = self.cache.file(digest_text).filter(|f| f.length == size && f.offset == 0) {
+            self.plan.stats.files_reused += 1;
+            self.plan.stats.bytes_reused += size;
+            parts.push(Part::Local(found));
+        } else {
+            let pieces = item.pieces().map_err(invalid)?;
+            for (k, p) in pieces.iter().enumerate() {
+                if p.zeros {
+                    self.plan.stats.bytes_zero += p.len;
+                    parts.push(Part::Zeros(p.len));
+                    continue;
+                }
+                if let Some(found) = p.digest.as_deref().and_then(|d| self.cache.chunk(d)).filter(|f| f.length == p.len) {
+                    self.plan.stats.bytes_reused += p.len;
+                    parts.push(Part::Local(found));
+                    continue;
+                }
+                if p.offset < self.last_end || self.open.is_some() {
+                    return Err(invalid(format!("payload piece at {} is not after the one before it", p.offset)));
+                }
+                let end = pieces
+                    .get(k + 1)
+                    .map(|n| n.offset)
+                    .or_else(|| (e.end_offset > 0).then_some(e.end_offset as u64));
+                // A file without chunks is one piece whose digest is the file's.
+                let piece_digest = match &p.digest {
+                    Some(d) => Some(digest_bytes(d).ok_or_else(|| invalid(format!("chunk digest {d:?}")))?),
+                    None => (pieces.len() == 1).then_some(digest),
+                };
+                self.plan.stats.bytes_fetched_uncompressed += p.len;
+                self.plan.needs.push(PieceNeed {
+                    range: ByteRange::new(p.offset, 0),
+                    length: p.len,
+                    digest: piece_digest,
+                });
+                self.open = Some(self.plan.needs.len() - 1);
+                if let Some(end) = end {
+                    self.close_open(end, &e.name)?;
+                }
+                parts.push(Part::Fetch(p.len));
+            }
+        }
+        self.plan.files.push_back(PlannedFile {
+            name_hash: name_hash(e.name.as_bytes()),
+            digest,
+            parts,
+        });
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<LayerPlan> {
+        let end = self.data_end;
+        self.close_open(end, "(the last)")?;
+        Ok(self.plan)
+    }
 }
 
 /// Plans the layer a (validated) TOC describes; `data_end` is where the
 /// payload frames end (the TOC's offset).
 pub fn plan_layer(toc: &Toc, data_end: u64, cache: &dyn ChunkCache) -> Result<LayerPlan> {
-    let invalid = |name: &str, reason: String| Error::Invalid {
-        what: format!("TOC entry {name:?}"),
-        reason,
-    };
-    let mut plan = LayerPlan {
-        files: HashMap::new(),
-        needs: Vec::new(),
-        stats: PlanStats::default(),
-    };
-    // Where each file's payload ends, for chunks without a recorded end:
-    // the next payload's offset, else the end of the payload area.
-    let next_offsets: Vec<u64> = {
-        let mut next = data_end;
-        let mut out = vec![data_end; toc.entries.len()];
-        for (i, e) in toc.entries.iter().enumerate().rev() {
-            out[i] = next;
-            if e.offset > 0 {
-                next = e.offset as u64;
-            }
-        }
-        out
-    };
-    let mut last_end = 0u64;
-    for (i, e) in toc.entries.iter().enumerate() {
-        if e.kind != "reg" || e.size <= 0 {
-            continue;
-        }
-        plan.stats.files += 1;
-        let size = e.size as u64;
-        let digest = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST.to_owned() } else { e.digest.clone() };
-        let name = key(&e.name);
-        let mut parts = Vec::new();
-        if let Some(found) = cache.file(&digest).filter(|f| f.length == size && f.offset == 0) {
-            plan.stats.files_reused += 1;
-            plan.stats.bytes_reused += size;
-            parts.push(Part::Local(found));
-        } else {
-            let pieces = toc.pieces(i).map_err(|r| invalid(&e.name, r))?;
-            let chunks_after = toc.entries[i + 1..].iter().take_while(|c| c.kind == "chunk").count();
-            let file_end = if e.end_offset > 0 { e.end_offset as u64 } else { next_offsets[i + chunks_after] };
-            for (k, p) in pieces.iter().enumerate() {
-                if p.zeros {
-                    plan.stats.bytes_zero += p.len;
-                    parts.push(Part::Zeros(p.len));
-                    continue;
-                }
-                if let Some(found) = p.digest.as_deref().and_then(|d| cache.chunk(d)).filter(|f| f.length == p.len) {
-                    plan.stats.bytes_reused += p.len;
-                    parts.push(Part::Local(found));
-                    continue;
-                }
-                let end = pieces.get(k + 1).map_or(file_end, |n| n.offset);
-                if end <= p.offset || end > data_end || p.offset < last_end {
-                    return Err(invalid(
-                        &e.name,
-                        format!("payload piece [{}, {end}) is not inside the blob's payload area in order", p.offset),
-                    ));
-                }
-                last_end = end;
-                let range = ByteRange::new(p.offset, end - p.offset);
-                plan.stats.bytes_to_fetch += range.length;
-                plan.stats.bytes_fetched_uncompressed += p.len;
-                // A file without chunks is one piece whose digest is the file's.
-                let digest = p.digest.clone().or_else(|| (pieces.len() == 1).then(|| digest.clone()));
-                plan.needs.push(PieceNeed {
-                    range,
-                    length: p.len,
-                    digest,
-                });
-                parts.push(Part::Fetch(p.len));
-            }
-        }
-        plan.files.entry(name.clone()).or_default().push_back(PlannedFile { name, digest, parts });
+    let mut planner = LayerPlanner::new(data_end, cache);
+    let mut i = 0;
+    while i < toc.entries.len() {
+        let chunks = toc.entries[i + 1..].iter().take_while(|c| c.kind == "chunk").count();
+        let item = TocItem {
+            index: i,
+            entry: toc.entries[i].clone(),
+            chunks: toc.entries[i + 1..i + 1 + chunks].to_vec(),
+        };
+        planner.add(&item)?;
+        i += 1 + chunks;
     }
-    Ok(plan)
+    planner.finish()
 }
 
 /// Decompressed piece bytes on their way to the assembly, or why they
@@ -198,8 +283,9 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
             tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
         }
         if let (Some(h), Some(expected)) = (hash, &need.digest) {
-            let actual = hex_digest(h);
+            let actual: [u8; 32] = h.finalize().into();
             if actual != *expected {
+                let (actual, expected) = (hex(&actual), hex(expected));
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("the piece at blob offset {} has digest {actual}, the TOC says {expected}", need.range.offset),
@@ -227,9 +313,9 @@ impl std::fmt::Display for ReceiverGone {
 
 impl std::error::Error for ReceiverGone {}
 
-fn hex_digest(h: Sha256) -> String {
+fn hex(digest: &[u8; 32]) -> String {
     let mut s = String::from("sha256:");
-    for b in h.finalize() {
+    for b in digest {
         s.push_str(&format!("{b:02x}"));
     }
     s
@@ -238,7 +324,7 @@ fn hex_digest(h: Sha256) -> String {
 /// Gives tar-split assembly each file's content from local layers, zeros
 /// and the fetched pieces, checking each file's digest.
 pub struct TocGetter {
-    files: HashMap<String, VecDeque<PlannedFile>>,
+    files: VecDeque<PlannedFile>,
     rx: Receiver<PieceMessage>,
     pending: Vec<u8>,
     pos: usize,
@@ -260,9 +346,9 @@ impl TocGetter {
         }
     }
 
-    /// Names of files the TOC lists that the assembly never asked for.
-    pub fn unused(&self) -> Vec<String> {
-        self.files.values().flatten().map(|f| f.name.clone()).collect()
+    /// How many files the TOC lists that the assembly never asked for.
+    pub fn unused(&self) -> usize {
+        self.files.len()
     }
 
     fn read_fetched(&mut self, buf: &mut [u8], left: u64) -> io::Result<usize> {
@@ -283,10 +369,22 @@ impl TocGetter {
 
 impl strata_tarsplit::FileGetter for TocGetter {
     fn get(&mut self, name: &[u8]) -> io::Result<Box<dyn Read + '_>> {
-        let name = key(&String::from_utf8_lossy(name));
-        let file = self.files.get_mut(&name).and_then(VecDeque::pop_front).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{name}: the tar-split names a file the TOC does not list"))
-        })?;
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let file = match self.files.front() {
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{shown}: the tar-split names a file the TOC does not list"),
+                ));
+            }
+            Some(f) if f.name_hash != name_hash(name) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{shown}: the tar-split names another file here than the TOC"),
+                ));
+            }
+            Some(_) => self.files.pop_front().expect("checked"),
+        };
         // Fetched bytes are checked against the TOC here. Bytes reused from
         // local layers are not hashed again: the assembly checks each file
         // against the tar-split's CRC-64, and the store checks the diffID.
@@ -294,7 +392,7 @@ impl strata_tarsplit::FileGetter for TocGetter {
         Ok(Box::new(FileReader {
             getter: self,
             digest: file.digest,
-            name: file.name,
+            name: shown,
             parts: file.parts.into(),
             current: None,
             hash: fetched.then(Sha256::new),
@@ -311,7 +409,7 @@ enum Current {
 struct FileReader<'a> {
     getter: &'a mut TocGetter,
     name: String,
-    digest: String,
+    digest: [u8; 32],
     parts: VecDeque<Part>,
     current: Option<Current>,
     hash: Option<Sha256>,
@@ -351,11 +449,11 @@ impl Read for FileReader<'_> {
                     }
                     None => {
                         let Some(hash) = self.hash.take() else { return Ok(0) };
-                        let actual = hex_digest(hash);
+                        let actual: [u8; 32] = hash.finalize().into();
                         if actual != self.digest {
                             return Err(io::Error::new(
                                 io::ErrorKind::InvalidData,
-                                format!("{}: content digest {actual}, the TOC says {}", self.name, self.digest),
+                                format!("{}: content digest {}, the TOC says {}", self.name, hex(&actual), hex(&self.digest)),
                             ));
                         }
                         return Ok(0);

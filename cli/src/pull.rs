@@ -23,6 +23,11 @@ pub struct Args {
     /// Fetch every missing layer whole, even when it has a TOC.
     #[arg(long)]
     no_partial: bool,
+    /// Fetch a layer whole when local layers lack at least this share of
+    /// its payload: one streamed request beats many ranges then. Above 1:
+    /// never.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.75)]
+    fetch_whole_at: f64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -75,6 +80,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
             ..RegistryOptions::default()
         },
         partial: !args.no_partial,
+        full_fetch_share: args.fetch_whole_at,
         progress: Some(Arc::new(move |l: &LayerReport| {
             if !quiet {
                 eprintln!("{}", layer_line(l));

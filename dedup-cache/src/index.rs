@@ -109,17 +109,35 @@ impl LayerIndex {
                 continue;
             }
             let _ = index.push(Kind::File, &e.digest, &e.name, 0, e.size as u64);
-            if let Ok(pieces) = toc.pieces(i)
-                && pieces.len() > 1
-            {
-                for p in pieces.iter().filter(|p| !p.zeros) {
-                    if let Some(d) = &p.digest {
-                        let _ = index.push(Kind::Chunk, d, &e.name, p.file_offset, p.len);
-                    }
-                }
+            if let Ok(pieces) = toc.pieces(i) {
+                index.push_pieces(&e.name, &pieces);
             }
         }
         index
+    }
+
+    /// Adds what one TOC item holds, for a TOC read as a stream.
+    pub fn push_toc_item(&mut self, item: &strata_toc::TocItem) {
+        let e = &item.entry;
+        if e.kind != "reg" || e.size <= 0 {
+            return;
+        }
+        let _ = self.push(Kind::File, &e.digest, &e.name, 0, e.size as u64);
+        if let Ok(pieces) = item.pieces() {
+            self.push_pieces(&e.name, &pieces);
+        }
+    }
+
+    /// The chunks of a file of several.
+    fn push_pieces(&mut self, name: &str, pieces: &[strata_toc::Piece]) {
+        if pieces.len() < 2 {
+            return;
+        }
+        for p in pieces.iter().filter(|p| !p.zeros) {
+            if let Some(d) = &p.digest {
+                let _ = self.push(Kind::Chunk, d, name, p.file_offset, p.len);
+            }
+        }
     }
 
     /// The regular files under `root`, hashed (for layers that came from

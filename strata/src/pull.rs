@@ -11,7 +11,7 @@ use std::sync::mpsc::sync_channel;
 use serde::Deserialize;
 use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
-use strata_chunkfetch::{LayerPlan, Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces, plan_layer};
+use strata_chunkfetch::{LayerPlan, Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces};
 use strata_dedup_cache::{DiskCache, LayerIndex};
 use strata_layerstore::{Compression, ImageOptions, LayerOptions, SourceBlob, Store, chain_id};
 
@@ -313,20 +313,47 @@ fn pull_layer(
     // and the dedup index, with no second pass over the files.
     let mut from_toc: Option<(String, LayerIndex)> = None;
     if options.partial && has_toc {
-        let read = strata_toc::read_zstd_chunked(&SourceReadAt(&blob), Some(&desc.annotations)).map_err(|e| Error::Toc {
+        // The TOC streams by once: each item goes into the dedup index and
+        // the plan, and nothing else of it is kept.
+        let mut index = LayerIndex::default();
+        let data_end = strata_toc::annotations::location(&desc.annotations)
+            .ok()
+            .flatten()
+            .map_or(0, |l| l.toc_offset);
+        let mut planner = strata_chunkfetch::LayerPlanner::new(data_end, cache);
+        let mut plan_error = None;
+        let read = strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), |item| {
+            index.push_toc_item(&item);
+            if plan_error.is_none()
+                && let Err(e) = planner.add(&item)
+            {
+                plan_error = Some(e);
+            }
+            Ok(())
+        })
+        .map_err(|e| Error::Toc {
             digest: desc.digest.clone(),
             source: e,
         })?;
-        let index = LayerIndex::from_toc(&read.toc);
-        match read.tar_split {
-            Some(tar_split) => {
-                let plan = plan_layer(&read.toc, read.location.toc_offset, cache)?;
-                let payload_area = read.location.toc_offset.max(1);
+        let strata_toc::ChunkedTocInfo {
+            toc_digest,
+            location,
+            tar_split,
+            ..
+        } = read;
+        let plan = match plan_error {
+            Some(e) => return Err(e.into()),
+            None => planner.finish()?,
+        };
+        let plan = tar_split.is_some().then_some(plan);
+        match tar_split.zip(plan) {
+            Some((tar_split, plan)) => {
+                let payload_area = location.toc_offset.max(1);
                 let share = plan.stats.bytes_to_fetch as f64 / payload_area as f64;
                 if share < options.full_fetch_share {
-                    let toc_bytes = read.location.toc_compressed_len + read.location.tar_split.map_or(0, |t| t.1);
+                    let toc_bytes = location.toc_compressed_len + location.tar_split.map_or(0, |t| t.1);
                     let layer = Target { store, id, parent, diff_id };
-                    let toc_digest = read.toc_digest.clone();
+                    let toc_digest = toc_digest.clone();
                     pull_partial(&layer, &blob, desc, plan, tar_split, toc_digest, options, &mut report)?;
                     // A registry blob counts what it received, TOC included.
                     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
@@ -346,7 +373,7 @@ fn pull_layer(
                 report.note = Some("its TOC comes without tar-split, so it was fetched whole to check its diffID".into());
             }
         }
-        from_toc = Some((read.toc_digest, index));
+        from_toc = Some((toc_digest, index));
     }
     let counter = Arc::new(AtomicU64::new(0));
     let reader = Counting {
@@ -411,7 +438,7 @@ fn pull_partial(
     blob: &Blob,
     desc: &Descriptor,
     plan: LayerPlan,
-    tar_split: Vec<u8>,
+    tar_split: strata_toc::TarSplit,
     toc_digest: String,
     options: &PullOptions,
     report: &mut LayerReport,
@@ -421,7 +448,8 @@ fn pull_partial(
     report.files_reused = plan.stats.files_reused;
     report.files = plan.stats.files;
     let needs = plan.needs.clone();
-    let (tx, rx) = sync_channel(64);
+    // 16 blocks of 256 KiB in flight: enough to keep both sides busy.
+    let (tx, rx) = sync_channel(16);
     let getter = TocGetter::new(plan, rx);
     let layer_options = LayerOptions {
         id: Some(id.to_owned()),
@@ -450,15 +478,11 @@ fn pull_partial(
         });
         let stored = store.put_layer_from(&layer_options, |out| {
             let mut getter = getter;
-            let entries = strata_tarsplit::MetadataReader::new(&tar_split[..]);
+            let entries = strata_tarsplit::MetadataReader::new(tar_split.reader());
             let failure = match strata_tarsplit::assemble(entries, &mut getter, out) {
                 Err(e) => Some(format!("rebuilding the layer tar: {e}")),
-                Ok(_) => getter.unused().first().map(|first| {
-                    format!(
-                        "the TOC lists {} file(s) the tar-split never names (first: {first})",
-                        getter.unused().len()
-                    )
-                }),
+                Ok(_) => (getter.unused() > 0)
+                    .then(|| format!("the TOC lists {} file(s) the tar-split never names", getter.unused())),
             };
             // Dropping the getter stops a fetch still sending.
             drop(getter);

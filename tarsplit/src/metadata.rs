@@ -2,6 +2,7 @@
 //! byte as tar-split's Go code writes it, read as leniently as Go reads it.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::io::{self, BufReader, Read, Write};
 
 use base64::Engine;
@@ -45,7 +46,7 @@ pub struct FileEntry {
 pub struct MetadataWriter<W: Write> {
     out: io::BufWriter<W>,
     position: u64,
-    seen: HashSet<Vec<u8>>,
+    seen: SeenNames,
     line: Vec<u8>,
 }
 
@@ -54,7 +55,7 @@ impl<W: Write> MetadataWriter<W> {
         MetadataWriter {
             out: io::BufWriter::with_capacity(64 << 10, out),
             position: 0,
-            seen: HashSet::new(),
+            seen: SeenNames::default(),
             line: Vec::new(),
         }
     }
@@ -71,7 +72,7 @@ impl<W: Write> MetadataWriter<W> {
     /// Claims a name for a file record; a second claim of the same cleaned
     /// name is an error, because tar-split cannot represent it.
     pub fn claim_name(&mut self, name: &[u8]) -> Result<()> {
-        if !self.seen.insert(go_clean(name)) {
+        if !self.seen.insert(&go_clean(name)) {
             return Err(Error::DuplicatePath {
                 name: Name::from(name),
             });
@@ -193,6 +194,41 @@ fn escape_go_string(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// The names seen so far, as keyed 64-bit hashes: a layer of 200 000
+/// files would otherwise keep every name twice more. The keys are random,
+/// so no input can aim for a collision; one by chance (about 1 in 10^9 at
+/// 200 000 names) refuses a layer as if it named a file twice, and lets
+/// nothing through.
+#[derive(Default, Debug)]
+struct SeenNames {
+    keys: std::collections::hash_map::RandomState,
+    hashes: HashSet<u64, std::hash::BuildHasherDefault<IdentityHasher>>,
+}
+
+impl SeenNames {
+    fn insert(&mut self, name: &[u8]) -> bool {
+        self.hashes.insert(self.keys.hash_one(name))
+    }
+}
+
+/// The set's values are hashes already.
+#[derive(Default, Debug)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// Reads metadata records, accepting what Go's `json.Decoder` accepts:
 /// keys in any case, unknown keys, `null` for numbers, any whitespace
 /// between objects. A repeated name is an error, as in tar-split.
@@ -200,7 +236,7 @@ pub struct MetadataReader<R: Read> {
     stream:
         serde_json::StreamDeserializer<'static, serde_json::de::IoRead<BufReader<R>>, WireEntry>,
     index: u64,
-    seen: HashSet<Vec<u8>>,
+    seen: SeenNames,
     done: bool,
 }
 
@@ -218,7 +254,7 @@ impl<R: Read> MetadataReader<R> {
         MetadataReader {
             stream: serde_json::Deserializer::from_reader(reader).into_iter(),
             index: 0,
-            seen: HashSet::new(),
+            seen: SeenNames::default(),
             done: false,
         }
     }
@@ -249,7 +285,7 @@ impl<R: Read> MetadataReader<R> {
                         self.invalid(format!("file {} has a size but no checksum", Name(name)))
                     );
                 }
-                if !self.seen.insert(go_clean(&name)) {
+                if !self.seen.insert(&go_clean(&name)) {
                     return Err(Error::DuplicatePath { name: Name(name) });
                 }
                 Ok(Entry::File(FileEntry {

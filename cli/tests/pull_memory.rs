@@ -1,0 +1,202 @@
+//! Memory: a pull's peak RSS stays under 256 MiB whatever the layer. The
+//! test layer is 2 GB of tar with 200 000 files, zstd:chunked: its TOC
+//! and tar-split (hundreds of MB decompressed) are streamed, not held.
+//! Pulled rebuilt from its TOC (every piece fetched, from an OCI layout)
+//! and fetched whole, each in a fresh store. Set KEEP_LAYOUT=DIR to keep
+//! the generated layout there between runs.
+
+// wait4 is the one way to learn a child's own peak RSS; std has no safe
+// wrapper for it, nor has rustix.
+#![allow(unsafe_code)]
+
+use std::io::{self, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use strata_chunkfetch::LayoutWriter;
+use strata_chunkfetch::oci::Descriptor;
+
+const FILES: usize = 200_000;
+const PER_DIR: usize = 500;
+const LIMIT: u64 = 256 << 20;
+
+/// A tar of `FILES` files of 4 to 16 KiB (2 GB in all), made as it is read.
+struct GeneratedTar {
+    next: usize,
+    pool: Vec<u8>,
+    buf: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl GeneratedTar {
+    fn new() -> Self {
+        // Text-like bytes that compress about 3:1, as real files do.
+        let words: Vec<&[u8]> = [&b"layer "[..], b"chunk ", b"table ", b"of ", b"contents ", b"zstd ", b"store\n", b"pull "]
+            .to_vec();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut pool = Vec::with_capacity(1 << 20);
+        while pool.len() < 1 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pool.extend_from_slice(words[(x % 8) as usize]);
+            pool.push(b'a' + (x >> 8) as u8 % 26);
+        }
+        GeneratedTar {
+            next: 0,
+            pool,
+            buf: Vec::with_capacity(64 << 10),
+            pos: 0,
+            ended: false,
+        }
+    }
+
+    fn header(&mut self, path: &str, kind: tar::EntryType, size: u64) {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).expect("path");
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        self.buf.extend_from_slice(h.as_bytes());
+    }
+
+    fn refill(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+        if self.next == FILES {
+            if !self.ended {
+                self.buf.resize(1024, 0);
+                self.ended = true;
+            }
+            return;
+        }
+        let i = self.next;
+        if i.is_multiple_of(PER_DIR) {
+            self.header(&format!("d{}/", i / PER_DIR), tar::EntryType::Directory, 0);
+        }
+        let size = 4096 + (i * 7919) % 12_288;
+        self.header(&format!("d{}/f{i}", i / PER_DIR), tar::EntryType::Regular, size as u64);
+        let start = (i * 104_729) % (self.pool.len() - size);
+        let unique = format!("file {i}\n");
+        self.buf.extend_from_slice(unique.as_bytes());
+        self.buf.extend_from_slice(&self.pool[start..start + size - unique.len()]);
+        self.buf.resize(self.buf.len().next_multiple_of(512), 0);
+        self.next += 1;
+    }
+}
+
+impl Read for GeneratedTar {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            self.refill();
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn write_layout(dir: &Path) {
+    let layout = LayoutWriter::create(dir).expect("layout");
+    let mut written = None;
+    let blob = layout
+        .put_blob_with(|out| {
+            let options = strata_toc::WriteOptions {
+                level: 1,
+                legacy_annotations: false,
+                threads: None,
+            };
+            written = Some(strata_toc::write_zstd_chunked(GeneratedTar::new(), out, &options).map_err(io::Error::other)?);
+            Ok(())
+        })
+        .expect("write the blob");
+    let written = written.expect("written");
+    eprintln!("layer: {} MB of tar, {} MB zstd:chunked", written.uncompressed_size >> 20, blob.size >> 20);
+    assert!(written.uncompressed_size > 2_000_000_000);
+    let config = serde_json::json!({
+        "architecture": strata_chunkfetch::oci::host_architecture(),
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [written.diff_id]},
+    });
+    let config = layout.put_blob(config.to_string().as_bytes()).expect("config");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+            "digest": blob.digest,
+            "size": blob.size,
+            "annotations": written.annotations,
+        }],
+    });
+    let manifest = layout.put_blob(manifest.to_string().as_bytes()).expect("manifest");
+    layout
+        .tag(
+            Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: manifest.digest,
+                size: manifest.size,
+                ..Descriptor::default()
+            },
+            Some("big"),
+        )
+        .expect("tag");
+}
+
+/// Runs `strata pull` and returns its report and its peak RSS in bytes.
+// Reaped by wait4 below, which std's wait would not let us do.
+#[allow(clippy::zombie_processes)]
+fn pull(root: &Path, layout: &Path, extra: &[&str]) -> (serde_json::Value, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--root")
+        .arg(root.join("graph"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--driver", "vfs", "pull", "--json"])
+        .args(extra)
+        .arg(format!("oci:{}:big", layout.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strata");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let mut report = Vec::new();
+    stdout.read_to_end(&mut report).expect("report");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 only writes to the
+    // two out-parameters given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "strata pull failed: {status}");
+    let report: serde_json::Value = serde_json::from_slice(&report).expect("JSON report");
+    (report, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = match std::env::var_os("KEEP_LAYOUT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => dir.path().join("layout"),
+    };
+    if !layout.join("index.json").exists() {
+        write_layout(&layout);
+    }
+    for (how, extra) in [("partial", &["--fetch-whole-at", "2"][..]), ("full", &[][..])] {
+        let root = dir.path().join(how);
+        let (report, rss) = pull(&root, &layout, extra);
+        let layer = &report["layers"][0];
+        eprintln!("{how}: peak RSS {} MiB; {layer}", rss >> 20);
+        assert_eq!(layer["how"], how, "{layer}");
+        assert_eq!(layer["files"].as_u64().filter(|_| how == "partial").unwrap_or(FILES as u64), FILES as u64);
+        assert!(rss < LIMIT, "{how}: peak RSS {} MiB, the limit is {} MiB", rss >> 20, LIMIT >> 20);
+        // Each store costs 2 GB of disk: one at a time.
+        std::fs::remove_dir_all(&root).expect("remove the store");
+    }
+}
