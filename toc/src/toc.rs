@@ -387,7 +387,9 @@ pub fn stream_items<R: std::io::Read>(
             });
             Ok(())
         };
-        let mut de = serde_json::Deserializer::from_reader(json);
+        // serde_json reads byte by byte: buffered, or each byte is a call
+        // into the decompressor.
+        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(64 << 10, json));
         let header = serde::de::DeserializeSeed::deserialize(TopSeed(&mut on_entry), &mut de)
             .and_then(|h| de.end().map(|()| h));
         match (header, failure.take()) {
