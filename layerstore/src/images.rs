@@ -74,6 +74,18 @@ impl Store {
         Ok(loaded.records[i].clone())
     }
 
+    /// Images found by a manifest digest: their own, any stored
+    /// manifest's (a manifest list's, for an image pulled through one).
+    pub fn images_by_digest(&self, digest: &str) -> Result<Vec<ImageRecord>> {
+        let (_g, loaded) = self.images_read()?;
+        Ok(loaded
+            .records
+            .iter()
+            .filter(|r| r.digests().iter().any(|d| d == digest))
+            .cloned()
+            .collect())
+    }
+
     /// Records a new image on an existing top layer.
     pub fn create_image(&self, options: &ImageOptions) -> Result<ImageRecord> {
         self.writable()?;

@@ -5,11 +5,13 @@ mod export;
 mod pull;
 mod push;
 mod source;
+mod stored;
 
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, export_to_layout};
 pub use pull::{How, LayerReport, PullOptions, PullReport, pull};
 pub use push::{PushOptions, PushReport, push};
+pub use stored::{BlobKind, GZIPPED_EMPTY_LAYER, GZIPPED_EMPTY_LAYER_DIGEST, LayerInfo, StoredImage};
 
 pub use strata_chunkfetch as chunkfetch;
 pub use strata_dedup_cache as dedup_cache;

@@ -198,6 +198,8 @@ fn load_cache(store: &Store) -> Result<DiskCache> {
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
     let source = ImageSource::open(reference, &options.registry)?;
     let (mut bytes, mut media_type, mut manifest_digest) = source.top_manifest()?;
+    // The manifest list, kept with the image as containers/image keeps it.
+    let mut list: Option<(Vec<u8>, String)> = None;
     if oci::is_index(&media_type) {
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("index {manifest_digest}"), e.to_string()))?;
         let desc = oci::choose_platform(&index, &options.os, &options.architecture).ok_or_else(|| {
@@ -206,7 +208,9 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
                 format!("no image for {}/{}", options.os, options.architecture),
             )
         })?;
-        (bytes, media_type, manifest_digest) = source.manifest(desc)?;
+        let (platform_bytes, platform_type, platform_digest) = source.manifest(desc)?;
+        list = Some((std::mem::replace(&mut bytes, platform_bytes), std::mem::replace(&mut manifest_digest, platform_digest)));
+        media_type = platform_type;
     }
     if oci::is_index(&media_type) {
         return Err(Error::invalid(format!("manifest {manifest_digest}"), "an index inside an index"));
@@ -287,6 +291,9 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
     store.set_image_big_data(&image_id, &manifest.config.digest, &config_bytes)?;
     store.set_image_big_data(&image_id, &format!("manifest-{manifest_digest}"), &bytes)?;
     store.set_image_big_data(&image_id, "manifest", &bytes)?;
+    if let Some((list_bytes, list_digest)) = &list {
+        store.set_image_big_data(&image_id, &format!("manifest-{list_digest}"), list_bytes)?;
+    }
     Ok(PullReport {
         image_id,
         manifest_digest,
