@@ -63,3 +63,71 @@ fn exported_layouts_pull_back_bit_for_bit_with_every_compression() {
         }
     }
 }
+
+/// Every path below `root` with its type, mode, owner, size, content hash,
+/// link target and (for non-directories) mtime.
+fn snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    use sha2::Digest;
+    fn walk(root: &std::path::Path, rel: &str, out: &mut std::collections::BTreeMap<String, String>) {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
+        names.sort();
+        for name in names {
+            let rel = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
+            let path = root.join(&rel);
+            let md = std::fs::symlink_metadata(&path).expect("stat");
+            let kind = md.file_type();
+            let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
+            if kind.is_symlink() {
+                desc += &format!(" -> {}", std::fs::read_link(&path).expect("readlink").display());
+            } else if kind.is_file() {
+                let mut data = Vec::new();
+                std::fs::File::open(&path).expect("open").read_to_end(&mut data).expect("read");
+                let hash: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+                desc += &format!(" {} {hash}", data.len());
+            }
+            if !kind.is_dir() {
+                desc += &format!(" mtime={}", md.mtime());
+            }
+            out.insert(rel.clone(), desc);
+            if kind.is_dir() {
+                walk(root, &rel, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+#[test]
+fn umoci_unpacks_an_export_to_the_tree_strata_mounts() {
+    if !tools_or_skip(&["umoci"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = store(&dir.path().join("a"));
+    let pulled = pull(&Reference::parse(&format!("oci:{}:v2", example().display())).expect("ref"), &source, &PullOptions::default())
+        .expect("pull");
+    let out = dir.path().join("out");
+    export_to_layout(&source, &pulled.image_id, &out, Some("v2"), &ExportOptions { compression: LayerCompression::Gzip, ..ExportOptions::default() })
+        .expect("export");
+    let bundle = dir.path().join("bundle");
+    let status = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v2", out.display()))
+        .arg(&bundle)
+        .status()
+        .expect("umoci");
+    assert!(status.success(), "umoci unpack");
+    let top = &pulled.layers.last().expect("layers").layer_id;
+    let mounted = source.mount(top, true).expect("mount");
+    let (ours, theirs) = (snapshot(&mounted), snapshot(&bundle.join("rootfs")));
+    source.unmount(top, false).expect("unmount");
+    assert!(ours.len() > 10, "{} paths", ours.len());
+    for (path, desc) in &theirs {
+        assert_eq!(ours.get(path), Some(desc), "{path}");
+    }
+    assert_eq!(ours.len(), theirs.len(), "paths only strata has: {:?}", ours.keys().filter(|k| !theirs.contains_key(*k)).collect::<Vec<_>>());
+}
