@@ -106,25 +106,6 @@ pub(crate) struct Applied {
 }
 
 
-struct HashingReader<R> {
-    inner: R,
-    /// `None` for an uncompressed blob, whose digest is the diffID: one
-    /// SHA-256 pass over the bytes instead of two.
-    hash: Option<Sha256>,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(hash) = &mut self.hash {
-            hash.update(&buf[..n]);
-        }
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// The uncompressed stream, arriving from the decompressing thread.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
@@ -185,6 +166,8 @@ struct ChunkSender {
     tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
     buf: Vec<u8>,
     hash: Sha256,
+    /// Off when the digest comes from elsewhere.
+    hash_tar: bool,
     size: u64,
 }
 
@@ -194,6 +177,7 @@ impl ChunkSender {
             tx,
             buf: Vec::with_capacity(CHUNK),
             hash: Sha256::new(),
+            hash_tar: true,
             size: 0,
         }
     }
@@ -203,7 +187,9 @@ impl ChunkSender {
             return Ok(());
         }
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.hash.update(&buf);
+        if self.hash_tar {
+            self.hash.update(&buf);
+        }
         self.size += buf.len() as u64;
         self.tx
             .send(Ok(buf))
@@ -213,27 +199,13 @@ impl ChunkSender {
     /// Reads `input` to its end straight into the buffers.
     fn read_all(&mut self, input: &mut dyn Read) -> io::Result<()> {
         loop {
-            let filled = self.buf.len();
-            self.buf.resize(CHUNK, 0);
-            let n = loop {
-                match input.read(&mut self.buf[filled..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    other => break other,
-                }
-            };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(filled);
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(filled + n);
-            if n == 0 {
-                return Ok(());
-            }
+            let room = (CHUNK - self.buf.len()) as u64;
+            // read_to_end fills the capacity without zeroing it first.
+            let n = input.take(room).read_to_end(&mut self.buf)?;
             if self.buf.len() == CHUNK {
                 self.send()?;
+            } else if n as u64 != room {
+                return Ok(()); // the end
             }
         }
     }
@@ -283,41 +255,76 @@ where
     Ok((Compression::None, digest, size, digest, size))
 }
 
+/// Reads `input` in `CHUNK`s on a thread of its own, hashing them (the
+/// blob digest) while the caller decompresses and hashes the tar: the two
+/// SHA-256 passes and the decompression then use two cores.
+fn read_ahead<R: Read>(mut input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> ([u8; 32], u64) {
+    let mut hash = Sha256::new();
+    let mut count = 0u64;
+    loop {
+        // read_to_end fills the capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(CHUNK);
+        if let Err(e) = input.by_ref().take(CHUNK as u64).read_to_end(&mut buf) {
+            let _ = tx.send(Err(e));
+            return (hash.finalize().into(), count);
+        }
+        if buf.is_empty() {
+            return (hash.finalize().into(), count);
+        }
+        hash.update(&buf);
+        count += buf.len() as u64;
+        if tx.send(Ok(buf)).is_err() {
+            // The consumer stopped; its error says why.
+            return (hash.finalize().into(), count);
+        }
+    }
+}
+
 /// Decompresses and hashes `input`, sending the tar stream to `tx`.
 /// Returns the compressed and uncompressed digests and sizes.
-fn produce<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<Produced> {
-    let mut compressed = BufReader::with_capacity(
-        CHUNK,
-        HashingReader {
-            inner: input,
-            hash: Some(Sha256::new()),
-            count: 0,
-        },
-    );
-    let compression = Compression::detect(compressed.fill_buf()?);
-    if compression == Compression::None {
-        compressed.get_mut().hash = None;
-    }
-    let mut decoder: Box<dyn Read + '_> = match compression {
-        Compression::None => Box::new(&mut compressed),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut compressed)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(&mut compressed)?),
-        other => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("{other:?} layers are not supported"),
-            ));
-        }
-    };
-    let mut sender = ChunkSender::new(tx);
-    sender.read_all(&mut decoder)?;
-    let (diff, diff_size) = sender.finish()?;
-    drop(decoder);
-    // Whatever follows the compressed stream still belongs to the blob.
-    io::copy(&mut compressed, &mut io::sink())?;
-    let inner = compressed.into_inner();
-    let blob = inner.hash.map_or(diff, |h| h.finalize().into());
-    Ok((compression, blob, inner.count, diff, diff_size))
+fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<Produced> {
+    std::thread::scope(|scope| {
+        let (raw_tx, raw_rx) = mpsc::sync_channel(4);
+        let reader = scope.spawn(move || read_ahead(input, raw_tx));
+        let mut compressed = BufReader::with_capacity(
+            CHUNK,
+            ChannelReader {
+                rx: raw_rx,
+                buf: Vec::new(),
+                pos: 0,
+            },
+        );
+        let produced = (|| {
+            let compression = Compression::detect(compressed.fill_buf()?);
+            let mut decoder: Box<dyn Read + '_> = match compression {
+                Compression::None => Box::new(&mut compressed),
+                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut compressed)),
+                Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(&mut compressed)?),
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("{other:?} layers are not supported"),
+                    ));
+                }
+            };
+            let mut sender = ChunkSender::new(tx);
+            // An uncompressed blob is its own tar: its digest, from the
+            // reading thread, is the diffID.
+            sender.hash_tar = compression != Compression::None;
+            sender.read_all(&mut decoder)?;
+            let (diff, diff_size) = sender.finish()?;
+            drop(decoder);
+            // Whatever follows the compressed stream still belongs to the blob.
+            io::copy(&mut compressed, &mut io::sink())?;
+            Ok((compression, diff, diff_size))
+        })();
+        // Unblocks the reading thread whatever happened.
+        drop(compressed);
+        let (blob, blob_size) = reader.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
+        let (compression, diff, diff_size) = produced?;
+        let diff = if compression == Compression::None { blob } else { diff };
+        Ok((compression, blob, blob_size, diff, diff_size))
+    })
 }
 
 /// Applies the layer blob `input` into `staged`'s tree and writes its
