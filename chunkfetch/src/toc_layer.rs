@@ -256,25 +256,20 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
         let mut left = need.length;
         let mut hash = need.digest.as_ref().map(|_| Sha256::new());
         while left > 0 {
-            let mut block = vec![0u8; BLOCK.min(usize::try_from(left).unwrap_or(BLOCK))];
-            let mut filled = 0;
-            while filled < block.len() {
-                match decoder.read(&mut block[filled..]) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("the piece at blob offset {} decompresses to {} bytes too few", need.range.offset, left - filled as u64),
-                        ));
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("the piece at blob offset {} does not decompress: {e}", need.range.offset),
-                        ));
-                    }
-                }
+            let want = BLOCK.min(usize::try_from(left).unwrap_or(BLOCK));
+            // read_to_end fills the capacity without zeroing it first.
+            let mut block = Vec::with_capacity(want);
+            (&mut decoder).take(want as u64).read_to_end(&mut block).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the piece at blob offset {} does not decompress: {e}", need.range.offset),
+                )
+            })?;
+            if block.len() < want {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the piece at blob offset {} decompresses to {} bytes too few", need.range.offset, left - block.len() as u64),
+                ));
             }
             if let Some(h) = &mut hash {
                 h.update(&block);
