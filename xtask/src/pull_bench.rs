@@ -233,23 +233,22 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     }
 
     // Partial against whole, the update with v1 present, on loopback and
-    // on slower links; the two interleaved, so both meet the same disk.
-    let mut links = Vec::new();
-    for (label, bits) in [("loopback", None), ("1 Gbit/s", Some(1_000_000_000u64)), ("50 Mbit/s", Some(50_000_000))] {
-        let (mut partial, mut full) = (Series::default(), Series::default());
-        for _ in 0..runs {
-            for (series, is_partial) in [(&mut partial, true), (&mut full, false)] {
+    // on slower links; all interleaved, so each meets the disk as it ages.
+    let link_kinds = [("loopback", None), ("1 Gbit/s", Some(1_000_000_000u64)), ("50 Mbit/s", Some(50_000_000))];
+    let mut links: Vec<(&str, Series, Series)> = link_kinds.iter().map(|(l, _)| (*l, Series::default(), Series::default())).collect();
+    for _ in 0..runs {
+        for ((_, bits), (_, partial, full)) in link_kinds.iter().zip(links.iter_mut()) {
+            for (series, is_partial) in [(&mut *partial, true), (&mut *full, false)] {
                 let scratch = stores.next()?;
                 strata_dirs.push(scratch.clone());
                 run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
-                let proxy = match bits {
+                let proxy = match *bits {
                     Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
                     None => Proxy::start(&server.addr, Mode::Pass),
                 };
                 series.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v2", is_partial))?);
             }
         }
-        links.push((label, partial, full));
     }
 
     println!("v2 blob {:.1} MiB; median of {runs}; store on this disk, registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
