@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod apply;
+mod pgzip;
 pub mod backend;
 mod error;
 mod export;

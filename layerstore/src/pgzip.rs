@@ -1,0 +1,126 @@
+//! gzip on every core: the stream is cut into blocks, each compressed on a
+//! thread of its own into a gzip member, and the members are written in
+//! order. A gzip file may hold several members, which every reader
+//! (Go's, zlib's, flate2's) reads as one stream. The output depends on the
+//! block size only, never on the number of threads.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, sync_channel};
+
+/// Big enough that restarting the dictionary per block costs little.
+const BLOCK: usize = 1 << 20;
+
+pub(crate) struct ParallelGzip<W: Write> {
+    out: W,
+    block: Vec<u8>,
+    level: flate2::Compression,
+    /// Members being compressed, in stream order.
+    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    max_pending: usize,
+    /// True once a member has been started: an empty stream still gets one.
+    any: bool,
+}
+
+impl<W: Write> ParallelGzip<W> {
+    pub(crate) fn new(out: W, level: flate2::Compression) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ParallelGzip {
+            out,
+            block: Vec::with_capacity(BLOCK),
+            level,
+            pending: VecDeque::new(),
+            max_pending: threads * 2,
+            any: false,
+        }
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(rx) = self.pending.pop_front() {
+            let member = rx.recv().map_err(|_| io::Error::other("a gzip worker stopped"))??;
+            self.out.write_all(&member)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self) -> io::Result<()> {
+        while self.pending.len() >= self.max_pending {
+            self.write_oldest()?;
+        }
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        let level = self.level;
+        let (tx, rx) = sync_channel(1);
+        std::thread::Builder::new().name("strata-gzip".into()).spawn(move || {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(block.len() / 2), level);
+            let member = encoder.write_all(&block).and_then(|()| encoder.finish());
+            let _ = tx.send(member);
+        })?;
+        self.pending.push_back(rx);
+        self.any = true;
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        if !self.block.is_empty() || !self.any {
+            self.dispatch()?;
+        }
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == BLOCK {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Members are written as they complete; a block is not cut short.
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).expect("gunzip");
+        out
+    }
+
+    #[test]
+    fn round_trips_at_every_size_around_the_block() {
+        for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut z = ParallelGzip::new(Vec::new(), flate2::Compression::default());
+            for piece in data.chunks(70_000) {
+                z.write_all(piece).expect("write");
+            }
+            let out = z.finish().expect("finish");
+            assert_eq!(gunzip(&out), data, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn the_output_does_not_depend_on_the_threads() {
+        let data: Vec<u8> = (0..5 * BLOCK + 3).map(|i| (i % 13) as u8).collect();
+        let compress = |max_pending| {
+            let mut z = ParallelGzip::new(Vec::new(), flate2::Compression::default());
+            z.max_pending = max_pending;
+            z.write_all(&data).expect("write");
+            z.finish().expect("finish")
+        };
+        assert_eq!(compress(1), compress(8));
+    }
+}
