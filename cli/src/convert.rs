@@ -24,10 +24,6 @@ pub struct Args {
     /// Also write the legacy `io.containers.` annotation keys (podman 4.3).
     #[arg(long)]
     legacy_annotations: bool,
-    /// Compression threads (default: the machine's cores). The output does
-    /// not depend on it.
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 /// The input, decompressed if it is gzip or zstd.
@@ -58,7 +54,6 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let options = WriteOptions {
         level: args.level,
         legacy_annotations: args.legacy_annotations,
-        threads: args.threads,
     };
     let written = write_zstd_chunked(
         input,

@@ -108,7 +108,6 @@ fn write_layout(dir: &Path) {
             let options = strata_toc::WriteOptions {
                 level: 1,
                 legacy_annotations: false,
-                threads: None,
             };
             written = Some(strata_toc::write_zstd_chunked(GeneratedTar::new(), out, &options).map_err(io::Error::other)?);
             Ok(())

@@ -263,7 +263,6 @@ pub(crate) fn write_layer(
                     &strata_toc::WriteOptions {
                         level: 3,
                         legacy_annotations: options.legacy_annotations,
-                        threads: None,
                     },
                 );
                 (differ.join(), written)

@@ -215,29 +215,6 @@ fn global_headers_are_refused_like_the_reference() {
 }
 
 #[test]
-fn output_does_not_depend_on_the_thread_count() {
-    let (tar, _) = sample_tar();
-    let blob = |threads| {
-        let mut out = Vec::new();
-        write_zstd_chunked(
-            &tar[..],
-            &mut out,
-            &WriteOptions {
-                threads: Some(threads),
-                ..WriteOptions::default()
-            },
-        )
-        .expect("write");
-        out
-    };
-    let one = blob(1);
-    assert!(
-        one == blob(2) && one == blob(5),
-        "blobs differ between thread counts"
-    );
-}
-
-#[test]
 fn legacy_annotations_on_request() {
     let (tar, _) = sample_tar();
     let w = write_zstd_chunked(

@@ -105,7 +105,6 @@ pub fn example_image(out: &Path) -> Result<(), Error> {
             &strata_toc::WriteOptions {
                 level: 10,
                 legacy_annotations: true,
-                threads: Some(1),
             },
         )?;
         let app = LayerBlob {

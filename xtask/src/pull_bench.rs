@@ -76,7 +76,6 @@ fn chunked(tar: &[u8]) -> Result<(LayerBlob, u64), Error> {
         &strata_toc::WriteOptions {
             level: 3,
             legacy_annotations: true,
-            threads: None,
         },
     )?;
     let size = blob.len() as u64;
