@@ -177,15 +177,29 @@ fn pull(root: &Path, layout: &Path, extra: &[&str]) -> (serde_json::Value, u64) 
     (report, usage.ru_maxrss as u64 * 1024)
 }
 
+const TEST: &str = "a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib";
+
 #[test]
 fn a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib() {
+    // A child's peak RSS counts the memory it shares with its parent until
+    // it execs: the layout is written by another run of this test, so this
+    // process stays small when it starts the pulls.
+    if let Some(dir) = std::env::var_os("PULL_MEMORY_WRITE_LAYOUT") {
+        write_layout(Path::new(&dir));
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = match std::env::var_os("KEEP_LAYOUT") {
         Some(p) => std::path::PathBuf::from(p),
         None => dir.path().join("layout"),
     };
     if !layout.join("index.json").exists() {
-        write_layout(&layout);
+        let status = Command::new(std::env::current_exe().expect("this test"))
+            .args([TEST, "--exact", "--nocapture"])
+            .env("PULL_MEMORY_WRITE_LAYOUT", &layout)
+            .status()
+            .expect("write the layout");
+        assert!(status.success() && layout.join("index.json").exists(), "writing the layout failed");
     }
     for (how, extra) in [("partial", &["--fetch-whole-at", "2"][..]), ("full", &[][..])] {
         let root = dir.path().join(how);
