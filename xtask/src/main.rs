@@ -604,8 +604,10 @@ fn bench_convert(args: &[String]) -> Result<(), Error> {
     let tar = work.join("layer.tar");
     if !tar.exists() {
         let partial = work.join("layer.tar.partial");
+        // umoci's docs make skopeo 1.9's zstd:chunked writer fail with
+        // "short write" (a skopeo bug): left out, as CI installs umoci.
         run(Command::new("tar")
-            .args(["--format=gnu", "-cf"])
+            .args(["--format=gnu", "--exclude=usr/share/doc/umoci", "-cf"])
             .arg(&partial)
             .args(["-C", "/", "usr/bin", "usr/share/doc"]))?;
         std::fs::rename(&partial, &tar)?;
