@@ -2,14 +2,12 @@
 //! (a real root filesystem tar and generated layers), and a 3-layer chain
 //! shows the tree GNU tar gives when it extracts the layers in order.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 use strata_layerstore::{DiffOptions, Driver, LayerOptions, Store, StoreOptions};
+use strata_test_support::tree_snapshot;
 
 fn drivers() -> Vec<Driver> {
     let mut d = vec![Driver::Vfs];
@@ -64,41 +62,6 @@ fn a_real_root_filesystem_tar_round_trips() {
         assert!(out == tar, "{driver:?}: diff differs from the applied tar");
         assert!(store.fsck(true).expect("fsck").is_empty());
     }
-}
-
-type Tree = BTreeMap<String, String>;
-
-/// Every path below `root` with its type, mode, owner, size, content hash,
-/// link target and (for non-directories) mtime.
-fn snapshot(root: &Path) -> Tree {
-    fn walk(root: &Path, rel: &str, out: &mut Tree) {
-        let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readdir").map(|e| e.expect("e").file_name()).collect();
-        names.sort();
-        for name in names {
-            let rel = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
-            let path = root.join(&rel);
-            let md = std::fs::symlink_metadata(&path).expect("stat");
-            let kind = md.file_type();
-            let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
-            if kind.is_symlink() {
-                desc += &format!(" -> {}", std::fs::read_link(&path).expect("readlink").display());
-            } else if kind.is_file() {
-                let mut data = Vec::new();
-                std::fs::File::open(&path).expect("open").read_to_end(&mut data).expect("read");
-                desc += &format!(" {} {}", data.len(), sha(&data));
-            }
-            if !kind.is_dir() {
-                desc += &format!(" mtime={}", md.mtime());
-            }
-            out.insert(rel.clone(), desc);
-            if kind.is_dir() {
-                walk(root, &rel, out);
-            }
-        }
-    }
-    let mut out = Tree::new();
-    walk(root, "", &mut out);
-    out
 }
 
 fn layer_tar(entries: &[(&str, &str)]) -> Vec<u8> {
@@ -201,7 +164,7 @@ fn a_three_layer_chain_mounts_to_what_gnu_tar_extracts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let want_dir = tmp.path().join("reference");
     reference(&want_dir, &layers);
-    let want = snapshot(&want_dir);
+    let want = tree_snapshot(&want_dir);
     assert!(want.contains_key("var/cache/y") && !want.contains_key("var/cache/x") && !want.contains_key("usr/share/doc/a"));
     for driver in drivers() {
         let store = open(&tmp.path().join(driver.name()), driver);
@@ -215,7 +178,7 @@ fn a_three_layer_chain_mounts_to_what_gnu_tar_extracts() {
         }
         let top = parent.expect("top");
         let mounted = store.mount(&top, true).expect("mount");
-        let got = snapshot(&mounted);
+        let got = tree_snapshot(&mounted);
         store.unmount(&top, false).expect("unmount");
         assert_eq!(got, want, "{driver:?}: merged view differs from GNU tar's");
     }

@@ -9,7 +9,7 @@ use strata::{ExportOptions, How, LayerCompression, PullOptions, export_to_layout
 mod common;
 
 use common::{diff, example, store};
-use strata_test_support::tools_or_skip;
+use strata_test_support::{tools_or_skip, tree_snapshot};
 
 #[test]
 fn exported_layouts_pull_back_bit_for_bit_with_every_compression() {
@@ -64,43 +64,6 @@ fn exported_layouts_pull_back_bit_for_bit_with_every_compression() {
     }
 }
 
-/// Every path below `root` with its type, mode, owner, size, content hash,
-/// link target and (for non-directories) mtime.
-fn snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
-    use sha2::Digest;
-    fn walk(root: &std::path::Path, rel: &str, out: &mut std::collections::BTreeMap<String, String>) {
-        let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
-        names.sort();
-        for name in names {
-            let rel = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
-            let path = root.join(&rel);
-            let md = std::fs::symlink_metadata(&path).expect("stat");
-            let kind = md.file_type();
-            let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
-            if kind.is_symlink() {
-                desc += &format!(" -> {}", std::fs::read_link(&path).expect("readlink").display());
-            } else if kind.is_file() {
-                let mut data = Vec::new();
-                std::fs::File::open(&path).expect("open").read_to_end(&mut data).expect("read");
-                let hash: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
-                desc += &format!(" {} {hash}", data.len());
-            }
-            if !kind.is_dir() {
-                desc += &format!(" mtime={}", md.mtime());
-            }
-            out.insert(rel.clone(), desc);
-            if kind.is_dir() {
-                walk(root, &rel, out);
-            }
-        }
-    }
-    let mut out = std::collections::BTreeMap::new();
-    walk(root, "", &mut out);
-    out
-}
-
 #[test]
 fn umoci_unpacks_an_export_to_the_tree_strata_mounts() {
     if !tools_or_skip(&["umoci"]) {
@@ -123,7 +86,7 @@ fn umoci_unpacks_an_export_to_the_tree_strata_mounts() {
     assert!(status.success(), "umoci unpack");
     let top = &pulled.layers.last().expect("layers").layer_id;
     let mounted = source.mount(top, true).expect("mount");
-    let (ours, theirs) = (snapshot(&mounted), snapshot(&bundle.join("rootfs")));
+    let (ours, theirs) = (tree_snapshot(&mounted), tree_snapshot(&bundle.join("rootfs")));
     source.unmount(top, false).expect("unmount");
     assert!(ours.len() > 10, "{} paths", ours.len());
     for (path, desc) in &theirs {

@@ -448,3 +448,37 @@ pub fn skopeo_copy(from: &str, to: &str) {
         .expect("run skopeo");
     assert!(status.success(), "skopeo copy {from} {to} failed");
 }
+
+/// Every path below `root` with its type, mode, owner, size, content hash,
+/// link target and (for non-directories) mtime: two trees extracted the
+/// same way give equal maps.
+pub fn tree_snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, rel: &str, out: &mut std::collections::BTreeMap<String, String>) {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(rel)).expect("readdir").map(|e| e.expect("entry").file_name()).collect();
+        names.sort();
+        for name in names {
+            let rel = if rel.is_empty() { name.to_string_lossy().into_owned() } else { format!("{rel}/{}", name.to_string_lossy()) };
+            let path = root.join(&rel);
+            let md = std::fs::symlink_metadata(&path).expect("stat");
+            let kind = md.file_type();
+            let mut desc = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
+            if kind.is_symlink() {
+                desc += &format!(" -> {}", std::fs::read_link(&path).expect("readlink").display());
+            } else if kind.is_file() {
+                let data = std::fs::read(&path).expect("read");
+                desc += &format!(" {} {}", data.len(), digest(&data));
+            }
+            if !kind.is_dir() {
+                desc += &format!(" mtime={}", md.mtime());
+            }
+            out.insert(rel.clone(), desc);
+            if kind.is_dir() {
+                walk(root, &rel, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
