@@ -315,19 +315,15 @@ fn pull_layer(
 ) -> Result<LayerReport> {
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
-    let has_toc = matches!(strata_toc::annotations::location(&desc.annotations), Ok(Some(_)));
+    let toc_location = strata_toc::annotations::location(&desc.annotations).ok().flatten();
     // What the TOC gives a layer fetched whole: its digest for the record
     // and the dedup index, with no second pass over the files.
     let mut from_toc: Option<(String, LayerIndex)> = None;
-    if options.partial && has_toc {
+    if let Some(location) = toc_location.filter(|_| options.partial) {
         // The TOC streams by once: each item goes into the dedup index and
         // the plan, and nothing else of it is kept.
         let mut index = LayerIndex::default();
-        let data_end = strata_toc::annotations::location(&desc.annotations)
-            .ok()
-            .flatten()
-            .map_or(0, |l| l.toc_offset);
-        let mut planner = strata_chunkfetch::LayerPlanner::new(data_end, cache);
+        let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, cache);
         let mut plan_error = None;
         let read = strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), |item| {
             index.push_toc_item(&item);
