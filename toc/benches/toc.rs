@@ -56,7 +56,43 @@ fn layer() -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
+/// Real executables: short zero runs everywhere, as in most layers' bytes.
+fn binaries() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir("/usr/bin")
+        .expect("/usr/bin")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    for name in names {
+        if out.len() > 32 << 20 {
+            break;
+        }
+        if let Ok(bytes) = std::fs::read(&name) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    out
+}
+
 fn bench(c: &mut Criterion) {
+    let data = binaries();
+    let mut group = c.benchmark_group("chunker");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.sample_size(10);
+    group.bench_function("rolling split of /usr/bin", |b| {
+        b.iter(|| {
+            let mut chunker = strata_toc::chunker::Chunker::new();
+            let mut n = 0usize;
+            for piece in black_box(&data[..]).chunks(128 << 10) {
+                chunker.update(piece, |_| n += 1);
+            }
+            chunker.finish(|_| n += 1);
+            n
+        })
+    });
+    group.finish();
+
     let json = big_toc();
     let mut group = c.benchmark_group("toc");
     group.throughput(Throughput::Bytes(json.len() as u64));
