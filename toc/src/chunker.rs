@@ -326,8 +326,6 @@ mod tests {
             }
         }
 
-        /// What a chunk holds.
-
         /// Splits a payload fed in pieces of any size. Chunks come out as soon as
         /// they are complete; memory does not grow with the payload.
         #[derive(Clone, Debug)]
