@@ -24,6 +24,10 @@ pub struct Args {
     /// Also write the legacy `io.containers.` annotation keys (podman 4.3).
     #[arg(long)]
     legacy_annotations: bool,
+    /// Threads compressing (default: one per core). The blob is the same
+    /// whatever the number.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// The input, decompressed if it is gzip or zstd.
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let options = WriteOptions {
         level: args.level,
         legacy_annotations: args.legacy_annotations,
+        threads: args.threads.unwrap_or(WriteOptions::default().threads),
     };
     let written = write_zstd_chunked(
         input,

@@ -108,6 +108,7 @@ fn write_layout(dir: &Path) {
             let options = strata_toc::WriteOptions {
                 level: 1,
                 legacy_annotations: false,
+                ..Default::default()
             };
             written = Some(strata_toc::write_zstd_chunked(GeneratedTar::new(), out, &options).map_err(io::Error::other)?);
             Ok(())

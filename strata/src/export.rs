@@ -263,6 +263,7 @@ pub(crate) fn write_layer(
                     &strata_toc::WriteOptions {
                         level: 3,
                         legacy_annotations: options.legacy_annotations,
+                        ..Default::default()
                     },
                 );
                 (differ.join(), written)

@@ -70,7 +70,7 @@ fn chunked(tar: &[u8]) -> (LayerBlob, u64) {
     let written = strata::toc::write_zstd_chunked(
         tar,
         &mut blob,
-        &strata::toc::WriteOptions { level: 3, legacy_annotations: false },
+        &strata::toc::WriteOptions { level: 3, legacy_annotations: false, ..Default::default() },
     )
     .expect("convert");
     let size = blob.len() as u64;

@@ -4,6 +4,8 @@ pub mod annotations;
 pub mod chunker;
 mod consistency;
 mod error;
+mod frames;
+mod hash_thread;
 pub mod estargz;
 pub mod footer;
 pub mod nydus;

@@ -9,12 +9,13 @@ use std::io::{self, BufRead, Read, Write};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time, split};
-use zstd::stream::raw::{CParameter, Encoder as RawEncoder, InBuffer, Operation, OutBuffer};
 
 use crate::annotations::{self, Location};
 use crate::chunker::{Chunk, ChunkKind, Chunker};
 use crate::error::Result;
 use crate::footer::{self, Dialect, Footer, SKIPPABLE_MAGIC};
+use crate::frames::{Counting, Frames};
+use crate::hash_thread::HashThread;
 use crate::toc::{Entry, Toc};
 
 /// How to write.
@@ -25,6 +26,9 @@ pub struct WriteOptions {
     /// Also write the `io.containers.` annotation keys that
     /// containers-storage ≤ 1.43 (podman 4.3) reads.
     pub legacy_annotations: bool,
+    /// Threads compressing frames; 1 compresses on the calling thread. The
+    /// blob is the same whatever the number.
+    pub threads: usize,
 }
 
 impl Default for WriteOptions {
@@ -32,9 +36,14 @@ impl Default for WriteOptions {
         WriteOptions {
             level: 3,
             legacy_annotations: false,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
+
+/// A frame bigger than this (one chunk with no split point in it) is
+/// compressed as it is read rather than handed to a worker.
+const FRAME_LIMIT: usize = 8 << 20;
 
 /// What a manifest needs about the written blob.
 #[derive(Clone, Debug)]
@@ -56,100 +65,6 @@ fn sha256_hex(h: Sha256) -> String {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     )
-}
-
-/// Counts and hashes what passes through.
-struct Counting<W> {
-    inner: W,
-    pos: u64,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// The zstd frames of the blob, all made by one compression context that is
-/// reset between frames. A frame is begun by the first byte written to it,
-/// so none is ever empty. No zstd worker threads: a frame holds one file or
-/// chunk (64 KiB on average), too small for zstd to split into jobs, and
-/// handing each to a worker only added thread switches (pushing the 170 MB
-/// bench layer as zstd:chunked took 3.3 s with workers, 1.7 s without).
-struct Frames<W: Write> {
-    out: Counting<W>,
-    encoder: RawEncoder<'static>,
-    scratch: Vec<u8>,
-    open: bool,
-}
-
-impl<W: Write> Frames<W> {
-    fn new(out: Counting<W>, level: i32) -> io::Result<Self> {
-        let mut encoder = RawEncoder::new(level)?;
-        encoder.set_parameter(CParameter::ChecksumFlag(true))?;
-        Ok(Frames {
-            out,
-            encoder,
-            scratch: vec![0; 128 << 10],
-            open: false,
-        })
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.open = true;
-        let mut input = InBuffer::around(bytes);
-        while input.pos() < bytes.len() {
-            let n = {
-                let mut output = OutBuffer::around(&mut self.scratch[..]);
-                self.encoder.run(&mut input, &mut output)?;
-                output.pos()
-            };
-            self.out.write_all(&self.scratch[..n])?;
-        }
-        Ok(())
-    }
-
-    fn close(&mut self) -> io::Result<()> {
-        if !self.open {
-            return Ok(());
-        }
-        loop {
-            let (n, remaining) = {
-                let mut output = OutBuffer::around(&mut self.scratch[..]);
-                let remaining = self.encoder.finish(&mut output, true)?;
-                (output.pos(), remaining)
-            };
-            self.out.write_all(&self.scratch[..n])?;
-            if remaining == 0 {
-                break;
-            }
-        }
-        self.encoder.reinit()?;
-        self.open = false;
-        Ok(())
-    }
-
-    /// Where the next frame will start (the current one is closed first).
-    fn position(&mut self) -> io::Result<u64> {
-        self.close()?;
-        Ok(self.out.pos)
-    }
-
-    fn into_inner(mut self) -> io::Result<Counting<W>> {
-        self.close()?;
-        Ok(self.out)
-    }
 }
 
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -239,28 +154,38 @@ pub(crate) fn entry_from_header(h: &HeaderInfo) -> io::Result<Entry> {
     })
 }
 
-/// One finished chunk of a payload.
+/// One finished chunk of a payload, in the frame numbered `frame`.
 struct Written1 {
     chunk: Chunk,
-    blob_offset: u64,
-    digest: String,
+    frame: u64,
 }
 
-struct ChunkedSink<W: Write> {
-    frames: Frames<W>,
+/// TOC fields that name frames until the frames are written: the entry's
+/// offset (and end, for a file) are frame numbers, and its chunk digest is
+/// that of a frame's content.
+struct Pending {
+    entry: usize,
+    offset: Option<u64>,
+    end: Option<u64>,
+    chunk_digest: Option<u64>,
+}
+
+struct ChunkedSink<'scope, W: Write> {
+    frames: Frames<'scope, W>,
     entries: Vec<Entry>,
+    pending: Vec<Pending>,
 }
 
-impl<W: Write> ChunkedSink<W> {
-    /// Writes a payload's chunks, each into frames of its own.
+impl<W: Write> ChunkedSink<'_, W> {
+    /// Writes a payload's chunks, each into frames of its own. Returns them,
+    /// the payload's digest and the number of the frame after them.
     fn payload(&mut self, p: &mut Payload<'_>) -> io::Result<(Vec<Written1>, String, u64)> {
-        self.frames.close()?;
+        self.frames.close(false)?;
         let mut chunker = Chunker::new();
         let mut file_hash = Sha256::new();
         let mut state = ChunkState {
             written: 0,
-            chunk_start_blob: None,
-            chunk_hash: Sha256::new(),
+            chunk_frame: None,
             done: Vec::new(),
         };
         let mut base = 0u64;
@@ -297,8 +222,8 @@ impl<W: Write> ChunkedSink<W> {
 struct ChunkState {
     /// Payload bytes already in frames.
     written: u64,
-    chunk_start_blob: Option<u64>,
-    chunk_hash: Sha256,
+    /// The frame of the chunk in progress, once it has bytes.
+    chunk_frame: Option<u64>,
     done: Vec<Written1>,
 }
 
@@ -307,7 +232,7 @@ impl ChunkState {
     /// `buf` (which starts at payload offset `base`).
     fn write_to<W: Write>(
         &mut self,
-        frames: &mut Frames<W>,
+        frames: &mut Frames<'_, W>,
         to: u64,
         base: u64,
         buf: &[u8],
@@ -319,33 +244,29 @@ impl ChunkState {
                 let from = (self.written - base) as usize;
                 &buf[from..(to - base) as usize]
             };
-            if self.chunk_start_blob.is_none() {
-                self.chunk_start_blob = Some(frames.position()?);
+            if self.chunk_frame.is_none() {
+                self.chunk_frame = Some(frames.position()?);
             }
             frames.write(bytes)?;
-            self.chunk_hash.update(bytes);
             self.written += bytes.len() as u64;
         }
         Ok(())
     }
 
-    fn finish_chunk<W: Write>(&mut self, frames: &mut Frames<W>, chunk: Chunk) -> io::Result<()> {
-        frames.close()?;
-        let hash = std::mem::replace(&mut self.chunk_hash, Sha256::new());
-        let blob_offset = self
-            .chunk_start_blob
-            .take()
-            .ok_or_else(|| io::Error::other("empty chunk"))?;
+    fn finish_chunk<W: Write>(&mut self, frames: &mut Frames<'_, W>, chunk: Chunk) -> io::Result<()> {
+        let frame = frames.close(true)?;
+        if frame.is_none() || frame != self.chunk_frame.take() {
+            return Err(io::Error::other("empty chunk"));
+        }
         self.done.push(Written1 {
             chunk,
-            blob_offset,
-            digest: sha256_hex(hash),
+            frame: frame.unwrap_or_default(),
         });
         Ok(())
     }
 }
 
-impl<W: Write> SplitSink for ChunkedSink<W> {
+impl<W: Write> SplitSink for ChunkedSink<'_, W> {
     fn raw(&mut self, bytes: &[u8]) -> strata_tarsplit::Result<()> {
         self.frames.write(bytes)?;
         Ok(())
@@ -359,34 +280,40 @@ impl<W: Write> SplitSink for ChunkedSink<W> {
         };
         let (chunks, digest, end) = self.payload(p)?;
         entry.digest = digest;
-        entry.offset = chunks.first().map_or(0, |c| c.blob_offset) as i64;
-        entry.end_offset = end as i64;
-        if chunks.len() > 1 {
-            let first = &chunks[0];
-            entry.chunk_size = first.chunk.len as i64;
-            entry.chunk_digest.clone_from(&first.digest);
-            entry.chunk_type = if first.chunk.kind == ChunkKind::Zeros {
+        let zeros = |c: &Written1| {
+            if c.chunk.kind == ChunkKind::Zeros {
                 "zeros".into()
             } else {
                 String::new()
-            };
+            }
+        };
+        let multi = chunks.len() > 1;
+        if multi {
+            entry.chunk_size = chunks[0].chunk.len as i64;
+            entry.chunk_type = zeros(&chunks[0]);
         }
         let name = entry.name.clone();
+        self.pending.push(Pending {
+            entry: self.entries.len(),
+            offset: chunks.first().map(|c| c.frame),
+            end: Some(end),
+            chunk_digest: multi.then(|| chunks[0].frame),
+        });
         self.entries.push(entry);
-        if chunks.len() > 1 {
+        if multi {
             for c in &chunks[1..] {
+                self.pending.push(Pending {
+                    entry: self.entries.len(),
+                    offset: Some(c.frame),
+                    end: None,
+                    chunk_digest: Some(c.frame),
+                });
                 self.entries.push(Entry {
                     kind: "chunk".into(),
                     name: name.clone(),
-                    offset: c.blob_offset as i64,
                     chunk_size: c.chunk.len as i64,
                     chunk_offset: c.chunk.offset as i64,
-                    chunk_digest: c.digest.clone(),
-                    chunk_type: if c.chunk.kind == ChunkKind::Zeros {
-                        "zeros".into()
-                    } else {
-                        String::new()
-                    },
+                    chunk_type: zeros(c),
                     ..Entry::default()
                 });
             }
@@ -395,22 +322,29 @@ impl<W: Write> SplitSink for ChunkedSink<W> {
     }
 }
 
-/// Counts and hashes the uncompressed tar (the diffID).
-struct TarDigest {
-    hasher: Sha256,
-    len: u64,
+/// Puts blob offsets and digests where frame numbers stood.
+fn resolve(entries: &mut [Entry], pending: &[Pending], starts: &[u64], end: u64, digests: &[[u8; 32]]) {
+    let offset = |frame: u64| starts.get(frame as usize).copied().unwrap_or(end) as i64;
+    for p in pending {
+        let e = &mut entries[p.entry];
+        if let Some(f) = p.offset {
+            e.offset = offset(f);
+        }
+        if let Some(f) = p.end {
+            e.end_offset = offset(f);
+        }
+        if let Some(f) = p.chunk_digest {
+            e.chunk_digest = format!("sha256:{}", hex(&digests[f as usize]));
+        }
+    }
 }
 
-impl Write for TarDigest {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.len += buf.len() as u64;
-        Ok(buf.len())
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    s
 }
 
 /// Counts the bytes written through it.
@@ -443,30 +377,61 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
     out: W,
     options: &WriteOptions,
 ) -> Result<Written> {
-    let counting = Counting {
-        inner: out,
-        pos: 0,
-        hasher: Sha256::new(),
-    };
-    let frames = Frames::new(counting, options.level)?;
-    let mut sink = ChunkedSink {
-        frames,
-        entries: Vec::new(),
-    };
-    let encoder = zstd::stream::write::Encoder::new(Vec::new(), options.level)?;
-    let mut tar_split = MetadataWriter::new(CountIn {
-        inner: encoder,
-        n: 0,
-    });
-    let mut tar_digest = TarDigest {
-        hasher: Sha256::new(),
-        len: 0,
-    };
-    split(tar, &mut tar_digest, &mut tar_split, &mut sink)?;
+    write_with_frame_limit(tar, out, options, FRAME_LIMIT)
+}
+
+pub(crate) fn write_with_frame_limit<R: Read, W: Write>(
+    tar: R,
+    out: W,
+    options: &WriteOptions,
+    frame_limit: usize,
+) -> Result<Written> {
+    std::thread::scope(|scope| {
+        let counting = Counting {
+            inner: out,
+            pos: 0,
+            hasher: HashThread::spawn(scope),
+        };
+        let encoder = zstd::stream::write::Encoder::new(Vec::new(), options.level)?;
+        let mut tar_split = MetadataWriter::new(CountIn {
+            inner: encoder,
+            n: 0,
+        });
+        let mut tar_digest = HashThread::spawn(scope);
+        let frames = Frames::new(
+            counting,
+            options.level,
+            options.threads.max(1),
+            frame_limit,
+            scope,
+        )?;
+        let mut sink = ChunkedSink {
+            frames,
+            entries: Vec::new(),
+            pending: Vec::new(),
+        };
+        split(tar, &mut tar_digest, &mut tar_split, &mut sink)?;
+        let (out, starts, digests) = sink.frames.finish()?;
+        let mut entries = sink.entries;
+        resolve(&mut entries, &sink.pending, &starts, out.pos, &digests);
+        drop((starts, digests, sink.pending));
+        let (diff_id, uncompressed_size) = tar_digest.finish()?;
+        finish_blob(out, entries, tar_split, options, diff_id, uncompressed_size)
+    })
+}
+
+/// Writes the TOC, the tar-split and the footer after the frames.
+fn finish_blob<W: Write>(
+    mut out: Counting<'_, W>,
+    entries: Vec<Entry>,
+    tar_split: MetadataWriter<CountIn<zstd::stream::write::Encoder<'static, Vec<u8>>>>,
+    options: &WriteOptions,
+    diff_id: [u8; 32],
+    uncompressed_size: u64,
+) -> Result<Written> {
     let counted = tar_split.finish()?;
     let tar_split_len = counted.n;
     let tar_split = counted.inner.finish()?;
-    let mut out = sink.frames.into_inner()?;
 
     let tar_split_digest = {
         let mut h = Sha256::new();
@@ -475,7 +440,7 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
     };
     let toc = Toc {
         version: 1,
-        entries: sink.entries,
+        entries,
         tar_split_digest: tar_split_digest.clone(),
     };
     let json = serde_json::to_vec(&toc).map_err(io::Error::other)?;
@@ -506,19 +471,79 @@ pub fn write_zstd_chunked<R: Read, W: Write>(
         toc_len: json.len() as u64,
         tar_split: Some(tar_split_pos),
     };
+    let blob_size = out.pos;
+    let (blob_digest, _) = out.hasher.finish()?;
     Ok(Written {
         annotations: annotations::annotations(&location, options.legacy_annotations),
         toc_digest,
-        diff_id: sha256_hex(tar_digest.hasher),
-        uncompressed_size: tar_digest.len,
-        blob_digest: sha256_hex(out.hasher),
-        blob_size: out.pos,
+        diff_id: format!("sha256:{}", hex(&diff_id)),
+        uncompressed_size,
+        blob_digest: format!("sha256:{}", hex(&blob_digest)),
+        blob_size,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Small and big files, chunked ones, holes, and one file of 12 MiB
+    /// with no split point at all (one chunk bigger than a batch).
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data).expect("append");
+        };
+        for i in 0..300 {
+            add(&format!("small/{i}"), &noise(i * 37));
+        }
+        let mut holes = noise(300_000);
+        holes[100_000..200_000].fill(0);
+        add("holes", &holes);
+        add("big", &noise(3 << 20));
+        add("flat", &vec![1u8; 12 << 20]);
+        add("empty", &[]);
+        b.into_inner().expect("tar")
+    }
+
+    fn convert(tar: &[u8], threads: usize, frame_limit: usize) -> (Vec<u8>, Written) {
+        let mut blob = Vec::new();
+        let options = WriteOptions {
+            threads,
+            ..WriteOptions::default()
+        };
+        let written = write_with_frame_limit(tar, &mut blob, &options, frame_limit).expect("write");
+        (blob, written)
+    }
+
+    #[test]
+    fn the_blob_does_not_depend_on_threads_or_where_frames_are_compressed() {
+        let tar = sample_tar();
+        let (want, written) = convert(&tar, 1, FRAME_LIMIT);
+        let flat_chunks = crate::chunker::chunks(&[1u8; 64 << 10]);
+        assert_eq!(flat_chunks.len(), 1, "the flat file must be one chunk");
+        assert_eq!(zstd::decode_all(&want[..]).expect("plain zstd"), tar);
+        assert_eq!(written.blob_size, want.len() as u64);
+        for (threads, limit) in [(2, FRAME_LIMIT), (3, FRAME_LIMIT), (7, FRAME_LIMIT), (1, 1024), (3, 1024), (2, 1)] {
+            let (blob, w) = convert(&tar, threads, limit);
+            assert!(blob == want, "{threads} threads, frame limit {limit}: another blob");
+            assert_eq!((w.toc_digest.as_str(), w.blob_digest.as_str()), (written.toc_digest.as_str(), written.blob_digest.as_str()));
+        }
+    }
 
     #[test]
     fn times_like_go() {

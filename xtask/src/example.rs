@@ -105,6 +105,7 @@ pub fn example_image(out: &Path) -> Result<(), Error> {
             &strata_toc::WriteOptions {
                 level: 10,
                 legacy_annotations: true,
+                ..Default::default()
             },
         )?;
         let app = LayerBlob {

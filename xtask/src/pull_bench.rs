@@ -76,6 +76,7 @@ fn chunked(tar: &[u8]) -> Result<(LayerBlob, u64), Error> {
         &strata_toc::WriteOptions {
             level: 3,
             legacy_annotations: true,
+            ..Default::default()
         },
     )?;
     let size = blob.len() as u64;
