@@ -78,6 +78,25 @@ impl RegistryServer {
         }
         RegistryServer { child, addr, _dir: dir }
     }
+
+    /// The size of the biggest blob the registry stores (an image's layer,
+    /// for the one-layer images of the benchmarks).
+    pub fn biggest_blob(&self) -> u64 {
+        fn walk(dir: &Path, biggest: &mut u64) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    walk(&e.path(), biggest);
+                } else if e.file_name() == "data" {
+                    *biggest = (*biggest).max(meta.len());
+                }
+            }
+        }
+        let mut biggest = 0;
+        walk(&self._dir.path().join("data/docker/registry/v2/blobs"), &mut biggest);
+        biggest
+    }
 }
 
 impl Drop for RegistryServer {

@@ -8,7 +8,7 @@
 //! cargo xtask bench convert [--runs N]
 //! cargo xtask bench apply [--runs N]
 //! cargo xtask bench pull [--runs N]
-//! cargo xtask bench push [--runs N]
+//! cargo xtask bench push [--runs N] [--compress none|gzip|zstd|zstd:chunked]
 //! cargo xtask fuzz [--seconds N]
 //! cargo xtask soak [--kills N] [--seconds N]
 //! cargo xtask example-image        # rewrites examples/app, the layout the README pulls

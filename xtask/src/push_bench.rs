@@ -16,6 +16,7 @@ use crate::{Error, flag, require, run, timed, workspace_root};
 
 pub fn bench_push(args: &[String]) -> Result<(), Error> {
     let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
+    let only = flag(args, "--compress");
     for (tool, package) in [("skopeo", "skopeo"), ("docker-registry", "docker-registry")] {
         require(tool, package)?;
     }
@@ -47,9 +48,13 @@ pub fn bench_push(args: &[String]) -> Result<(), Error> {
         ("zstd", vec!["--dest-compress", "--dest-compress-format", "zstd"]),
         ("zstd:chunked", vec!["--dest-compress", "--dest-compress-format", "zstd:chunked"]),
     ] {
+        if only.is_some_and(|c| c != compress) {
+            continue;
+        }
         let repo = compress.replace(':', "-");
         let mut strata_times = Vec::new();
         let mut skopeo_times = Vec::new();
+        let (mut strata_size, mut skopeo_size) = (0, 0);
         for i in 0..runs {
             // A registry of its own for every push: nothing is already
             // there, and skopeo's blob-info cache knows no copy to mount.
@@ -60,6 +65,7 @@ pub fn bench_push(args: &[String]) -> Result<(), Error> {
                 .arg(format!("docker://{}/strata-{repo}-{i}:v1", server.addr))
                 .args(["--tls-verify=false", "--compress", compress]);
             strata_times.push(timed(&mut push)?);
+            strata_size = server.biggest_blob();
             drop(server);
             let server = RegistryServer::start();
             let _ = std::fs::remove_dir_all("/var/lib/containers/cache");
@@ -69,13 +75,16 @@ pub fn bench_push(args: &[String]) -> Result<(), Error> {
                 .arg(&source)
                 .arg(format!("docker://{}/skopeo-{repo}-{i}:v1", server.addr));
             skopeo_times.push(timed(&mut copy)?);
+            skopeo_size = server.biggest_blob();
         }
         strata_times.sort();
         skopeo_times.sort();
         let (s, k) = (strata_times[runs / 2].as_secs_f64(), skopeo_times[runs / 2].as_secs_f64());
         println!(
-            "  {compress:>12}: strata push {s:.2} s, skopeo copy {k:.2} s: strata at {:.2}x skopeo's throughput (target >= 1.5)",
-            k / s
+            "  {compress:>12}: strata push {s:.2} s, skopeo copy {k:.2} s: strata at {:.2}x skopeo's throughput (target >= 1.5); layer blob {:.1} MB vs {:.1} MB",
+            k / s,
+            strata_size as f64 / 1e6,
+            skopeo_size as f64 / 1e6
         );
     }
     Ok(())
