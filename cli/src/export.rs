@@ -108,8 +108,8 @@ pub fn run_push(store_args: &StoreArgs, args: PushArgs) -> Result<(), BoxError> 
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} {}: {} blobs uploaded ({} bytes), {} already there",
-            destination, report.manifest_digest, report.blobs_uploaded, report.bytes_uploaded, report.blobs_present
+            "{} {}: {} blobs uploaded ({} bytes), {} already there, {} mounted from other repositories",
+            destination, report.manifest_digest, report.blobs_uploaded, report.bytes_uploaded, report.blobs_present, report.blobs_mounted
         );
     }
     Ok(())

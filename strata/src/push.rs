@@ -26,11 +26,66 @@ pub struct PushReport {
     pub manifest_digest: String,
     pub blobs_uploaded: usize,
     pub blobs_present: usize,
+    /// Blobs the registry mounted from another of its repositories, where
+    /// this store had pushed them before.
+    pub blobs_mounted: usize,
     pub bytes_uploaded: u64,
     pub layers: Vec<ExportedLayer>,
 }
 
 const BLOCK: usize = 256 << 10;
+
+/// What the store remembers of a layer it pushed, in one compression: the
+/// blob, and the repositories (`host/name`) that hold it, newest first, so
+/// a push to another repository of the same registry can mount it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PushedBlob {
+    #[serde(flatten)]
+    descriptor: Descriptor,
+    #[serde(default, rename = "strataRepositories", skip_serializing_if = "Vec::is_empty")]
+    repositories: Vec<String>,
+}
+
+/// Repositories remembered per pushed blob.
+const REMEMBERED_REPOSITORIES: usize = 8;
+
+impl PushedBlob {
+    fn seen_in(&mut self, repository: &str) {
+        self.repositories.retain(|r| r != repository);
+        self.repositories.insert(0, repository.to_owned());
+        self.repositories.truncate(REMEMBERED_REPOSITORIES);
+    }
+
+    /// Repositories of `host` other than `here` that had the blob.
+    fn mount_sources<'a>(&'a self, host: &'a str, here: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.repositories
+            .iter()
+            .filter(move |r| r.as_str() != here)
+            .filter_map(move |r| r.strip_prefix(host)?.strip_prefix('/'))
+    }
+}
+
+/// Finds the blob in `repository`, or has the registry mount it from a
+/// repository it was pushed to before. Returns the source it was mounted
+/// from, `Some("")` when it was already there, `None` when it must be sent.
+fn find_or_mount(registry: &Registry, repository: &str, digest: &str, sources: &[String]) -> Result<Option<String>> {
+    if registry.has_blob(repository, digest)? {
+        return Ok(Some(String::new()));
+    }
+    for from in sources {
+        // A registry that refuses (or starts an upload instead) is asked
+        // nothing more: the blob is sent.
+        match registry.mount_blob(repository, digest, from) {
+            Ok(true) => return Ok(Some(from.clone())),
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(%digest, from, error = %e, "cross-repository mount failed");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// The producing end of an in-process pipe. Dropped without `finish`, it
 /// makes the reader fail instead of seeing an end.
@@ -113,32 +168,51 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
         manifest_digest: String::new(),
         blobs_uploaded: 0,
         blobs_present: 0,
+        blobs_mounted: 0,
         bytes_uploaded: 0,
         layers: Vec::new(),
     };
+    let host = destination.api_host();
+    let here = format!("{host}/{repository}");
+    // Where layers were mounted from holds the config too, most likely.
+    let mut config_sources: Vec<String> = Vec::new();
     let mut descriptors = Vec::new();
     let media_type = options.export.compression.media_type().to_owned();
     for (id, diff_id) in &parts.layers {
         // A blob this store pushed before, in this compression, is known by
-        // digest: when the repository has it, nothing is produced.
+        // digest: when the repository has it, or the registry can mount it
+        // from where it went before, nothing is produced.
         let legacy = options.export.legacy_annotations && options.export.compression == crate::LayerCompression::ZstdChunked;
         let memo_key = format!("strata-pushed-{:?}{}", options.export.compression, if legacy { "-legacy" } else { "" });
-        if let Some(known) = store
+        let memo = store
             .layer_big_data(id, &memo_key)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Descriptor>(&b).ok())
-            && registry.has_blob(repository, &known.digest)?
-        {
-            report.blobs_present += 1;
-            report.layers.push(ExportedLayer {
-                layer_id: id.clone(),
-                diff_id: diff_id.clone(),
-                digest: known.digest.clone(),
-                size: known.size,
-                media_type: media_type.clone(),
-            });
-            descriptors.push(known);
-            continue;
+            .and_then(|b| serde_json::from_slice::<PushedBlob>(&b).ok());
+        if let Some(mut known) = memo {
+            let sources: Vec<String> = known.mount_sources(host, &here).map(str::to_owned).collect();
+            if let Some(from) = find_or_mount(&registry, repository, &known.descriptor.digest, &sources)? {
+                if from.is_empty() {
+                    report.blobs_present += 1;
+                } else {
+                    report.blobs_mounted += 1;
+                    if !config_sources.contains(&from) {
+                        config_sources.push(from);
+                    }
+                }
+                if known.repositories.first() != Some(&here) {
+                    known.seen_in(&here);
+                    remember(store, id, &memo_key, &known);
+                }
+                report.layers.push(ExportedLayer {
+                    layer_id: id.clone(),
+                    diff_id: diff_id.clone(),
+                    digest: known.descriptor.digest.clone(),
+                    size: known.descriptor.size,
+                    media_type: media_type.clone(),
+                });
+                descriptors.push(known.descriptor);
+                continue;
+            }
         }
         let (tx, rx) = sync_channel(8);
         let mut reader = ChannelReader {
@@ -175,10 +249,12 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
                     annotations: a.clone(),
                     ..Descriptor::default()
                 };
-                // Best effort: a read-only store just cannot remember.
-                if let Ok(memo) = serde_json::to_vec(&descriptor) {
-                    let _ = store.set_layer_big_data(id, &memo_key, &memo);
-                }
+                let mut pushed = PushedBlob {
+                    descriptor: descriptor.clone(),
+                    repositories: Vec::new(),
+                };
+                pushed.seen_in(&here);
+                remember(store, id, &memo_key, &pushed);
                 descriptors.push(descriptor);
                 report.layers.push(ExportedLayer {
                     layer_id: id.clone(),
@@ -197,15 +273,17 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
     }
     let config_digest = parts.config_digest.clone();
     let config_size = parts.config_bytes.len() as u64;
-    if registry.has_blob(repository, &config_digest)? {
-        report.blobs_present += 1;
-    } else {
-        let bytes = parts.config_bytes.clone();
-        registry.upload_blob(repository, &config_digest, config_size, &|| {
-            Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
-        })?;
-        report.blobs_uploaded += 1;
-        report.bytes_uploaded += config_size;
+    match find_or_mount(&registry, repository, &config_digest, &config_sources)? {
+        Some(from) if from.is_empty() => report.blobs_present += 1,
+        Some(_) => report.blobs_mounted += 1,
+        None => {
+            let bytes = parts.config_bytes.clone();
+            registry.upload_blob(repository, &config_digest, config_size, &|| {
+                Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+            })?;
+            report.blobs_uploaded += 1;
+            report.bytes_uploaded += config_size;
+        }
     }
     let config = WrittenBlob {
         digest: config_digest,
@@ -216,6 +294,13 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
     let reference = destination.tag.as_deref().unwrap_or("latest");
     report.manifest_digest = registry.put_manifest(repository, reference, oci::MEDIA_TYPE_OCI_MANIFEST, &bytes)?;
     Ok(report)
+}
+
+/// Best effort: a read-only store just cannot remember.
+fn remember(store: &Store, id: &str, key: &str, pushed: &PushedBlob) {
+    if let Ok(memo) = serde_json::to_vec(pushed) {
+        let _ = store.set_layer_big_data(id, key, &memo);
+    }
 }
 
 fn is_broken_pipe(e: &Error) -> bool {

@@ -74,6 +74,19 @@ fn pushed_images_read_back_with_every_compression() {
     let report = push(&source, "localhost/app:v2", &dest, &PushOptions { registry: plain(), export: ExportOptions::default() })
         .expect("push again");
     assert_eq!((report.blobs_uploaded, report.blobs_present), (0, 3));
+
+    // Another repository of the same registry: the registry mounts the
+    // blobs from the one they were pushed to; nothing is sent again.
+    let other = parse_registry(&format!("{}/elsewhere/app:v2", server.addr)).expect("ref");
+    let report = push(&source, "localhost/app:v2", &other, &PushOptions { registry: plain(), export: ExportOptions::default() })
+        .expect("push elsewhere");
+    assert_eq!((report.blobs_uploaded, report.blobs_present, report.blobs_mounted), (0, 0, 3), "{report:?}");
+    let inspected = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config"])
+        .arg(format!("docker://{other}"))
+        .output()
+        .expect("skopeo inspect");
+    assert!(inspected.status.success(), "the mounted image reads back: {}", String::from_utf8_lossy(&inspected.stderr));
 }
 
 #[test]
