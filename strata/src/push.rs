@@ -73,11 +73,11 @@ fn find_or_mount(registry: &Registry, repository: &str, digest: &str, sources: &
         return Ok(Some(String::new()));
     }
     for from in sources {
-        // A registry that refuses (or starts an upload instead) is asked
-        // nothing more: the blob is sent.
+        // A source that no longer has the blob: try the next. A registry
+        // that fails the request is asked nothing more: the blob is sent.
         match registry.mount_blob(repository, digest, from) {
             Ok(true) => return Ok(Some(from.clone())),
-            Ok(false) => return Ok(None),
+            Ok(false) => continue,
             Err(e) => {
                 tracing::debug!(%digest, from, error = %e, "cross-repository mount failed");
                 return Ok(None);
