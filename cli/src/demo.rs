@@ -68,7 +68,11 @@ fn pull_demo(args: &Args) -> Result<(), BoxError> {
         let reference = Reference::parse(&format!("oci:{}:{tag}", layout.display()))?;
         println!("pull {reference}");
         let pull_options = strata::PullOptions {
-            progress: Some(std::sync::Arc::new(|l: &strata::LayerReport| println!("  {}", crate::pull::layer_line(l)))),
+            progress: Some(std::sync::Arc::new(|e: strata::PullEvent<'_>| {
+                if let strata::PullEvent::Layer(l) = e {
+                    println!("  {}", crate::pull::layer_line(l));
+                }
+            })),
             ..strata::PullOptions::default()
         };
         let report = strata::pull(&reference, &store, &pull_options)?;

@@ -40,14 +40,12 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         &ExportOptions {
             compression,
             legacy_annotations: args.legacy_annotations,
+            progress: Some(crate::progress::transfer(!args.json)),
         },
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for l in &report.layers {
-            eprintln!("{} -> {} ({} bytes)", l.diff_id, l.digest, l.size);
-        }
         println!("{}", report.manifest_digest);
     }
     Ok(())
@@ -101,6 +99,7 @@ pub fn run_push(store_args: &StoreArgs, args: PushArgs) -> Result<(), BoxError> 
             export: ExportOptions {
                 compression,
                 legacy_annotations: !args.no_legacy_annotations,
+                progress: Some(crate::progress::transfer(!args.json)),
             },
         },
     )?;

@@ -6,6 +6,7 @@ mod export;
 mod fsverity;
 mod output;
 mod overlay;
+mod progress;
 mod pull;
 mod store;
 mod tar_split;

@@ -1,8 +1,6 @@
 //! `strata pull REF`: an image into the store, partially where its layers
 //! carry a TOC.
 
-use std::sync::Arc;
-
 use strata::chunkfetch::{Reference, RegistryOptions};
 use strata::{How, LayerReport, PullOptions};
 
@@ -72,7 +70,6 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         ),
         None => None,
     };
-    let quiet = args.json;
     let options = PullOptions {
         registry: RegistryOptions {
             tls_verify: args.tls_verify,
@@ -81,11 +78,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         },
         partial: !args.no_partial,
         full_fetch_share: args.fetch_whole_at,
-        progress: Some(Arc::new(move |l: &LayerReport| {
-            if !quiet {
-                eprintln!("{}", layer_line(l));
-            }
-        })),
+        progress: Some(crate::progress::pull((!args.json).then_some(layer_line as fn(&LayerReport) -> String))),
         ..PullOptions::default()
     };
     let report = strata::pull(&reference, &store, &options)?;

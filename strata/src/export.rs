@@ -4,6 +4,7 @@
 //! the image's big data unchanged, so its diffIDs stay right whatever the
 //! compression.
 
+use std::sync::Arc;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -47,12 +48,63 @@ impl LayerCompression {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ExportOptions {
     pub compression: LayerCompression,
     /// Also write the `io.containers.` TOC annotation keys podman 4.3 reads
     /// (zstd:chunked only).
     pub legacy_annotations: bool,
+    /// Told of each layer blob as it is written (see [`TransferEvent`]).
+    pub progress: Option<TransferProgress>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("compression", &self.compression)
+            .field("legacy_annotations", &self.legacy_annotations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An export's or a push's progress callback, called from the threads
+/// that write, so it should be quick.
+pub type TransferProgress = Arc<dyn Fn(TransferEvent<'_>) + Send + Sync>;
+
+/// What an export or a push reports while it runs, layer by layer.
+#[derive(Debug)]
+pub enum TransferEvent<'a> {
+    /// A layer's blob starts being written. `size` is known ahead only for
+    /// an uncompressed blob.
+    Writing { layer_id: &'a str, size: Option<u64> },
+    /// `bytes` of that blob are written so far.
+    Written { layer_id: &'a str, bytes: u64 },
+    /// A layer's blob is where it goes: written, or found there already.
+    Layer(&'a ExportedLayer),
+}
+
+/// Counts a blob's bytes for the progress callback.
+struct Reporting<'a> {
+    out: &'a mut dyn Write,
+    progress: &'a TransferProgress,
+    layer_id: &'a str,
+    bytes: u64,
+}
+
+impl Write for Reporting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.bytes += n as u64;
+        (self.progress)(TransferEvent::Written {
+            layer_id: self.layer_id,
+            bytes: self.bytes,
+        });
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -175,13 +227,17 @@ pub fn export_to_layout(store: &Store, key: &str, dir: &Path, tag: Option<&str>,
             annotations,
             ..Descriptor::default()
         });
-        layers.push(ExportedLayer {
+        let layer = ExportedLayer {
             layer_id: id.clone(),
             diff_id: diff_id.clone(),
             digest: blob.digest,
             size: blob.size,
             media_type,
-        });
+        };
+        if let Some(progress) = &options.progress {
+            progress(TransferEvent::Layer(&layer));
+        }
+        layers.push(layer);
     }
     let config_blob = writer.put_blob(&parts.config_bytes)?;
     let manifest = manifest_for(&config_blob, descriptors, parts.annotations);
@@ -236,6 +292,30 @@ fn export_layer(
 /// annotations its descriptor needs. The store checks the rebuilt tar
 /// against the diffID on the way.
 pub(crate) fn write_layer(
+    store: &Store,
+    id: &str,
+    diff_id: &str,
+    options: &ExportOptions,
+    out: &mut dyn Write,
+) -> Result<BTreeMap<String, String>> {
+    let Some(progress) = &options.progress else {
+        return write_layer_to(store, id, diff_id, options, out);
+    };
+    let size = match options.compression {
+        LayerCompression::None => store.layer(id).ok().and_then(|l| u64::try_from(l.diff_size).ok()),
+        _ => None,
+    };
+    progress(TransferEvent::Writing { layer_id: id, size });
+    let mut reporting = Reporting {
+        out,
+        progress,
+        layer_id: id,
+        bytes: 0,
+    };
+    write_layer_to(store, id, diff_id, options, &mut reporting)
+}
+
+fn write_layer_to(
     store: &Store,
     id: &str,
     diff_id: &str,

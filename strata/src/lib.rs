@@ -8,8 +8,8 @@ mod source;
 mod stored;
 
 pub use error::{Error, Result};
-pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, export_to_layout};
-pub use pull::{How, LayerReport, PullOptions, PullReport, pull};
+pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, TransferEvent, TransferProgress, export_to_layout};
+pub use pull::{How, LayerReport, Progress, PullEvent, PullOptions, PullReport, pull};
 pub use push::{PushOptions, PushReport, push};
 pub use stored::{BlobKind, GZIPPED_EMPTY_LAYER, GZIPPED_EMPTY_LAYER_DIGEST, LayerInfo, StoredImage};
 

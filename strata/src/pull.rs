@@ -11,7 +11,9 @@ use std::sync::mpsc::sync_channel;
 use serde::Deserialize;
 use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
-use strata_chunkfetch::{LayerPlan, Planner, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces};
+use strata_chunkfetch::{
+    ByteRange, LayerPlan, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces,
+};
 use strata_dedup_cache::{DiskCache, LayerIndex};
 use strata_layerstore::{Compression, ImageOptions, LayerOptions, SourceBlob, Store, chain_id};
 
@@ -38,8 +40,24 @@ pub struct PullOptions {
     pub architecture: String,
     /// Names for the image; by default the reference.
     pub names: Vec<String>,
-    /// Called after each layer.
-    pub progress: Option<Arc<dyn Fn(&LayerReport) + Send + Sync>>,
+    /// Told what happens, as it happens (see [`PullEvent`]).
+    pub progress: Option<Progress>,
+}
+
+/// A pull's progress callback. It is called from the pulling threads, so
+/// it should be quick.
+pub type Progress = Arc<dyn Fn(PullEvent<'_>) + Send + Sync>;
+
+/// What a pull reports while it runs, layer by layer in manifest order.
+#[derive(Debug)]
+pub enum PullEvent<'a> {
+    /// A missing layer starts coming: `expected` bytes, the whole blob or
+    /// (when `partial`) the ranges the plan fetches.
+    Fetching { digest: &'a str, expected: u64, partial: bool },
+    /// `bytes` of that layer have arrived so far.
+    Fetched { digest: &'a str, bytes: u64 },
+    /// A layer is in the store (fetched, or there already).
+    Layer(&'a LayerReport),
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -255,7 +273,7 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
             Err(e) => return Err(e.into()),
         };
         if let Some(progress) = &options.progress {
-            progress(&report);
+            progress(PullEvent::Layer(&report));
         }
         layers.push(report);
         parent = Some(id);
@@ -379,9 +397,17 @@ fn pull_layer(
         from_toc = Some((toc_digest, index));
     }
     let counter = Arc::new(AtomicU64::new(0));
+    if let Some(progress) = &options.progress {
+        progress(PullEvent::Fetching {
+            digest: &desc.digest,
+            expected: desc.size,
+            partial: false,
+        });
+    }
     let reader = Counting {
         inner: blob.open()?,
         count: counter.clone(),
+        progress: options.progress.clone().map(|p| (p, desc.digest.clone())),
     };
     let toc_digest = from_toc.as_ref().map(|(digest, _)| digest.clone());
     store.put_layer(
@@ -477,7 +503,23 @@ fn pull_partial(
     let (fetched, stored) = std::thread::scope(|s| {
         let fetcher = s.spawn(|| {
             let tx = tx;
-            fetch_pieces(blob, &needs, &options.planner, &tx)
+            match &options.progress {
+                Some(progress) => {
+                    progress(PullEvent::Fetching {
+                        digest: &desc.digest,
+                        expected: needs.iter().map(|n| n.range.length).sum(),
+                        partial: true,
+                    });
+                    let reporting = Reporting {
+                        blob,
+                        progress,
+                        digest: &desc.digest,
+                        count: AtomicU64::new(0),
+                    };
+                    fetch_pieces(&reporting, &needs, &options.planner, &tx)
+                }
+                None => fetch_pieces(blob, &needs, &options.planner, &tx),
+            }
         });
         let stored = store.put_layer_from(&layer_options, |out| {
             let mut getter = getter;
@@ -521,15 +563,56 @@ fn pull_partial(
     Ok(())
 }
 
+/// Counts what is read through it, telling the progress callback.
 struct Counting<R> {
     inner: R,
     count: Arc<AtomicU64>,
+    progress: Option<(Progress, String)>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        let bytes = self.count.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if let Some((progress, digest)) = &self.progress
+            && n > 0
+        {
+            progress(PullEvent::Fetched { digest, bytes });
+        }
         Ok(n)
+    }
+}
+
+/// A blob whose fetched ranges are counted for the progress callback.
+struct Reporting<'a> {
+    blob: &'a Blob,
+    progress: &'a Progress,
+    digest: &'a str,
+    count: AtomicU64,
+}
+
+impl RangeSource for Reporting<'_> {
+    fn size(&self) -> strata_chunkfetch::Result<u64> {
+        self.blob.size()
+    }
+
+    fn fetch(&self, ranges: &[ByteRange], sink: &mut RangeSink<'_>) -> strata_chunkfetch::Result<()> {
+        self.blob.fetch(ranges, &mut |i, range| {
+            let mut counted = Counting {
+                inner: range,
+                count: Arc::new(AtomicU64::new(0)),
+                progress: None,
+            };
+            let result = sink(i, &mut counted);
+            // Ranges are read in order on this thread: a count per range.
+            let bytes = self.count.fetch_add(counted.count.load(Ordering::Relaxed), Ordering::Relaxed)
+                + counted.count.load(Ordering::Relaxed);
+            (self.progress)(PullEvent::Fetched { digest: self.digest, bytes });
+            result
+        })
+    }
+
+    fn sends_whole_blob(&self) -> bool {
+        self.blob.sends_whole_blob()
     }
 }

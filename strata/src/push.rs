@@ -210,6 +210,7 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
                     size: known.descriptor.size,
                     media_type: media_type.clone(),
                 });
+                tell_layer(&options.export, &report);
                 descriptors.push(known.descriptor);
                 continue;
             }
@@ -263,6 +264,7 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
                     size,
                     media_type: media_type.clone(),
                 });
+                tell_layer(&options.export, &report);
                 a
             }
             (Err(e), _) if !is_broken_pipe(&e) => return Err(e),
@@ -294,6 +296,12 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
     let reference = destination.tag.as_deref().unwrap_or("latest");
     report.manifest_digest = registry.put_manifest(repository, reference, oci::MEDIA_TYPE_OCI_MANIFEST, &bytes)?;
     Ok(report)
+}
+
+fn tell_layer(options: &ExportOptions, report: &PushReport) {
+    if let (Some(progress), Some(layer)) = (&options.progress, report.layers.last()) {
+        progress(crate::TransferEvent::Layer(layer));
+    }
 }
 
 /// Best effort: a read-only store just cannot remember.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 use strata::chunkfetch::{Reference, RegistryOptions};
-use strata::{How, PullOptions, pull};
+use strata::{How, PullEvent, PullOptions, pull};
 mod common;
 
 use common::{diff, store};
@@ -126,8 +126,28 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
     assert_eq!(r1.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Full, How::Partial]);
     assert_eq!(diff(&store, &r1.layers[1].layer_id), v1_tar, "v1's app layer diffs to its tar");
 
-    let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v2");
+    // Progress: the present layer is told; the partial one starts, its
+    // fetched bytes grow, and it ends.
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let progress: strata::Progress = std::sync::Arc::new(move |e: PullEvent<'_>| {
+        let what = match e {
+            PullEvent::Fetching { expected, partial, .. } => format!("fetching {expected} partial={partial}"),
+            PullEvent::Fetched { bytes, .. } => format!("fetched {bytes}"),
+            PullEvent::Layer(l) => format!("layer {:?}", l.how),
+        };
+        seen.lock().expect("lock").push(what);
+    });
+    let options = PullOptions { progress: Some(progress), ..PullOptions::default() };
+    let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &options).expect("pull v2");
     assert_eq!(r2.layers.iter().map(|l| l.how).collect::<Vec<_>>(), [How::Present, How::Partial]);
+    let events = events.lock().expect("lock").clone();
+    assert_eq!(events.first().map(String::as_str), Some("layer Present"), "{events:?}");
+    assert!(events[1].starts_with("fetching ") && events[1].ends_with(" partial=true"), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("layer Partial"), "{events:?}");
+    let counts: Vec<u64> = events.iter().filter_map(|e| e.strip_prefix("fetched ")?.parse().ok()).collect();
+    assert!(!counts.is_empty() && counts.windows(2).all(|w| w[0] <= w[1]), "{events:?}");
+    assert!(counts.last().is_some_and(|&n| n > 0 && n <= r2.layers[1].bytes_fetched), "{events:?}");
     let app = &r2.layers[1];
     assert_eq!(diff(&store, &app.layer_id), v2_tar, "v2's app layer diffs to its tar");
     assert!(app.files_reused >= 140, "{app:?}");

@@ -5,10 +5,11 @@
 //! midway gives a clear error and the store does not change.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use strata::chunkfetch::reference::parse_registry;
 use strata::chunkfetch::{Reference, RegistryOptions};
-use strata::{ExportOptions, How, LayerCompression, PullOptions, PushOptions, pull, push};
+use strata::{ExportOptions, How, LayerCompression, PullOptions, PushOptions, TransferEvent, pull, push};
 mod common;
 
 use common::{diff, example, store};
@@ -31,9 +32,31 @@ fn pushed_images_read_back_with_every_compression() {
     let names = [("none", LayerCompression::None), ("gzip", LayerCompression::Gzip), ("zstd", LayerCompression::Zstd), ("chunked", LayerCompression::ZstdChunked)];
     for (name, compression) in names {
         let dest = parse_registry(&format!("{}/pushed/app-{name}:v2", server.addr)).expect("ref");
-        let options = PushOptions { registry: plain(), export: ExportOptions { compression, legacy_annotations: true } };
+        // Progress: per layer, a start, growing byte counts, and the end.
+        let events = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+        let seen = events.clone();
+        let progress: strata::TransferProgress = Arc::new(move |e: TransferEvent<'_>| {
+            let mut seen = seen.lock().expect("lock");
+            match e {
+                TransferEvent::Writing { layer_id, .. } => seen.push((format!("start {layer_id}"), 0)),
+                TransferEvent::Written { layer_id, bytes } => seen.push((format!("bytes {layer_id}"), bytes)),
+                TransferEvent::Layer(l) => seen.push((format!("done {}", l.layer_id), l.size)),
+            }
+        });
+        let export = ExportOptions { compression, legacy_annotations: true, progress: Some(progress) };
+        let options = PushOptions { registry: plain(), export };
         let report = push(&source, "localhost/app:v2", &dest, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(report.blobs_uploaded, 3, "{name}: two layers and the config");
+        let events = events.lock().expect("lock").clone();
+        for layer in &report.layers {
+            let id = &layer.layer_id;
+            let mine: Vec<&(String, u64)> = events.iter().filter(|(what, _)| what.ends_with(id.as_str())).collect();
+            assert_eq!(mine.first().map(|e| e.0.clone()), Some(format!("start {id}")), "{name}: {mine:?}");
+            assert_eq!(mine.last().copied(), Some(&(format!("done {id}"), layer.size)), "{name}");
+            let counts: Vec<u64> = mine.iter().filter(|(w, _)| w.starts_with("bytes")).map(|e| e.1).collect();
+            assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{name}: counts grow");
+            assert_eq!(counts.last().copied(), Some(layer.size), "{name}: the last count is the blob's size");
+        }
 
         let inspected = Command::new("skopeo")
             .args(["inspect", "--tls-verify=false", "--config"])
@@ -127,7 +150,10 @@ fn podman_pulls_a_zstd_chunked_push_partially() {
         &source,
         "localhost/app:v2",
         &dest,
-        &PushOptions { registry: plain(), export: ExportOptions { compression: LayerCompression::ZstdChunked, legacy_annotations: true } },
+        &PushOptions {
+            registry: plain(),
+            export: ExportOptions { compression: LayerCompression::ZstdChunked, legacy_annotations: true, progress: None },
+        },
     )
     .expect("push");
     let conf = dir.path().join("storage.conf");
