@@ -69,6 +69,10 @@ pub struct PushArgs {
     /// With zstd:chunked: skip the TOC annotation keys podman 4.3 reads.
     #[arg(long)]
     no_legacy_annotations: bool,
+    /// Upload layers in PATCH requests of this many bytes, each retried on
+    /// a transient failure (default: one streamed request per layer).
+    #[arg(long, value_name = "BYTES")]
+    upload_chunk_size: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -94,6 +98,7 @@ pub fn run_push(store_args: &StoreArgs, args: PushArgs) -> Result<(), BoxError> 
             registry: strata::chunkfetch::RegistryOptions {
                 tls_verify: args.tls_verify,
                 credentials,
+                upload_chunk_size: args.upload_chunk_size,
                 ..Default::default()
             },
             export: ExportOptions {

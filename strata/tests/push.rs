@@ -113,6 +113,40 @@ fn pushed_images_read_back_with_every_compression() {
 }
 
 #[test]
+fn chunked_uploads_send_a_failed_chunk_again() {
+    if !tools_or_skip(&["docker-registry"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = store(&dir.path().join("a"));
+    let pulled = pull(&Reference::parse(&format!("oci:{}:v2", example().display())).expect("ref"), &source, &PullOptions::default())
+        .expect("pull");
+    let server = RegistryServer::start();
+    let proxy = Proxy::start(&server.addr, Mode::FlakyPatches);
+    let dest = parse_registry(&format!("{}/chunked/app:v2", proxy.addr)).expect("ref");
+    let registry = RegistryOptions {
+        upload_chunk_size: Some(64 << 10),
+        retry_delay: std::time::Duration::from_millis(10),
+        ..plain()
+    };
+    let report = push(&source, "localhost/app:v2", &dest, &PushOptions { registry, export: ExportOptions::default() })
+        .expect("a chunked push through a flaky link");
+    assert_eq!(report.blobs_uploaded, 3);
+    let patches = proxy.requests.lock().expect("lock").iter().filter(|r| r.starts_with("PATCH ")).count();
+    let chunks: u64 = report.layers.iter().map(|l| l.size.div_ceil(64 << 10)).sum();
+    assert!(chunks >= 4, "the layers make several chunks: {report:?}");
+    assert!(patches as u64 >= 2 * chunks - 2, "every second PATCH failed and was sent again: {patches} PATCHes for {chunks} chunks");
+
+    // What the registry holds is the image, bit for bit.
+    let again = store(&dir.path().join("b"));
+    let direct = parse_registry(&format!("{}/chunked/app:v2", server.addr)).expect("ref");
+    let back = pull(&Reference::Registry(direct), &again, &PullOptions { registry: plain(), ..PullOptions::default() }).expect("pull back");
+    for (a, b) in pulled.layers.iter().zip(&back.layers) {
+        assert_eq!(diff(&source, &a.layer_id), diff(&again, &b.layer_id));
+    }
+}
+
+#[test]
 fn a_registry_that_fails_uploads_midway_gives_a_clear_error_and_the_store_does_not_change() {
     if !tools_or_skip(&["docker-registry"]) {
         return;

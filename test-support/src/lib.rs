@@ -159,6 +159,9 @@ pub enum Mode {
     /// Blob uploads (PUT to an upload URL) answered with 500 after the
     /// body is read.
     RejectUploads,
+    /// Every second PATCH to an upload URL answered with 503 after its
+    /// body is read (a transient failure: sending it again succeeds).
+    FlakyPatches,
 }
 
 /// A one-request-per-connection HTTP proxy in front of the registry that
@@ -327,6 +330,18 @@ fn serve(
         }
         write!(out, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
+    }
+    if mode == Mode::FlakyPatches && request_line.starts_with("PATCH ") && request_line.contains("/blobs/uploads/") {
+        let patches = log.lock().expect("lock").iter().filter(|l| l.starts_with("PATCH ")).count();
+        if patches % 2 == 0 {
+            if chunked {
+                relay_chunked(&mut client, &mut std::io::sink())?;
+            } else {
+                std::io::copy(&mut (&mut client).take(length), &mut std::io::sink())?;
+            }
+            write!(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            return Ok(());
+        }
     }
     if let (Mode::RefuseMulti(status), Some(r)) = (mode, &range)
         && r.contains(',')

@@ -33,6 +33,11 @@ pub struct RegistryOptions {
     /// First delay between tries; doubles each time, at most 60 s.
     pub retry_delay: Duration,
     pub connect_timeout: Duration,
+    /// Upload produced blobs in PATCH requests of this many bytes (the OCI
+    /// chunked upload): a chunk that fails on a transient error is sent
+    /// again, and registries that cap request sizes take the blob. `None`
+    /// sends a blob in one streamed PATCH, which is faster.
+    pub upload_chunk_size: Option<usize>,
 }
 
 impl Default for RegistryOptions {
@@ -43,6 +48,7 @@ impl Default for RegistryOptions {
             max_attempts: 5,
             retry_delay: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(30),
+            upload_chunk_size: None,
         }
     }
 }
@@ -375,6 +381,9 @@ impl Registry {
     /// be replayed: a failure midway is an error, not a retry.
     pub fn upload_blob_stream(&self, repository: &str, body: &mut dyn Read) -> Result<(String, u64)> {
         use sha2::{Digest, Sha256};
+        if let Some(chunk) = self.inner.options.upload_chunk_size {
+            return self.upload_blob_chunked(repository, body, chunk.max(1));
+        }
         let location = self.start_upload(repository)?;
         struct Hashing<'a> {
             inner: &'a mut dyn Read,
@@ -408,6 +417,70 @@ impl Registry {
         let size = hashing.size;
         let sep = if next.contains('?') { '&' } else { '?' };
         let put = format!("{next}{sep}digest={digest}");
+        let resp = self.execute(&put, repository, Access::Push, &mut |auth| {
+            let mut req = self.inner.agent.put(&put).header("Content-Length", "0");
+            if let Some(auth) = auth {
+                req = req.header("Authorization", auth);
+            }
+            req.send_empty()
+        })?;
+        ok_or_error(&put, resp, &format!("upload of blob {digest}"))?;
+        Ok((digest, size))
+    }
+
+    /// Uploads a blob as it is produced, `chunk` bytes per PATCH, each with
+    /// its Content-Range; each chunk is retried like any request, and the
+    /// registry's answer must acknowledge exactly the bytes sent so far.
+    fn upload_blob_chunked(&self, repository: &str, body: &mut dyn Read, chunk: usize) -> Result<(String, u64)> {
+        use sha2::{Digest, Sha256};
+        let mut location = self.start_upload(repository)?;
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = Vec::with_capacity(chunk);
+        loop {
+            buf.clear();
+            body.take(chunk as u64)
+                .read_to_end(&mut buf)
+                .map_err(Error::Sink)?;
+            if buf.is_empty() {
+                break;
+            }
+            let end = size + buf.len() as u64 - 1;
+            let range = format!("{size}-{end}");
+            let length = buf.len().to_string();
+            let resp = self.execute(&location, repository, Access::Push, &mut |auth| {
+                let mut req = self
+                    .inner
+                    .agent
+                    .patch(&location)
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Range", &range)
+                    .header("Content-Length", &length);
+                if let Some(auth) = auth {
+                    req = req.header("Authorization", auth);
+                }
+                req.send(&buf[..])
+            })?;
+            let resp = ok_or_error(&location, resp, "blob upload")?;
+            // The registry says what it holds: "0-END" (some omit the "0-").
+            if let Some(held) = header(&resp, "range")
+                && held.rsplit('-').next().and_then(|e| e.trim().parse::<u64>().ok()) != Some(end)
+            {
+                return Err(Error::protocol(
+                    &location,
+                    format!("the registry holds bytes {held} of the upload after receiving {range}"),
+                ));
+            }
+            location = self.absolute(header(&resp, "location"), &location)?;
+            hash.update(&buf);
+            size += buf.len() as u64;
+            if buf.len() < chunk {
+                break;
+            }
+        }
+        let digest = format!("sha256:{}", hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={digest}");
         let resp = self.execute(&put, repository, Access::Push, &mut |auth| {
             let mut req = self.inner.agent.put(&put).header("Content-Length", "0");
             if let Some(auth) = auth {
