@@ -277,6 +277,24 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
             left -= block.len() as u64;
             tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
         }
+        // A frame that holds more than the TOC says is a lie too: its
+        // bytes would belong to another piece.
+        let mut more = [0u8; 1];
+        if decoder.read(&mut more).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the piece at blob offset {} does not decompress: {e}", need.range.offset),
+            )
+        })? > 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the piece at blob offset {} decompresses to more than the {} bytes the TOC gives it",
+                    need.range.offset, need.length
+                ),
+            ));
+        }
         if let (Some(h), Some(expected)) = (hash, &need.digest) {
             let actual: [u8; 32] = h.finalize().into();
             if actual != *expected {

@@ -202,9 +202,14 @@ impl<W: Write> ChunkedSink<'_, W> {
                 state.write_to(&mut self.frames, c.offset + c.len, base, buf)?;
                 state.finish_chunk(&mut self.frames, c)?;
             }
-            // Trailing zeros may yet become a chunk of their own: hold them.
+            // Trailing zeros may yet become a chunk of their own: hold them,
+            // with those held before when the whole piece is zeros.
             let zeros = buf.iter().rev().take_while(|&&b| b == 0).count() as u64;
-            let keep_to = (base + n as u64 - zeros).max(state.written);
+            let keep_to = if zeros == n as u64 {
+                state.written
+            } else {
+                (base + n as u64 - zeros).max(state.written)
+            };
             state.write_to(&mut self.frames, keep_to, base, buf)?;
             base += n as u64;
             p.consume(n);
@@ -542,6 +547,56 @@ mod tests {
             let (blob, w) = convert(&tar, threads, limit);
             assert!(blob == want, "{threads} threads, frame limit {limit}: another blob");
             assert_eq!((w.toc_digest.as_str(), w.blob_digest.as_str()), (written.toc_digest.as_str(), written.blob_digest.as_str()));
+        }
+    }
+
+    /// Hands out at most `piece` bytes per read, as a pipe does.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.piece).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// Holes and short zero runs that span many reads: each chunk's frames
+    /// hold exactly its bytes, however the input arrives.
+    #[test]
+    fn chunks_do_not_depend_on_how_the_input_is_read() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut data = Vec::new();
+        for (i, zeros) in [50_000usize, 700, 3000, 200_000, 1023, 1024, 1025].iter().enumerate() {
+            data.extend((0..5000).map(|j| ((i * 7919 + j * 31) % 251 + 1) as u8));
+            data.extend(std::iter::repeat_n(0u8, *zeros));
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "sparse", &data[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let options = WriteOptions::default();
+        let mut want = Vec::new();
+        let written = write_zstd_chunked(&tar[..], &mut want, &options).expect("write");
+        let toc = crate::read_zstd_chunked(&want[..], Some(&written.annotations)).expect("read");
+        let file = toc.toc.entries.iter().position(|e| e.name == "sparse").expect("entry");
+        let pieces = toc.toc.pieces(file).expect("pieces");
+        assert!(pieces.iter().filter(|p| p.zeros).count() >= 3, "{pieces:?}");
+        for (k, p) in pieces.iter().enumerate() {
+            let end = pieces.get(k + 1).map_or(toc.toc.entries[file].end_offset as u64, |n| n.offset);
+            let bytes = zstd::decode_all(&want[p.offset as usize..end as usize]).expect("frame");
+            let expected = &data[p.file_offset as usize..(p.file_offset + p.len) as usize];
+            assert!(bytes == expected, "piece {k} ({p:?}) holds {} bytes of other content", bytes.len());
+        }
+        for piece in [1, 7, 512, 1000, 4096, 65_536] {
+            let mut blob = Vec::new();
+            write_zstd_chunked(Pieces { data: &tar, piece }, &mut blob, &options).expect("write");
+            assert!(blob == want, "reads of {piece} bytes give another blob");
         }
     }
 
