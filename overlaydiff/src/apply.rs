@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::sync::{Arc, OnceLock};
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -101,7 +102,10 @@ pub struct Extractor {
     created: HashSet<Vec<u8>>,
     dir_times: Vec<(Vec<u8>, Time)>,
     /// The last parent directory opened: entries come grouped by directory.
-    cached: Option<(Vec<u8>, Dir)>,
+    cached: Option<(Vec<u8>, Parent)>,
+    /// Who creates the files: what a new file is owned by without chown.
+    euid: u32,
+    egid: u32,
     entries: u64,
     /// The layers below, for directories the tar implies but does not list.
     lowers: Option<LowerView>,
@@ -118,6 +122,8 @@ impl Extractor {
             created: HashSet::new(),
             dir_times: Vec::new(),
             cached: None,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
             entries: 0,
             lowers: None,
         }
@@ -156,7 +162,7 @@ impl Extractor {
             match parts.split_last() {
                 None => set_times(&self.root, OsStr::new("."), *mtime),
                 Some((name, parents)) => match self.parent(parents, path, false)? {
-                    Some(parent) => set_times(&parent, OsStr::from_bytes(name), *mtime),
+                    Some(parent) => set_times(&parent.dir, OsStr::from_bytes(name), *mtime),
                     None => Ok(()),
                 },
             }
@@ -167,15 +173,25 @@ impl Extractor {
 
     /// Opens the directory at `parts` below the root, creating missing ones
     /// when asked. `None` below an overlay whiteout.
-    fn parent(&mut self, parts: &[&[u8]], full: &[u8], create: bool) -> Result<Option<Dir>> {
+    fn parent(&mut self, parts: &[&[u8]], full: &[u8], create: bool) -> Result<Option<Parent>> {
         let key = parts.join(&b'/');
-        if let Some((cached, dir)) = &self.cached
+        if let Some((cached, parent)) = &self.cached
             && *cached == key
         {
-            return dir.try_clone().map(Some).map_err(|e| io_err(full, e));
+            return Ok(Some(parent.clone()));
         }
-        let mut dir = self.root.try_clone().map_err(|e| io_err(full, e))?;
-        for (i, part) in parts.iter().enumerate() {
+        // Entries come depth first: a directory's children usually follow
+        // it, so the walk starts from the cached directory when it can.
+        let below_cached = self.cached.as_ref().and_then(|(cached, parent)| {
+            let depth = if cached.is_empty() { 0 } else { cached.split(|&b| b == b'/').count() };
+            let under = depth < parts.len() && parts[..depth].join(&b'/') == *cached;
+            under.then(|| (depth, Arc::clone(&parent.dir)))
+        });
+        let (skip, mut dir) = match below_cached {
+            Some((depth, dir)) => (depth, dir.try_clone().map_err(|e| io_err(full, e))?),
+            None => (0, self.root.try_clone().map_err(|e| io_err(full, e))?),
+        };
+        for (i, part) in parts.iter().enumerate().skip(skip) {
             let name = OsStr::from_bytes(part);
             match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
@@ -198,9 +214,15 @@ impl Extractor {
             }
             dir = meta::open_dir(&dir, name).map_err(|e| io_err(full, e))?;
         }
-        let copy = dir.try_clone().map_err(|e| io_err(full, e))?;
-        self.cached = Some((key, copy));
-        Ok(Some(dir))
+        let st = rustix::fs::fstat(&dir).map_err(|e| io_err(full, e.into()))?;
+        // A set-group-ID directory gives what is created in it its group.
+        let new_gid = if st.st_mode & 0o2000 != 0 { st.st_gid } else { self.egid };
+        let parent = Parent {
+            dir: Arc::new(dir),
+            new_gid,
+        };
+        self.cached = Some((key, parent.clone()));
+        Ok(Some(parent))
     }
 
     /// Gives a directory created for an implied path the mode, owner,
@@ -246,12 +268,27 @@ impl Extractor {
         remove_all(dir, name).map_err(|e| io_err(path, e))
     }
 
-    fn chown(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
+    /// The owner an entry must get, when creating it did not give it that
+    /// one already (`new_gid`: the group a new entry in its directory gets).
+    fn owner_to_set(&self, header: &HeaderInfo, path: &[u8], new_gid: Option<u32>) -> Result<Option<(u32, u32)>> {
         if !self.owners {
-            return Ok(());
+            return Ok(None);
         }
         let id = |v: i64, what| u32::try_from(v).map_err(|_| invalid(path, format!("{what} {v} out of range")));
         let (uid, gid) = (id(header.uid, "uid")?, id(header.gid, "gid")?);
+        Ok((Some(gid) != new_gid || uid != self.euid).then_some((uid, gid)))
+    }
+
+    fn chown(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
+        self.chown_new(dir, name, header, path, None)
+    }
+
+    /// Chown of an entry just created in a directory whose new entries get
+    /// group `new_gid`: nothing to do when they already have that owner.
+    fn chown_new(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8], new_gid: Option<u32>) -> Result<()> {
+        let Some((uid, gid)) = self.owner_to_set(header, path, new_gid)? else {
+            return Ok(());
+        };
         rustix::fs::chownat(
             dir.as_fd(),
             name,
@@ -264,7 +301,7 @@ impl Extractor {
 
     fn whiteout(&mut self, header: &HeaderInfo, parents: &[&[u8]], name: &[u8]) -> Result<()> {
         let path = header.name.as_slice();
-        let Some(parent) = self.parent(parents, path, true)? else {
+        let Some(Parent { dir: parent, .. }) = self.parent(parents, path, true)? else {
             return Ok(());
         };
         if name == OPAQUE_MARKER {
@@ -314,14 +351,14 @@ impl Extractor {
             return Err(invalid(&header.name, "the layer root is not a directory"));
         }
         let root = self.root.try_clone().map_err(|e| io_err(&header.name, e))?;
-        self.metadata(&root, OsStr::new("."), header, &header.name)?;
+        self.metadata(&root, OsStr::new("."), header, &header.name, None)?;
         self.dir_times.push((Vec::new(), header.mtime));
         Ok(())
     }
 
     /// Owner, xattrs and mode of a new or replaced entry.
-    fn metadata(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
-        self.chown(dir, name, header, path)?;
+    fn metadata(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8], new_gid: Option<u32>) -> Result<()> {
+        self.chown_new(dir, name, header, path, new_gid)?;
         for (attr, value) in &header.xattrs {
             if meta::exported_xattr(attr.as_bytes()) {
                 meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
@@ -347,47 +384,72 @@ impl Extractor {
             return self.whiteout(header, parents, name);
         }
         let clean: Vec<u8> = parts.join(&b'/');
-        let parent = self
+        let Parent { dir: parent, new_gid } = self
             .parent(parents, path, true)?
             .ok_or_else(|| unsafe_path(path, "below a whiteout"))?;
         let name = OsStr::from_bytes(name);
         let kind = header.typeflag;
-
-        let existing = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let existing_dir = existing
-            .as_ref()
-            .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
-        if existing.is_some() && !(existing_dir && kind == b'5') {
-            self.remove(&parent, name, path)?;
-        }
         let fail = |e: rustix::io::Errno| io_err(path, e.into());
+        // Created first, and only what is in the way is looked at: a new
+        // layer's entries rarely replace anything.
         match kind {
             b'5' => {
-                if !existing_dir {
-                    rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700))
-                        .map_err(fail)?;
+                match rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {
+                        let st = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+                        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                            self.remove(&parent, name, path)?;
+                            rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                        }
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+                // Its mode and owner may change what is created in it.
+                if self.cached.as_ref().is_some_and(|(key, _)| *key == clean) {
+                    self.cached = None;
                 }
                 self.dir_times.push((clean.clone(), header.mtime));
             }
             b'0' | b'7' | b'S' => {
-                let fd = rustix::fs::openat(
-                    parent.as_fd(),
-                    name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let mode = (header.mode & 0o7777) as u32;
+                let create = || {
+                    rustix::fs::openat(
+                        parent.as_fd(),
+                        name,
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(mode & 0o777),
+                    )
+                };
+                let fd = match create() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        self.remove(&parent, name, path)?;
+                        create()
+                    }
+                    other => other,
+                }
                 .map_err(fail)?;
                 let mut file = std::fs::File::from(fd);
                 if let Some(payload) = payload {
                     copy_payload(payload, &mut file).map_err(|e| io_err(path, e))?;
                 }
+                self.file_metadata(&file, &parent, name, header, path, new_gid)?;
+                self.created.insert(clean);
+                return Ok(());
             }
             b'2' => {
                 if header.link_name.is_empty() {
                     return Err(invalid(path, "symlink without target"));
                 }
-                rustix::fs::symlinkat(OsStr::from_bytes(&header.link_name), parent.as_fd(), name)
-                    .map_err(fail)?;
+                let target = OsStr::from_bytes(&header.link_name);
+                match rustix::fs::symlinkat(target, parent.as_fd(), name) {
+                    Err(rustix::io::Errno::EXIST) => {
+                        self.remove(&parent, name, path)?;
+                        rustix::fs::symlinkat(target, parent.as_fd(), name)
+                    }
+                    other => other,
+                }
+                .map_err(fail)?;
             }
             b'1' => {
                 let target = header.link_name.as_slice();
@@ -397,14 +459,27 @@ impl Extractor {
                 };
                 let target_dir = self
                     .parent(target_parents, target, false)?
-                    .ok_or_else(|| unsafe_path(path, "hard link target below a whiteout"))?;
-                rustix::fs::linkat(
-                    target_dir.as_fd(),
-                    OsStr::from_bytes(target_name),
-                    parent.as_fd(),
-                    name,
-                    AtFlags::empty(),
-                )
+                    .ok_or_else(|| unsafe_path(path, "hard link target below a whiteout"))?
+                    .dir;
+                let link = || {
+                    rustix::fs::linkat(
+                        target_dir.as_fd(),
+                        OsStr::from_bytes(target_name),
+                        parent.as_fd(),
+                        name,
+                        AtFlags::empty(),
+                    )
+                };
+                match link() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        if target_parents == parents && target_name == &name.as_bytes() {
+                            return Err(invalid(path, "hard link to itself"));
+                        }
+                        self.remove(&parent, name, path)?;
+                        link()
+                    }
+                    other => other,
+                }
                 .map_err(fail)?;
                 self.created.insert(clean);
                 return Ok(()); // a link shares its target's metadata
@@ -416,8 +491,15 @@ impl Extractor {
                     _ => FileType::Fifo,
                 };
                 let dev = rustix::fs::makedev(header.dev_major as u32, header.dev_minor as u32);
-                rustix::fs::mknodat(parent.as_fd(), name, file_type, Mode::from_raw_mode(0o600), dev)
-                    .map_err(fail)?;
+                let make = || rustix::fs::mknodat(parent.as_fd(), name, file_type, Mode::from_raw_mode(0o600), dev);
+                match make() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        self.remove(&parent, name, path)?;
+                        make()
+                    }
+                    other => other,
+                }
+                .map_err(fail)?;
             }
             other => {
                 return Err(invalid(
@@ -426,13 +508,81 @@ impl Extractor {
                 ));
             }
         }
-        self.metadata(&parent, name, header, path)?;
+        // A directory's owner is always set: mkdir in a set-group-ID
+        // directory also sets the new one's set-group-ID bit.
+        let new_gid = (kind != b'5').then_some(new_gid);
+        self.metadata(&parent, name, header, path, new_gid)?;
         if kind != b'5' {
             set_times(&parent, name, header.mtime).map_err(|e| io_err(path, e))?;
         }
         self.created.insert(clean);
         Ok(())
     }
+
+    /// Owner, xattrs, mode and times of a regular file just written, through
+    /// its descriptor; a file created with the owner and mode it must have
+    /// needs neither chown nor chmod.
+    fn file_metadata(
+        &self,
+        file: &std::fs::File,
+        dir: &Dir,
+        name: &OsStr,
+        header: &HeaderInfo,
+        path: &[u8],
+        new_gid: u32,
+    ) -> Result<()> {
+        let fail = |e: rustix::io::Errno| io_err(path, e.into());
+        if let Some((uid, gid)) = self.owner_to_set(header, path, Some(new_gid))? {
+            rustix::fs::fchown(
+                file,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(fail)?;
+        }
+        for (attr, value) in &header.xattrs {
+            if meta::exported_xattr(attr.as_bytes()) {
+                meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
+            }
+        }
+        let mode = (header.mode & 0o7777) as u32;
+        // Set-ID bits are not given at creation (and chown clears them);
+        // the umask may have taken bits away.
+        if mode & 0o7000 != 0 || umask().is_none_or(|m| mode & m != 0) {
+            rustix::fs::fchmod(file, Mode::from_raw_mode(mode)).map_err(fail)?;
+        }
+        let t = rustix::fs::Timespec {
+            tv_sec: header.mtime.secs,
+            tv_nsec: header.mtime.nanos.into(),
+        };
+        rustix::fs::futimens(
+            file,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )
+        .map_err(fail)
+    }
+}
+
+/// An open directory new entries go into.
+#[derive(Clone, Debug)]
+struct Parent {
+    dir: Arc<Dir>,
+    /// The group an entry created in it gets.
+    new_gid: u32,
+}
+
+/// The process's umask, read once without changing it (`umask(2)` can only
+/// set it, and another thread may be creating files meanwhile).
+fn umask() -> Option<u32> {
+    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+    })
 }
 
 impl SplitSink for Extractor {

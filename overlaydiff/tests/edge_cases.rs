@@ -277,3 +277,60 @@ fn apply_refuses_escaping_names() {
         );
     }
 }
+
+/// Owners and modes come out as the tar says, whether the file was created
+/// with them (no chown, no chmod) or needed either: set-group-ID
+/// directories give new entries their group, set-ID bits need chmod after
+/// chown, and modes the umask strips are put back.
+#[test]
+fn extracted_owners_and_modes_are_the_tars() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("SKIPPED: owners other than one's own need root");
+        return;
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, kind: tar::EntryType, mode: u32, uid: u64, gid: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_700_000_000);
+        let data: &[u8] = if kind == tar::EntryType::Regular { b"content" } else { b"" };
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).expect("append");
+    };
+    add("sg/", tar::EntryType::Directory, 0o2775, 0, 50);
+    add("sg/root-owned", tar::EntryType::Regular, 0o644, 0, 0);
+    add("sg/group-50", tar::EntryType::Regular, 0o644, 0, 50);
+    add("sg/sub/", tar::EntryType::Directory, 0o755, 0, 0);
+    add("sg/sub/f", tar::EntryType::Regular, 0o640, 0, 0);
+    add("user", tar::EntryType::Regular, 0o600, 1000, 1001);
+    add("plain", tar::EntryType::Regular, 0o644, 0, 0);
+    add("read-only", tar::EntryType::Regular, 0o444, 0, 0);
+    add("setuid", tar::EntryType::Regular, 0o4755, 1000, 0);
+    add("open", tar::EntryType::Regular, 0o666, 0, 0);
+    add("sticky/", tar::EntryType::Directory, 0o1777, 0, 0);
+    let tar = b.into_inner().expect("tar");
+    let dir = tempfile::tempdir().expect("tempdir");
+    strata_overlaydiff::apply_layer(&tar[..], &open(dir.path()), strata_overlaydiff::Whiteouts::Remove).expect("apply");
+    for (name, mode, uid, gid) in [
+        ("sg", 0o2775, 0, 50),
+        ("sg/root-owned", 0o644, 0, 0),
+        ("sg/group-50", 0o644, 0, 50),
+        ("sg/sub", 0o755, 0, 0),
+        ("sg/sub/f", 0o640, 0, 0),
+        ("user", 0o600, 1000, 1001),
+        ("plain", 0o644, 0, 0),
+        ("read-only", 0o444, 0, 0),
+        ("setuid", 0o4755, 1000, 0),
+        ("open", 0o666, 0, 0),
+        ("sticky", 0o1777, 0, 0),
+    ] {
+        let m = fs::symlink_metadata(dir.path().join(name)).expect(name);
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (mode, uid, gid), "{name}");
+        assert_eq!(m.mtime(), 1_700_000_000, "{name}");
+    }
+    assert_eq!(fs::read(dir.path().join("read-only")).expect("read"), b"content");
+}
