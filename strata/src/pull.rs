@@ -337,6 +337,15 @@ fn pull_layer(
     // What the TOC gives a layer fetched whole: its digest for the record
     // and the dedup index, with no second pass over the files.
     let mut from_toc: Option<(String, LayerIndex)> = None;
+    // Nothing local to reuse: the layer comes whole, and its TOC with it
+    // (kept as the blob's tail passes) gives the dedup index afterwards,
+    // so neither a second fetch of the TOC nor a wait for it comes first.
+    let capture = toc_location
+        .as_ref()
+        .filter(|l| options.partial && options.full_fetch_share <= 1.0 && cache.is_empty() && l.tar_split.is_some())
+        .filter(|l| desc.size.saturating_sub(l.toc_offset) <= MAX_CAPTURED_TAIL && l.toc_offset < desc.size)
+        .cloned();
+    let toc_location = if capture.is_some() { None } else { toc_location };
     if let Some(location) = toc_location.filter(|_| options.partial) {
         // The TOC streams by once: each item goes into the dedup index and
         // the plan, and nothing else of it is kept.
@@ -404,12 +413,25 @@ fn pull_layer(
             partial: false,
         });
     }
+    // Sized once: growing by doubling would hold twice the tail at worst.
+    let tail_len = capture.as_ref().map_or(0, |l| desc.size - l.toc_offset);
+    let tail = Arc::new(std::sync::Mutex::new(Vec::with_capacity(tail_len as usize)));
     let reader = Counting {
         inner: blob.open()?,
         count: counter.clone(),
         progress: options.progress.clone().map(|p| (p, desc.digest.clone())),
     };
-    let toc_digest = from_toc.as_ref().map(|(digest, _)| digest.clone());
+    let reader = TailKeeper {
+        inner: reader,
+        pos: 0,
+        location: capture.clone(),
+        tail: tail.clone(),
+    };
+    let toc_digest = match &capture {
+        // Checked as the stream passes it: a mismatch fails the layer.
+        Some(location) => Some(location.toc_digest.clone()),
+        None => from_toc.as_ref().map(|(digest, _)| digest.clone()),
+    };
     store.put_layer(
         &LayerOptions {
             id: Some(id.to_owned()),
@@ -427,6 +449,27 @@ fn pull_layer(
         reader,
     )?;
     report.bytes_fetched = blob.received().unwrap_or_else(|| counter.load(Ordering::Relaxed));
+    if let Some(location) = &capture {
+        let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
+        let blob_tail = BlobTail {
+            base: location.toc_offset,
+            bytes: tail,
+            size: desc.size,
+        };
+        let mut index = LayerIndex::default();
+        match strata_toc::read_zstd_chunked_with(&blob_tail, Some(&desc.annotations), |item| {
+            index.push_toc_item(&item);
+            Ok(())
+        }) {
+            Ok(_) => {
+                report.note = Some("nothing in the store to reuse".into());
+                from_toc = Some((location.toc_digest.clone(), index));
+            }
+            // The layer itself checked out (blob digest, diffID): only the
+            // index must come from its files instead.
+            Err(e) => tracing::warn!(layer = %id, "its TOC does not parse ({e}): indexing its files"),
+        }
+    }
     match from_toc {
         // The TOC was checked against the manifest, and the files against
         // the diffID: the index can come from it.
@@ -614,5 +657,72 @@ impl RangeSource for Reporting<'_> {
 
     fn sends_whole_blob(&self) -> bool {
         self.blob.sends_whole_blob()
+    }
+}
+
+/// The most of a blob's tail (TOC, tar-split, footer) a whole fetch keeps
+/// in memory to index the layer from; a bigger one is fetched on its own.
+const MAX_CAPTURED_TAIL: u64 = 32 << 20;
+
+/// Passes a blob through, keeping its bytes from the TOC on, and checks the
+/// TOC's digest against the annotation as soon as the TOC has passed.
+struct TailKeeper<R> {
+    inner: R,
+    pos: u64,
+    location: Option<strata_toc::annotations::Location>,
+    tail: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<R: Read> Read for TailKeeper<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let Some(location) = &self.location else {
+            return Ok(n);
+        };
+        let (start, end) = (self.pos, self.pos + n as u64);
+        self.pos = end;
+        if end <= location.toc_offset {
+            return Ok(n);
+        }
+        let from = location.toc_offset.saturating_sub(start) as usize;
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let had = tail.len() as u64;
+        tail.extend_from_slice(&buf[from..n]);
+        let toc_len = location.toc_compressed_len;
+        if had < toc_len && tail.len() as u64 >= toc_len {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&tail[..toc_len as usize]);
+            let actual = format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            if actual != location.toc_digest {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the blob's TOC has digest {actual}, its annotation says {}", location.toc_digest),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The kept tail of a blob, read at blob offsets.
+struct BlobTail {
+    base: u64,
+    bytes: Vec<u8>,
+    size: u64,
+}
+
+impl strata_toc::ReadAt for BlobTail {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.size)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let from = offset
+            .checked_sub(self.base)
+            .and_then(|f| usize::try_from(f).ok())
+            .filter(|&f| f.checked_add(buf.len()).is_some_and(|end| end <= self.bytes.len()))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "outside the kept tail of the blob"))?;
+        buf.copy_from_slice(&self.bytes[from..from + buf.len()]);
+        Ok(())
     }
 }

@@ -310,3 +310,45 @@ fn zstd_chunked_blobs_written_by_skopeo_are_pulled_and_verified() {
         assert_eq!(&diff(&store, &layer.layer_id), tar, "{tag} diffs to its tar");
     }
 }
+
+/// Into an empty store a zstd:chunked layer comes whole in one request,
+/// and the TOC that passes with it is checked and indexes the layer: the
+/// next version is pulled partially. A TOC that does not match its
+/// annotation fails the layer and nothing is kept.
+#[test]
+fn a_first_layer_comes_whole_and_its_toc_indexes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let v1 = layer_tar(150, &[], false);
+    let v2 = layer_tar(150, &[3, 17, 40], true);
+    let (v1_blob, _) = chunked(&v1);
+    let (v2_blob, _) = chunked(&v2);
+    let toc_key = "io.github.containers.zstd-chunked.manifest-checksum";
+    let toc_digest = v1_blob.annotations.iter().find(|(k, _)| k == toc_key).expect("TOC annotation").1.clone();
+    let mut lying = v1_blob.clone();
+    for (k, v) in &mut lying.annotations {
+        if k == toc_key {
+            *v = format!("sha256:{}", "0".repeat(64));
+        }
+    }
+    add_image(&layout, "v1", &[v1_blob]);
+    add_image(&layout, "v2", &[v2_blob]);
+    add_image(&layout, "lying", &[lying]);
+    let oci = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+
+    let bad = store(&dir.path().join("bad"));
+    let err = pull(&oci("lying"), &bad, &PullOptions::default()).expect_err("a TOC that lies");
+    assert!(err.to_string().contains("TOC"), "{err}");
+    assert!(bad.layers().expect("layers").is_empty(), "nothing kept");
+
+    let store = store(&dir.path().join("good"));
+    let r1 = pull(&oci("v1"), &store, &PullOptions::default()).expect("pull v1");
+    assert_eq!(r1.layers[0].how, How::Full);
+    assert_eq!(r1.layers[0].note.as_deref(), Some("nothing in the store to reuse"));
+    assert_eq!(store.layers_by_toc_digest(&toc_digest).expect("by TOC").len(), 1, "the TOC digest is recorded");
+    assert_eq!(diff(&store, &r1.layers[0].layer_id), v1);
+    let r2 = pull(&oci("v2"), &store, &PullOptions::default()).expect("pull v2");
+    assert_eq!(r2.layers[0].how, How::Partial, "v1's index came from its TOC");
+    assert!(r2.layers[0].files_reused >= 140, "{:?}", r2.layers[0]);
+    assert_eq!(diff(&store, &r2.layers[0].layer_id), v2);
+}

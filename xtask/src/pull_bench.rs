@@ -199,14 +199,11 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     for tag in ["v1", "v2"] {
         skopeo_copy(&format!("oci:{}:{tag}", layout.display()), &format!("docker://{}/bench:{tag}", server.addr));
     }
-    // On ext4 without a journal (this VM's disk), creating files within a
-    // minute of deleting many (say, the stores of an earlier run) scans
-    // past every recently freed inode: both tools would be timed slow.
-    eprintln!("letting earlier deletions age for 60 s (ext4 skips recently freed inodes)");
-    sync();
-    std::thread::sleep(Duration::from_secs(60));
+    // Every store on a fresh filesystem, kept until the end (see
+    // scratch_fs: nothing is deleted between timed pulls).
+    let fs = crate::scratch_fs::ScratchFs::new(&work, 12)?;
     let mut stores = Stores {
-        dir: tempfile::tempdir_in(&work)?,
+        dir: tempfile::tempdir_in(fs.path())?,
         n: 0,
     };
     let mut podman_dirs = Vec::new();
@@ -291,5 +288,8 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     for dir in &strata_dirs {
         let _ = Command::new("umount").arg("-R").arg(dir.join("graph/overlay")).stderr(Stdio::null()).status();
     }
+    // Unmounted first: the image goes whole, no file is deleted one by one.
+    drop(fs);
+    drop(stores);
     Ok(())
 }
