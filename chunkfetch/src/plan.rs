@@ -135,8 +135,7 @@ impl Planner {
             let result = source.fetch(&ranges, &mut |gi, reader: &mut dyn Read| {
                 let g = groups[gi];
                 let mut pos = g.range.offset;
-                for k in g.first..g.first + g.count {
-                    let p = rest[k];
+                for (k, &p) in rest.iter().enumerate().skip(g.first).take(g.count) {
                     skip(reader, p.offset - pos)?;
                     let mut piece = ExactReader::new(reader, p.length);
                     sink(before + k, &mut piece)?;

@@ -17,7 +17,7 @@ fn the_demo_pulls_v2_mostly_from_v1() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("already present"), "{stdout}");
-    let saved_line = stdout.lines().filter(|l| l.contains("% saved")).last().expect("summary");
+    let saved_line = stdout.lines().rfind(|l| l.contains("% saved")).expect("summary");
     let saved: f64 = saved_line
         .split('(')
         .nth(2)

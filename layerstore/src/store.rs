@@ -305,6 +305,7 @@ impl Store {
 
     /// Writes records back (volatile ones to the volatile file), the token
     /// first so a crash between the two costs readers only a reload.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn save<T>(
         &self,
         guard: &LockGuard,
@@ -628,22 +629,22 @@ impl Store {
             if let Some(toc) = options.source_blob.as_ref().and_then(|b| b.toc_digest.clone()) {
                 record.toc_digest = toc;
             }
-        } else if let Some(t) = &template {
-            if let Some(tr) = loaded_record(&loaded, t) {
-                let (cd, cs, dd, ds, c, u, g, toc) = (
-                    tr.compressed_digest.clone(),
-                    tr.compressed_size,
-                    tr.diff_digest.clone(),
-                    tr.diff_size,
-                    tr.compression,
-                    tr.uidset.clone(),
-                    tr.gidset.clone(),
-                    tr.toc_digest.clone(),
-                );
-                let record = &mut loaded.records[slot];
-                (record.compressed_digest, record.compressed_size, record.diff_digest, record.diff_size) = (cd, cs, dd, ds);
-                (record.compression, record.uidset, record.gidset, record.toc_digest) = (c, u, g, toc);
-            }
+        } else if let Some(t) = &template
+            && let Some(tr) = loaded_record(&loaded, t)
+        {
+            let (cd, cs, dd, ds, c, u, g, toc) = (
+                tr.compressed_digest.clone(),
+                tr.compressed_size,
+                tr.diff_digest.clone(),
+                tr.diff_size,
+                tr.compression,
+                tr.uidset.clone(),
+                tr.gidset.clone(),
+                tr.toc_digest.clone(),
+            );
+            let record = &mut loaded.records[slot];
+            (record.compressed_digest, record.compressed_size, record.diff_digest, record.diff_size) = (cd, cs, dd, ds);
+            (record.compression, record.uidset, record.gidset, record.toc_digest) = (c, u, g, toc);
         }
         loaded.records[slot].set_incomplete(false);
         let done = loaded.records[slot].clone();
@@ -667,7 +668,7 @@ impl Store {
         self.modify_layer(key, |loaded, i| {
             steal_names(&mut loaded.records, i, names);
             let mut all = names.to_vec();
-            all.extend(loaded.records[i].names.drain(..));
+            all.append(&mut loaded.records[i].names);
             loaded.records[i].names = dedup(all);
             Ok(())
         })

@@ -134,7 +134,7 @@ fn damaged_store_files_are_errors_naming_the_file_and_keep_the_records() {
     assert!(problems[0].to_string().contains(&a.id) && problems[0].message.contains("missing"));
     store.repair(&problems).expect("repair");
     let left: Vec<String> = store.layers().expect("layers").into_iter().map(|l| l.id).collect();
-    assert_eq!(left, [b.id.clone()]);
+    assert_eq!(left, std::slice::from_ref(&b.id));
     assert!(store.fsck(true).expect("fsck").is_empty());
 
     // A tar-split that lies about a file's content.

@@ -23,7 +23,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             // Half-compressible, like real files.
-            if x % 3 == 0 { b'a' } else { x as u8 }
+            if x.is_multiple_of(3) { b'a' } else { x as u8 }
         })
         .collect()
 }

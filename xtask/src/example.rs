@@ -24,8 +24,8 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         out.extend_from_slice(WORDS[(x % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
-        if x % 5 == 0 {
+        out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
+        if x.is_multiple_of(5) {
             out.extend_from_slice(format!("{:x}", x >> 40).as_bytes());
         }
     }

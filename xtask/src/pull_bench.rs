@@ -43,7 +43,7 @@ fn make_trees(work: &Path) -> Result<(), Error> {
     let files: Vec<String> = String::from_utf8_lossy(&listing.stdout).lines().map(str::to_owned).collect();
     let mut changed = 0;
     for (i, f) in files.iter().enumerate() {
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             let p = v2.join(f);
             let mut bytes = std::fs::read(&p)?;
             bytes.extend_from_slice(format!("\n# changed in v2 ({i})\n").as_bytes());

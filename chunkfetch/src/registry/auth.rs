@@ -26,7 +26,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut s = header.trim_start();
     while !s.is_empty() {
         // A token: either a new scheme or a parameter name.
-        let end = s.find(|c: char| c == ' ' || c == '\t' || c == '=' || c == ',').unwrap_or(s.len());
+        let end = s.find([' ', '\t', '=', ',']).unwrap_or(s.len());
         let token = &s[..end];
         let rest = s[end..].trim_start_matches([' ', '\t']);
         if token.is_empty() {
