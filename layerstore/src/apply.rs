@@ -280,6 +280,25 @@ fn read_ahead<R: Read>(mut input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) 
     }
 }
 
+/// Sends an uncompressed blob's blocks on without copying them: first what
+/// the reader peeked at, then every block as the reading thread sent it.
+fn forward_plain(mut peeked: BufReader<ChannelReader>, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+    let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped");
+    let head = peeked.buffer().to_vec();
+    peeked.consume(head.len());
+    let ChannelReader { rx, buf, pos } = peeked.into_inner();
+    for block in [head, buf[pos.min(buf.len())..].to_vec()] {
+        if !block.is_empty() {
+            tx.send(Ok(block)).map_err(|_| stopped())?;
+        }
+    }
+    for block in rx {
+        let block = block?;
+        tx.send(Ok(block)).map_err(|_| stopped())?;
+    }
+    Ok(())
+}
+
 /// Decompresses and hashes `input`, sending the tar stream to `tx`.
 /// Returns the compressed and uncompressed digests and sizes.
 fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<Produced> {
@@ -294,8 +313,18 @@ fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) 
                 pos: 0,
             },
         );
+        let compression = match compressed.fill_buf() {
+            Ok(head) => Compression::detect(head),
+            Err(e) => return Err(e),
+        };
+        if compression == Compression::None {
+            // A plain tar: the blocks read go to the extractor as they are.
+            let forwarded = forward_plain(compressed, &tx);
+            let (blob, blob_size) = reader.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
+            forwarded?;
+            return Ok((compression, blob, blob_size, blob, blob_size));
+        }
         let produced = (|| {
-            let compression = Compression::detect(compressed.fill_buf()?);
             let mut decoder: Box<dyn Read + '_> = match compression {
                 Compression::None => Box::new(&mut compressed),
                 Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut compressed)),
