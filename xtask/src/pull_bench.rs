@@ -248,7 +248,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         }
     }
 
-    println!("v2 blob {:.1} MiB; median of {runs}; store on this disk, registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
+    println!("v2 blob {:.1} MiB; median of {runs}; stores on a fresh loop-mounted ext4, registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
     println!("| pull | podman (partial on) | strata | strata / podman time | strata / podman bytes |");
     println!("|---|---|---|---|---|");
     for (what, p, s) in [("cold v1", &podman_cold, &strata_cold), ("update v1 -> v2", &podman_update, &strata_update)] {
