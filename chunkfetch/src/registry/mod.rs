@@ -413,19 +413,8 @@ impl Registry {
             .map_err(|e| transport(&location, e))?;
         let resp = ok_or_error(&location, resp, "blob upload")?;
         let next = self.absolute(header(&resp, "location"), &location)?;
-        let digest = format!("sha256:{}", hashing.hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let size = hashing.size;
-        let sep = if next.contains('?') { '&' } else { '?' };
-        let put = format!("{next}{sep}digest={digest}");
-        let resp = self.execute(&put, repository, Access::Push, &mut |auth| {
-            let mut req = self.inner.agent.put(&put).header("Content-Length", "0");
-            if let Some(auth) = auth {
-                req = req.header("Authorization", auth);
-            }
-            req.send_empty()
-        })?;
-        ok_or_error(&put, resp, &format!("upload of blob {digest}"))?;
-        Ok((digest, size))
+        let digest = self.close_upload(repository, &next, hashing.hash)?;
+        Ok((digest, hashing.size))
     }
 
     /// Uploads a blob as it is produced, `chunk` bytes per PATCH, each with
@@ -478,6 +467,14 @@ impl Registry {
                 break;
             }
         }
+        let digest = self.close_upload(repository, &location, hash)?;
+        Ok((digest, size))
+    }
+
+    /// Ends an upload session with the PUT that names the blob's digest
+    /// (the registry checks it); returns the digest.
+    fn close_upload(&self, repository: &str, location: &str, hash: sha2::Sha256) -> Result<String> {
+        use sha2::Digest;
         let digest = format!("sha256:{}", hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{sep}digest={digest}");
@@ -489,7 +486,7 @@ impl Registry {
             req.send_empty()
         })?;
         ok_or_error(&put, resp, &format!("upload of blob {digest}"))?;
-        Ok((digest, size))
+        Ok(digest)
     }
 
     /// Opens an upload session (POST); returns its absolute URL.
