@@ -359,11 +359,7 @@ impl Extractor {
     /// Owner, xattrs and mode of a new or replaced entry.
     fn metadata(&self, dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8], new_gid: Option<u32>) -> Result<()> {
         self.chown_new(dir, name, header, path, new_gid)?;
-        for (attr, value) in &header.xattrs {
-            if meta::exported_xattr(attr.as_bytes()) {
-                meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
-            }
-        }
+        set_xattrs(dir, name, header, path)?;
         if header.typeflag != b'2' {
             // After chown, which clears set-id bits.
             let mode = Mode::from_raw_mode((header.mode & 0o7777) as u32);
@@ -540,11 +536,7 @@ impl Extractor {
             )
             .map_err(fail)?;
         }
-        for (attr, value) in &header.xattrs {
-            if meta::exported_xattr(attr.as_bytes()) {
-                meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
-            }
-        }
+        set_xattrs(dir, name, header, path)?;
         let mode = (header.mode & 0o7777) as u32;
         // Set-ID bits are not given at creation (and chown clears them);
         // the umask may have taken bits away.
@@ -564,6 +556,16 @@ impl Extractor {
         )
         .map_err(fail)
     }
+}
+
+/// The tar's xattrs an entry carries into the tree.
+fn set_xattrs(dir: &Dir, name: &OsStr, header: &HeaderInfo, path: &[u8]) -> Result<()> {
+    for (attr, value) in &header.xattrs {
+        if meta::exported_xattr(attr.as_bytes()) {
+            meta::set_xattr(dir, name, attr, value).map_err(|e| io_err(path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// An open directory new entries go into.

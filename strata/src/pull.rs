@@ -647,9 +647,8 @@ impl RangeSource for Reporting<'_> {
                 progress: None,
             };
             let result = sink(i, &mut counted);
-            // Ranges are read in order on this thread: a count per range.
-            let bytes = self.count.fetch_add(counted.count.load(Ordering::Relaxed), Ordering::Relaxed)
-                + counted.count.load(Ordering::Relaxed);
+            let read = counted.count.load(Ordering::Relaxed);
+            let bytes = self.count.fetch_add(read, Ordering::Relaxed) + read;
             (self.progress)(PullEvent::Fetched { digest: self.digest, bytes });
             result
         })
@@ -690,9 +689,7 @@ impl<R: Read> Read for TailKeeper<R> {
         tail.extend_from_slice(&buf[from..n]);
         let toc_len = location.toc_compressed_len;
         if had < toc_len && tail.len() as u64 >= toc_len {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(&tail[..toc_len as usize]);
-            let actual = format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let actual = crate::source::sha256(&tail[..toc_len as usize]);
             if actual != location.toc_digest {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

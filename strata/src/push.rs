@@ -65,18 +65,25 @@ impl PushedBlob {
     }
 }
 
+/// Where a blob the push need not send is.
+enum Found {
+    /// The repository has it.
+    There,
+    /// The registry mounted it from this repository.
+    MountedFrom(String),
+}
+
 /// Finds the blob in `repository`, or has the registry mount it from a
-/// repository it was pushed to before. Returns the source it was mounted
-/// from, `Some("")` when it was already there, `None` when it must be sent.
-fn find_or_mount(registry: &Registry, repository: &str, digest: &str, sources: &[String]) -> Result<Option<String>> {
+/// repository it was pushed to before; `None` when it must be sent.
+fn find_or_mount(registry: &Registry, repository: &str, digest: &str, sources: &[String]) -> Result<Option<Found>> {
     if registry.has_blob(repository, digest)? {
-        return Ok(Some(String::new()));
+        return Ok(Some(Found::There));
     }
     for from in sources {
         // A source that no longer has the blob: try the next. A registry
         // that fails the request is asked nothing more: the blob is sent.
         match registry.mount_blob(repository, digest, from) {
-            Ok(true) => return Ok(Some(from.clone())),
+            Ok(true) => return Ok(Some(Found::MountedFrom(from.clone()))),
             Ok(false) => continue,
             Err(e) => {
                 tracing::debug!(%digest, from, error = %e, "cross-repository mount failed");
@@ -190,13 +197,14 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
             .and_then(|b| serde_json::from_slice::<PushedBlob>(&b).ok());
         if let Some(mut known) = memo {
             let sources: Vec<String> = known.mount_sources(host, &here).map(str::to_owned).collect();
-            if let Some(from) = find_or_mount(&registry, repository, &known.descriptor.digest, &sources)? {
-                if from.is_empty() {
-                    report.blobs_present += 1;
-                } else {
-                    report.blobs_mounted += 1;
-                    if !config_sources.contains(&from) {
-                        config_sources.push(from);
+            if let Some(found) = find_or_mount(&registry, repository, &known.descriptor.digest, &sources)? {
+                match found {
+                    Found::There => report.blobs_present += 1,
+                    Found::MountedFrom(from) => {
+                        report.blobs_mounted += 1;
+                        if !config_sources.contains(&from) {
+                            config_sources.push(from);
+                        }
                     }
                 }
                 if known.repositories.first() != Some(&here) {
@@ -276,8 +284,8 @@ pub fn push(store: &Store, key: &str, destination: &RegistryRef, options: &PushO
     let config_digest = parts.config_digest.clone();
     let config_size = parts.config_bytes.len() as u64;
     match find_or_mount(&registry, repository, &config_digest, &config_sources)? {
-        Some(from) if from.is_empty() => report.blobs_present += 1,
-        Some(_) => report.blobs_mounted += 1,
+        Some(Found::There) => report.blobs_present += 1,
+        Some(Found::MountedFrom(_)) => report.blobs_mounted += 1,
         None => {
             let bytes = parts.config_bytes.clone();
             registry.upload_blob(repository, &config_digest, config_size, &|| {

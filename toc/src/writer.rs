@@ -58,13 +58,19 @@ pub struct Written {
 }
 
 fn sha256_hex(h: Sha256) -> String {
-    format!(
-        "sha256:{}",
-        h.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
+    digest_string(&h.finalize().into())
+}
+
+/// `sha256:HEX`; called once per chunk, so without a format per byte.
+fn digest_string(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for &b in digest {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
 }
 
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -339,17 +345,9 @@ fn resolve(entries: &mut [Entry], pending: &[Pending], starts: &[u64], end: u64,
             e.end_offset = offset(f);
         }
         if let Some(f) = p.chunk_digest {
-            e.chunk_digest = format!("sha256:{}", hex(&digests[f as usize]));
+            e.chunk_digest = digest_string(&digests[f as usize]);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 /// Counts the bytes written through it.
@@ -481,9 +479,9 @@ fn finish_blob<W: Write>(
     Ok(Written {
         annotations: annotations::annotations(&location, options.legacy_annotations),
         toc_digest,
-        diff_id: format!("sha256:{}", hex(&diff_id)),
+        diff_id: digest_string(&diff_id),
         uncompressed_size,
-        blob_digest: format!("sha256:{}", hex(&blob_digest)),
+        blob_digest: digest_string(&blob_digest),
         blob_size,
     })
 }
