@@ -117,57 +117,128 @@ fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     Ok((stripped, times))
 }
 
-/// Checks TOC items against the tar-split's headers in step, one item per
-/// tar entry in the tar's order (as every writer lists them), so neither
-/// side is ever held whole.
-pub(crate) struct Lockstep<R: std::io::Read> {
-    records: MetadataReader<R>,
+/// What the tar-split says about one entry, ready to compare: its cleaned
+/// name and the fields containers-storage compares.
+struct TarSide {
+    name: String,
+    entry: Entry,
+    times: [Instant; 3],
 }
 
-impl<R: std::io::Read> Lockstep<R> {
-    pub(crate) fn new(tar_split: R) -> Self {
+/// The next file record of the tar-split, with the segment just before it
+/// (its headers), made comparable; `None` at the end.
+fn next_tar_side<R: std::io::Read>(records: &mut MetadataReader<R>) -> Result<Option<TarSide>> {
+    let mut last_segment = Vec::new();
+    for record in records {
+        match record? {
+            SplitEntry::Segment(bytes) => last_segment = bytes,
+            SplitEntry::File(file) => {
+                let header = header_of(&last_segment).ok_or_else(|| {
+                    Error::InvalidToc(format!(
+                        "tar-split has no header for {:?}",
+                        String::from_utf8_lossy(&file.name)
+                    ))
+                })?;
+                let from_tar = entry_from_header(&header).map_err(|e| Error::InvalidToc(e.to_string()))?;
+                let (entry, times) = comparable(&from_tar).map_err(Error::InvalidToc)?;
+                return Ok(Some(TarSide {
+                    name: entry.name.clone(),
+                    entry,
+                    times,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Entries go across in batches: one channel operation per entry would
+/// cost as much as comparing it.
+const BATCH: usize = 128;
+
+type Batch = Vec<Result<Option<TarSide>>>;
+
+/// Checks TOC items against the tar-split's headers in step, one item per
+/// tar entry in the tar's order (as every writer lists them), so neither
+/// side is ever held whole. The tar-split is decoded on a thread of its own
+/// (`run` in a scope), so the check costs the TOC's reader little time.
+pub(crate) struct Lockstep {
+    batches: std::sync::mpsc::Receiver<Batch>,
+    current: std::vec::IntoIter<Result<Option<TarSide>>>,
+    /// The tar-split's end (or failure) was seen.
+    ended: bool,
+}
+
+impl Lockstep {
+    /// Starts decoding `tar_split` on a thread of `scope`.
+    pub(crate) fn spawn<'scope, R: std::io::Read + Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        tar_split: R,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(8);
+        scope.spawn(move || {
+            let mut records = MetadataReader::new(tar_split);
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut last = false;
+                while batch.len() < BATCH {
+                    let side = next_tar_side(&mut records);
+                    last = !matches!(side, Ok(Some(_)));
+                    batch.push(side);
+                    if last {
+                        break;
+                    }
+                }
+                // A closed channel: the TOC's reader stopped, and so do we.
+                if tx.send(batch).is_err() || last {
+                    return;
+                }
+            }
+        });
         Lockstep {
-            records: MetadataReader::new(tar_split),
+            batches: rx,
+            current: Vec::new().into_iter(),
+            ended: false,
         }
     }
 
-    /// The next file record, with the segment just before it (its
-    /// headers); `None` at the end.
-    fn next_file(&mut self) -> Result<Option<(strata_tarsplit::FileEntry, Vec<u8>)>> {
-        let mut last_segment = Vec::new();
-        for record in &mut self.records {
-            match record? {
-                SplitEntry::Segment(bytes) => last_segment = bytes,
-                SplitEntry::File(file) => return Ok(Some((file, last_segment))),
-            }
+    fn next_side(&mut self) -> Result<Option<TarSide>> {
+        if self.ended {
+            return Ok(None);
         }
-        Ok(None)
+        let next = match self.current.next() {
+            Some(side) => side,
+            None => {
+                self.current = self
+                    .batches
+                    .recv()
+                    .map_err(|_| Error::InvalidToc("the tar-split reader stopped".into()))?
+                    .into_iter();
+                self.current.next().unwrap_or(Ok(None))
+            }
+        };
+        if !matches!(next, Ok(Some(_))) {
+            self.ended = true;
+        }
+        next
     }
 
     pub(crate) fn check(&mut self, item: &TocItem) -> Result<()> {
         let listed = &item.entry;
         let name = clean(&listed.name);
-        let Some((file, segment)) = self.next_file()? else {
+        let Some(tar) = self.next_side()? else {
             return Err(Error::InvalidToc(format!(
                 "the TOC lists {name:?} after the tar-split's last entry"
             )));
         };
-        let header = header_of(&segment).ok_or_else(|| {
-            Error::InvalidToc(format!(
-                "tar-split has no header for {:?}",
-                String::from_utf8_lossy(&file.name)
-            ))
-        })?;
-        let from_tar = entry_from_header(&header).map_err(|e| Error::InvalidToc(e.to_string()))?;
-        if clean(&from_tar.name) != name {
+        if tar.name != name {
             return Err(Error::InvalidToc(format!(
                 "the TOC lists {name:?} where the tar-split has {:?}",
-                clean(&from_tar.name)
+                tar.name
             )));
         }
         let (a, ta) = comparable(listed).map_err(Error::InvalidToc)?;
-        let (b, tb) = comparable(&from_tar).map_err(Error::InvalidToc)?;
-        if a != b || ta != tb {
+        if a != tar.entry || ta != tar.times {
             return Err(Error::InvalidToc(format!(
                 "the TOC entry for {name:?} does not match its tar header"
             )));
@@ -177,11 +248,11 @@ impl<R: std::io::Read> Lockstep<R> {
 
     /// Fails when the tar-split has entries the TOC did not list.
     pub(crate) fn finish(mut self) -> Result<()> {
-        match self.next_file()? {
+        match self.next_side()? {
             None => Ok(()),
-            Some((file, _)) => Err(Error::InvalidToc(format!(
+            Some(tar) => Err(Error::InvalidToc(format!(
                 "the tar-split lists {:?}, which the TOC does not",
-                String::from_utf8_lossy(&file.name)
+                tar.name
             ))),
         }
     }

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+use strata_jsonstream::Values;
 
 use crate::annotations::valid_digest;
 use crate::error::{Error, Result};
@@ -360,44 +362,29 @@ pub fn stream_items<R: std::io::Read>(
     json: R,
     mut visit: impl FnMut(TocItem) -> Result<()>,
 ) -> Result<TocHeader> {
-    let mut failure: Option<Error> = None;
     let mut pending: Option<TocItem> = None;
     let mut count = 0usize;
-    let header = {
-        let mut on_entry = |e: Entry| -> std::result::Result<(), String> {
-            let index = count;
-            count += 1;
-            if e.kind == "chunk"
-                && let Some(p) = &mut pending
-                && p.entry.kind == "reg"
-            {
-                p.chunks.push(e);
-                return Ok(());
-            }
-            if let Some(done) = pending.take()
-                && let Err(err) = visit(done)
-            {
-                failure = Some(err);
-                return Err("stopped".into());
-            }
-            pending = Some(TocItem {
-                index,
-                entry: e,
-                chunks: Vec::new(),
-            });
-            Ok(())
-        };
-        // serde_json reads byte by byte: buffered, or each byte is a call
-        // into the decompressor.
-        let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(64 << 10, json));
-        let header = serde::de::DeserializeSeed::deserialize(TopSeed(&mut on_entry), &mut de)
-            .and_then(|h| de.end().map(|()| h));
-        match (header, failure.take()) {
-            (_, Some(err)) => return Err(err),
-            (Err(e), None) => return Err(Error::InvalidToc(e.to_string())),
-            (Ok(h), None) => h,
+    let mut on_entry = |e: Entry| -> Result<()> {
+        let index = count;
+        count += 1;
+        if e.kind == "chunk"
+            && let Some(p) = &mut pending
+            && p.entry.kind == "reg"
+        {
+            p.chunks.push(e);
+            return Ok(());
         }
+        if let Some(done) = pending.take() {
+            visit(done)?;
+        }
+        pending = Some(TocItem {
+            index,
+            entry: e,
+            chunks: Vec::new(),
+        });
+        Ok(())
     };
+    let header = walk_top(&mut Values::new(json), &mut on_entry)?;
     if let Some(done) = pending.take() {
         visit(done)?;
     }
@@ -407,67 +394,113 @@ pub fn stream_items<R: std::io::Read>(
     })
 }
 
-/// The top-level object, handing entries to a callback as they come.
-struct TopSeed<'f>(&'f mut dyn FnMut(Entry) -> std::result::Result<(), String>);
+fn invalid(what: impl fmt::Display) -> Error {
+    Error::InvalidToc(what.to_string())
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for TopSeed<'_> {
-    type Value = TocHeader;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<TocHeader, D::Error> {
-        d.deserialize_map(self)
+/// Parses one value cut from the stream.
+fn value<'a, T: Deserialize<'a>>(text: &'a [u8], what: impl FnOnce() -> String) -> Result<T> {
+    serde_json::from_slice(text).map_err(|e| invalid(format!("{}: {e}", what())))
+}
+
+fn next<'v, R: std::io::Read>(values: &'v mut Values<R>, what: &str) -> Result<&'v [u8]> {
+    values
+        .next_value()
+        .map_err(|e| invalid(format!("reading {what}: {e}")))?
+        .ok_or_else(|| invalid(format!("the TOC ends before {what}")))
+}
+
+fn peek<R: std::io::Read>(values: &mut Values<R>) -> Result<Option<u8>> {
+    values.peek().map_err(|e| invalid(format!("reading the TOC: {e}")))
+}
+
+/// Consumes `want`, the next byte that is not whitespace.
+fn expect<R: std::io::Read>(values: &mut Values<R>, want: u8, what: &str) -> Result<()> {
+    match peek(values)? {
+        Some(b) if b == want => {
+            values.advance();
+            Ok(())
+        }
+        found => Err(invalid(format!(
+            "expected {:?} {what} at byte {}, found {}",
+            char::from(want),
+            values.offset(),
+            found.map_or("the end".into(), |b| format!("{:?}", char::from(b)))
+        ))),
     }
 }
 
-impl<'de> Visitor<'de> for TopSeed<'_> {
-    type Value = TocHeader;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOC object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<TocHeader, A::Error> {
-        let mut header = TocHeader::default();
-        while let Some(key) = map.next_key::<String>()? {
-            if key_is(&key, "version") {
-                header.version = or_default(&mut map)?;
-            } else if key_is(&key, "entries") {
-                map.next_value_seed(EntriesSeed(&mut *self.0))?;
-            } else if key_is(&key, "tarSplitDigest") {
-                header.tar_split_digest = or_default(&mut map)?;
+/// Walks the top-level object: its keys and small values are parsed one by
+/// one, and each entry of its list from a slice of its own, since a slice
+/// parses twice as fast as a reader and the list is too big to hold.
+fn walk_top<R: std::io::Read>(
+    values: &mut Values<R>,
+    on_entry: &mut dyn FnMut(Entry) -> Result<()>,
+) -> Result<TocHeader> {
+    let mut header = TocHeader::default();
+    expect(values, b'{', "to open the TOC object")?;
+    if peek(values)? == Some(b'}') {
+        values.advance();
+    } else {
+        loop {
+            let key: String = value(next(values, "a key")?, || "a key of the TOC object".into())?;
+            expect(values, b':', "after a key")?;
+            if key_is(&key, "entries") {
+                walk_entries(values, on_entry)?;
             } else {
-                map.next_value::<IgnoredAny>()?;
+                let text = next(values, "a value")?;
+                let what = || format!("the TOC's {key:?}");
+                if key_is(&key, "version") {
+                    header.version = value::<Option<i64>>(text, what)?.unwrap_or_default();
+                } else if key_is(&key, "tarSplitDigest") {
+                    header.tar_split_digest = value::<Option<String>>(text, what)?.unwrap_or_default();
+                } else {
+                    value::<IgnoredAny>(text, what)?;
+                }
+            }
+            match peek(values)? {
+                Some(b',') => values.advance(),
+                Some(b'}') => {
+                    values.advance();
+                    break;
+                }
+                _ => expect(values, b'}', "to close the TOC object")?,
             }
         }
-        Ok(header)
+    }
+    match peek(values)? {
+        None => Ok(header),
+        Some(_) => Err(invalid(format!("data after the TOC object, at byte {}", values.offset()))),
     }
 }
 
 /// The entry list (or `null`), each entry handed on as it is read.
-struct EntriesSeed<'f>(&'f mut dyn FnMut(Entry) -> std::result::Result<(), String>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_option(self)
+fn walk_entries<R: std::io::Read>(
+    values: &mut Values<R>,
+    on_entry: &mut dyn FnMut(Entry) -> Result<()>,
+) -> Result<()> {
+    if peek(values)? != Some(b'[') {
+        // Anything else must be null.
+        return value::<()>(next(values, "the entries")?, || "the TOC's entries".into());
     }
-}
-
-impl<'de> Visitor<'de> for EntriesSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of TOC entries")
+    values.advance();
+    if peek(values)? == Some(b']') {
+        values.advance();
+        return Ok(());
     }
-    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
-        Ok(())
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        while let Some(e) = seq.next_element::<Entry>()? {
-            (self.0)(e).map_err(serde::de::Error::custom)?;
+    let mut n = 0u64;
+    loop {
+        let entry = value::<Entry>(next(values, "an entry")?, || format!("TOC entry {n}"))?;
+        on_entry(entry)?;
+        n += 1;
+        match peek(values)? {
+            Some(b',') => values.advance(),
+            Some(b']') => {
+                values.advance();
+                return Ok(());
+            }
+            _ => expect(values, b']', "to close the entry list")?,
         }
-        Ok(())
     }
 }
 
@@ -485,6 +518,85 @@ fn or_default<'de, T: Deserialize<'de> + Default, A: MapAccess<'de>>(
     Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
 }
 
+/// An entry's key: known without allocating it, in any case.
+#[derive(Clone, Copy)]
+enum Field {
+    Type,
+    Name,
+    LinkName,
+    Mode,
+    Size,
+    Uid,
+    Gid,
+    ModTime,
+    AccessTime,
+    ChangeTime,
+    DevMajor,
+    DevMinor,
+    Xattrs,
+    Digest,
+    Offset,
+    EndOffset,
+    ChunkSize,
+    ChunkOffset,
+    ChunkDigest,
+    ChunkType,
+    InnerOffset,
+    Other,
+}
+
+impl Field {
+    fn of(key: &str) -> Field {
+        let mut lower = [0u8; 12];
+        let Some(lower) = lower.get_mut(..key.len()) else {
+            return Field::Other;
+        };
+        for (l, k) in lower.iter_mut().zip(key.bytes()) {
+            *l = k.to_ascii_lowercase();
+        }
+        match &*lower {
+            b"type" => Field::Type,
+            b"name" => Field::Name,
+            b"linkname" => Field::LinkName,
+            b"mode" => Field::Mode,
+            b"size" => Field::Size,
+            b"uid" => Field::Uid,
+            b"gid" => Field::Gid,
+            b"modtime" => Field::ModTime,
+            b"accesstime" => Field::AccessTime,
+            b"changetime" => Field::ChangeTime,
+            b"devmajor" => Field::DevMajor,
+            b"devminor" => Field::DevMinor,
+            b"xattrs" => Field::Xattrs,
+            b"digest" => Field::Digest,
+            b"offset" => Field::Offset,
+            b"endoffset" => Field::EndOffset,
+            b"chunksize" => Field::ChunkSize,
+            b"chunkoffset" => Field::ChunkOffset,
+            b"chunkdigest" => Field::ChunkDigest,
+            b"chunktype" => Field::ChunkType,
+            b"inneroffset" => Field::InnerOffset,
+            _ => Field::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TOC entry key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(Field::of(key))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for Entry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -495,31 +607,30 @@ impl<'de> Deserialize<'de> for Entry {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
                 let mut e = Entry::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    let k = key.as_str();
-                    match () {
-                        _ if key_is(k, "type") => e.kind = or_default(&mut map)?,
-                        _ if key_is(k, "name") => e.name = or_default(&mut map)?,
-                        _ if key_is(k, "linkName") => e.link_name = or_default(&mut map)?,
-                        _ if key_is(k, "mode") => e.mode = or_default(&mut map)?,
-                        _ if key_is(k, "size") => e.size = or_default(&mut map)?,
-                        _ if key_is(k, "uid") => e.uid = or_default(&mut map)?,
-                        _ if key_is(k, "gid") => e.gid = or_default(&mut map)?,
-                        _ if key_is(k, "modtime") => e.mod_time = or_default(&mut map)?,
-                        _ if key_is(k, "accesstime") => e.access_time = or_default(&mut map)?,
-                        _ if key_is(k, "changetime") => e.change_time = or_default(&mut map)?,
-                        _ if key_is(k, "devMajor") => e.dev_major = or_default(&mut map)?,
-                        _ if key_is(k, "devMinor") => e.dev_minor = or_default(&mut map)?,
-                        _ if key_is(k, "xattrs") => e.xattrs = or_default(&mut map)?,
-                        _ if key_is(k, "digest") => e.digest = or_default(&mut map)?,
-                        _ if key_is(k, "offset") => e.offset = or_default(&mut map)?,
-                        _ if key_is(k, "endOffset") => e.end_offset = or_default(&mut map)?,
-                        _ if key_is(k, "chunkSize") => e.chunk_size = or_default(&mut map)?,
-                        _ if key_is(k, "chunkOffset") => e.chunk_offset = or_default(&mut map)?,
-                        _ if key_is(k, "chunkDigest") => e.chunk_digest = or_default(&mut map)?,
-                        _ if key_is(k, "chunkType") => e.chunk_type = or_default(&mut map)?,
-                        _ if key_is(k, "innerOffset") => e.inner_offset = or_default(&mut map)?,
-                        _ => {
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Type => e.kind = or_default(&mut map)?,
+                        Field::Name => e.name = or_default(&mut map)?,
+                        Field::LinkName => e.link_name = or_default(&mut map)?,
+                        Field::Mode => e.mode = or_default(&mut map)?,
+                        Field::Size => e.size = or_default(&mut map)?,
+                        Field::Uid => e.uid = or_default(&mut map)?,
+                        Field::Gid => e.gid = or_default(&mut map)?,
+                        Field::ModTime => e.mod_time = or_default(&mut map)?,
+                        Field::AccessTime => e.access_time = or_default(&mut map)?,
+                        Field::ChangeTime => e.change_time = or_default(&mut map)?,
+                        Field::DevMajor => e.dev_major = or_default(&mut map)?,
+                        Field::DevMinor => e.dev_minor = or_default(&mut map)?,
+                        Field::Xattrs => e.xattrs = or_default(&mut map)?,
+                        Field::Digest => e.digest = or_default(&mut map)?,
+                        Field::Offset => e.offset = or_default(&mut map)?,
+                        Field::EndOffset => e.end_offset = or_default(&mut map)?,
+                        Field::ChunkSize => e.chunk_size = or_default(&mut map)?,
+                        Field::ChunkOffset => e.chunk_offset = or_default(&mut map)?,
+                        Field::ChunkDigest => e.chunk_digest = or_default(&mut map)?,
+                        Field::ChunkType => e.chunk_type = or_default(&mut map)?,
+                        Field::InnerOffset => e.inner_offset = or_default(&mut map)?,
+                        Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -630,3 +741,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "toc_oracle.rs"]
+mod oracle;

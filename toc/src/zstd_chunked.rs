@@ -211,32 +211,35 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
         None => None,
     };
     let tar_split_digest = tar_split.as_ref().map(|t| sha256(&t.compressed));
-    let mut lockstep = tar_split.as_ref().map(|t| Lockstep::new(t.reader()));
-    // A mismatch counts only if the tar-split turns out to be the TOC's.
-    let mut inconsistency: Option<Error> = None;
     // Payload frames lie before the TOC's skippable frame header.
     let data_end = location.toc_offset.saturating_sub(8);
-    let mut json = SizedDecoder::new("TOC", &compressed, location.toc_len);
-    let header = stream_items(&mut json, |item| {
-        item.validate(data_end)?;
-        if inconsistency.is_none()
-            && let Some(l) = &mut lockstep
-            && let Err(e) = l.check(&item)
-        {
-            inconsistency = Some(e);
-        }
-        visit(item)
-    })
-    .map_err(|e| match json.failure.take() {
-        Some(reason) => Error::Decompress { what: "TOC", reason },
-        None => e,
+    let (header, rest) = std::thread::scope(|scope| {
+        let mut lockstep = tar_split.as_ref().map(|t| Lockstep::spawn(scope, t.reader()));
+        // A mismatch counts only if the tar-split turns out to be the TOC's.
+        let mut inconsistency: Option<Error> = None;
+        let mut json = SizedDecoder::new("TOC", &compressed, location.toc_len);
+        let header = stream_items(&mut json, |item| {
+            item.validate(data_end)?;
+            if inconsistency.is_none()
+                && let Some(l) = &mut lockstep
+                && let Err(e) = l.check(&item)
+            {
+                inconsistency = Some(e);
+            }
+            visit(item)
+        })
+        .map_err(|e| match json.failure.take() {
+            Some(reason) => Error::Decompress { what: "TOC", reason },
+            None => e,
+        })?;
+        let rest = match (lockstep, inconsistency) {
+            (Some(l), None) => l.finish(),
+            (_, Some(e)) => Err(e),
+            (None, None) => Ok(()),
+        };
+        Ok::<_, Error>((header, rest))
     })?;
     check_header(header.version, &header.tar_split_digest)?;
-    let rest = match (lockstep, inconsistency) {
-        (Some(l), None) => l.finish(),
-        (_, Some(e)) => Err(e),
-        (None, None) => Ok(()),
-    };
     let tar_split = if header.tar_split_digest.is_empty() {
         None
     } else {

@@ -781,7 +781,8 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     if !has_fuzz.is_ok_and(|s| s.success()) {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    let all: [(&str, &[&str]); 6] = [
+    let all: [(&str, &[&str]); 7] = [
+        ("jsonstream", &["values"]),
         ("tarsplit", &["tar_reader", "metadata"]),
         ("toc", &["zstd_chunked", "nydus"]),
         ("overlaydiff", &["mount_options"]),
@@ -814,6 +815,10 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
         p.add("image.blob", &b"data"[..], false)?;
         p.add("image.boot", &b"boot"[..], true)?;
         std::fs::write(corpus.join("sample"), p.finish()?.0)?;
+        return Ok(());
+    }
+    if dir == "jsonstream" {
+        std::fs::write(corpus.join("records"), b"\x07{\"type\":2,\"payload\":\"dXN0YXI=\"}\n[1, \"a\\\"]\"] null")?;
         return Ok(());
     }
     if dir == "toc" {
