@@ -341,7 +341,12 @@ pub struct TocGetter {
     rx: Receiver<PieceMessage>,
     pending: Vec<u8>,
     pos: usize,
+    whole_local: Option<WholeLocal>,
 }
+
+/// Told of each file taken whole from a local one: its name in the tar,
+/// its size, and where it lies.
+pub type WholeLocal = Box<dyn FnMut(&[u8], u64, &Found) + Send>;
 
 impl std::fmt::Debug for TocGetter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -356,7 +361,16 @@ impl TocGetter {
             rx,
             pending: Vec::new(),
             pos: 0,
+            whole_local: None,
         }
+    }
+
+    /// Calls `tell` for each file taken whole from a local file, before its
+    /// bytes are read: the extractor can then clone or link that file
+    /// instead of writing the bytes.
+    pub fn on_whole_local(mut self, tell: WholeLocal) -> TocGetter {
+        self.whole_local = Some(tell);
+        self
     }
 
     /// How many files the TOC lists that the assembly never asked for.
@@ -401,6 +415,11 @@ impl strata_tarsplit::FileGetter for TocGetter {
         // Fetched bytes are checked against the TOC here. Bytes reused from
         // local layers are not hashed again: the assembly checks each file
         // against the tar-split's CRC-64, and the store checks the diffID.
+        if let (Some(tell), [Part::Local(found)]) = (&mut self.whole_local, file.parts.as_slice())
+            && found.offset == 0
+        {
+            tell(name, found.length, found);
+        }
         let fetched = file.parts.iter().any(|p| matches!(p, Part::Fetch(_)));
         Ok(Box::new(FileReader {
             getter: self,

@@ -26,6 +26,11 @@ pub struct Args {
     /// never.
     #[arg(long, value_name = "SHARE", default_value_t = 0.75)]
     fetch_whole_at: f64,
+    /// Hard-link files found whole in local layers when their metadata
+    /// matches, instead of cloning or copying them (containers-storage's
+    /// `use_hard_links`): the layers then share those inodes.
+    #[arg(long)]
+    use_hard_links: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -78,6 +83,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         },
         partial: !args.no_partial,
         full_fetch_share: args.fetch_whole_at,
+        hard_links: args.use_hard_links,
         progress: Some(crate::progress::pull((!args.json).then_some(layer_line as fn(&LayerReport) -> String))),
         ..PullOptions::default()
     };

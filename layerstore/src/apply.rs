@@ -81,6 +81,10 @@ pub struct LayerOptions {
     /// match what was read. Its TOC digest is recorded either way. The
     /// diffID is always computed from the stream.
     pub source_blob: Option<SourceBlob>,
+    /// Files whose content entries of the tar repeat, announced by the
+    /// tar's writer (see [`strata_overlaydiff::KnownContent`]): cloned or
+    /// hard-linked instead of written.
+    pub known_content: Option<strata_overlaydiff::KnownContent>,
 }
 
 /// A layer blob's identity, for [`LayerOptions::source_blob`].
@@ -369,6 +373,7 @@ pub(crate) fn apply_blob<R, F>(
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
     lowers: Vec<cap_std::fs::Dir>,
+    known: Option<strata_overlaydiff::KnownContent>,
 ) -> Result<Applied>
 where
     R: Read + Send,
@@ -376,6 +381,9 @@ where
 {
     let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
     let mut extractor = Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata);
+    if let Some(known) = known {
+        extractor = extractor.known_content(known);
+    }
     if !lowers.is_empty() {
         extractor = extractor.lowers(strata_overlaydiff::LowerView::new(
             lowers,

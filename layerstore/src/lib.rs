@@ -25,6 +25,7 @@ pub use images::ImageOptions;
 pub use json::{rfc3339, to_go_json};
 pub use records::{IdMap, ImageRecord as Image, LayerRecord as Layer, MountRecord, valid_digest, valid_id};
 pub use store::{Driver, Problem, Store, StoreOptions, chain_id};
+pub use strata_overlaydiff::{KnownContent, KnownFile};
 
 /// The overlay backend can work here: overlayfs in the kernel and the
 /// privilege to mount it.

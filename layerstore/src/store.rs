@@ -546,7 +546,15 @@ impl Store {
             Some(diff) => {
                 let lowers = self.backend.lowers_for(parent.as_deref())?;
                 let applied =
-                    apply::apply_blob(diff, &staged, self.backend.apply_mode(), &self.layers_dir, &split_tmp, lowers);
+                    apply::apply_blob(
+                    diff,
+                    &staged,
+                    self.backend.apply_mode(),
+                    &self.layers_dir,
+                    &split_tmp,
+                    lowers,
+                    options.known_content.clone(),
+                );
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }

@@ -10,13 +10,14 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::sync::{Arc, OnceLock};
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time};
 
+use crate::known::{KnownContent, KnownFile};
 use crate::lower::LowerView;
 use crate::meta;
 use crate::options::XattrNamespace;
@@ -109,6 +110,8 @@ pub struct Extractor {
     entries: u64,
     /// The layers below, for directories the tar implies but does not list.
     lowers: Option<LowerView>,
+    /// Files whose content coming entries repeat.
+    known: Option<KnownContent>,
 }
 
 impl Extractor {
@@ -126,7 +129,16 @@ impl Extractor {
             egid: rustix::process::getegid().as_raw(),
             entries: 0,
             lowers: None,
+            known: None,
         }
+    }
+
+    /// Files whose content coming entries repeat, announced by the tar's
+    /// writer: such an entry is cloned from its file (or hard-linked, when
+    /// allowed and its metadata matches) instead of written.
+    pub fn known_content(mut self, known: KnownContent) -> Self {
+        self.known = Some(known);
+        self
     }
 
     /// The layers below an overlay upperdir. A directory the tar implies
@@ -409,6 +421,31 @@ impl Extractor {
             }
             b'0' | b'7' | b'S' => {
                 let mode = (header.mode & 0o7777) as u32;
+                let source = match (&self.known, &payload) {
+                    (Some(known), Some(p)) => known
+                        .take(path, p.len())
+                        .and_then(|f| open_known(&f, p.len()))
+                        .map(|src| (known.clone(), src)),
+                    _ => None,
+                };
+                if let Some((known, src)) = &source
+                    && known.hard_links()
+                    && self.may_link(src, header, path, new_gid)
+                {
+                    let linked = match link_to(src, &parent, name) {
+                        Err(rustix::io::Errno::EXIST) => {
+                            self.remove(&parent, name, path)?;
+                            link_to(src, &parent, name)
+                        }
+                        other => other,
+                    };
+                    if linked.is_ok() {
+                        // The inode is the other layer's: nothing of it may
+                        // change, and nothing needs to.
+                        self.created.insert(clean);
+                        return Ok(());
+                    }
+                }
                 let create = || {
                     rustix::fs::openat(
                         parent.as_fd(),
@@ -426,7 +463,29 @@ impl Extractor {
                 }
                 .map_err(fail)?;
                 let mut file = std::fs::File::from(fd);
-                if let Some(payload) = payload {
+                let cloned = match &source {
+                    Some((known, src)) if known.reflinks() => match rustix::fs::ioctl_ficlone(&file, src) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            if matches!(
+                                e,
+                                rustix::io::Errno::OPNOTSUPP
+                                    | rustix::io::Errno::NOTTY
+                                    | rustix::io::Errno::INVAL
+                                    | rustix::io::Errno::NOSYS
+                            ) {
+                                known.reflinks_unsupported();
+                            }
+                            false
+                        }
+                    },
+                    _ => false,
+                };
+                // A clone holds the bytes already; the tar's copy of them
+                // is read past (and still checked) by the split.
+                if let Some(payload) = payload
+                    && !cloned
+                {
                     copy_payload(payload, &mut file).map_err(|e| io_err(path, e))?;
                 }
                 self.file_metadata(&file, &parent, name, header, path, new_gid)?;
@@ -515,6 +574,23 @@ impl Extractor {
         Ok(())
     }
 
+    /// Whether `src` has exactly the owner, mode, time and xattrs the entry
+    /// would get, so a hard link to it is the entry.
+    fn may_link(&self, src: &std::fs::File, header: &HeaderInfo, path: &[u8], new_gid: u32) -> bool {
+        let Ok(st) = rustix::fs::fstat(src) else {
+            return false;
+        };
+        let owner = match self.owner_to_set(header, path, Some(new_gid)) {
+            Ok(Some(set)) => set,
+            Ok(None) => (self.euid, new_gid),
+            Err(_) => return false,
+        };
+        (st.st_uid, st.st_gid) == owner
+            && i64::from(st.st_mode & 0o7777) == header.mode & 0o7777
+            && (st.st_mtime, st.st_mtime_nsec as i64) == (header.mtime.secs, i64::from(header.mtime.nanos))
+            && xattrs_are(src, header)
+    }
+
     /// Owner, xattrs, mode and times of a regular file just written, through
     /// its descriptor; a file created with the owner and mode it must have
     /// needs neither chown nor chmod.
@@ -555,6 +631,42 @@ impl Extractor {
             },
         )
         .map_err(fail)
+    }
+}
+
+/// Opens an announced file: a regular file of exactly `size` bytes, else
+/// nothing (the entry is then written from the tar).
+fn open_known(known: &KnownFile, size: u64) -> Option<std::fs::File> {
+    let file = known.root.open(&known.path).ok()?.into_std();
+    let st = rustix::fs::fstat(&file).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size as u64 == size).then_some(file)
+}
+
+/// Hard-links the open file `src` as `name` in `dir`: by its descriptor,
+/// which needs CAP_DAC_READ_SEARCH, else through its /proc magic link.
+fn link_to(src: &std::fs::File, dir: &Dir, name: &OsStr) -> rustix::io::Result<()> {
+    match rustix::fs::linkat(src, c"", dir.as_fd(), name, AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            let proc = format!("/proc/self/fd/{}", src.as_fd().as_raw_fd());
+            rustix::fs::linkat(rustix::fs::CWD, proc.as_str(), dir.as_fd(), name, AtFlags::SYMLINK_FOLLOW)
+        }
+        other => other,
+    }
+}
+
+/// Whether the xattrs of `file` are exactly those the entry carries into
+/// the tree (a file with others, an SELinux label say, is never shared).
+fn xattrs_are(file: &std::fs::File, header: &HeaderInfo) -> bool {
+    let mut want: Vec<(&[u8], &[u8])> = header
+        .xattrs
+        .iter()
+        .filter(|(n, _)| meta::exported_xattr(n.as_bytes()))
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        .collect();
+    want.sort();
+    match meta::read_fd_xattrs(file) {
+        Ok(have) => have.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())).eq(want),
+        Err(_) => false,
     }
 }
 

@@ -3,6 +3,7 @@
 mod apply;
 mod change;
 mod copy;
+mod known;
 mod lower;
 mod meta;
 mod mount;
@@ -15,6 +16,7 @@ use std::ffi::OsString;
 pub use apply::{Extractor, Whiteouts, apply_layer};
 pub use change::{Change, ChangeSink, TarSink};
 pub use copy::copy_tree;
+pub use known::{KnownContent, KnownFile};
 pub use lower::LowerView;
 pub use meta::{Kind, Meta};
 pub use mount::ReadOnlyOverlay;

@@ -107,9 +107,28 @@ fn proc_path(dir: &Dir, name: &OsStr) -> io::Result<CString> {
 /// All xattrs of `name` in `dir`, without following a final symlink.
 pub fn read_xattrs(dir: &Dir, name: &OsStr) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let path = proc_path(dir, name)?;
+    collect_xattrs(
+        |names| rustix::fs::llistxattr(&path, names),
+        |attr, value| rustix::fs::lgetxattr(&path, attr, value),
+    )
+}
+
+/// All xattrs of an open file.
+pub fn read_fd_xattrs(file: &File) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    collect_xattrs(
+        |names| rustix::fs::flistxattr(file, names),
+        |attr, value| rustix::fs::fgetxattr(file, attr, value),
+    )
+}
+
+/// Lists then reads every xattr, growing the buffers as needed; sorted.
+fn collect_xattrs(
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&[u8], &mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let len = loop {
-        match rustix::fs::llistxattr(&path, &mut names) {
+        match list(&mut names) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
@@ -120,7 +139,7 @@ pub fn read_xattrs(dir: &Dir, name: &OsStr) -> io::Result<Vec<(OsString, Vec<u8>
     for attr in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let mut value = vec![0u8; 256];
         let n = loop {
-            match rustix::fs::lgetxattr(&path, attr, &mut value) {
+            match get(attr, &mut value) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
                 Err(rustix::io::Errno::NODATA) => break usize::MAX,

@@ -15,7 +15,7 @@ use strata_chunkfetch::{
     ByteRange, LayerPlan, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces,
 };
 use strata_dedup_cache::{DiskCache, LayerIndex};
-use strata_layerstore::{Compression, ImageOptions, LayerOptions, SourceBlob, Store, chain_id};
+use strata_layerstore::{Compression, ImageOptions, KnownContent, KnownFile, LayerOptions, SourceBlob, Store, chain_id};
 
 use crate::source::{Blob, ImageSource};
 use crate::{Error, Result};
@@ -35,6 +35,13 @@ pub struct PullOptions {
     /// payload is fetched whole instead: one streamed request, no
     /// rebuilding, and nearly the same bytes. Default 0.75.
     pub full_fetch_share: f64,
+    /// In a partial pull, a file found whole in a local layer becomes a
+    /// hard link to it when its owner, mode, times and xattrs are the
+    /// entry's (containers-storage's `use_hard_links`): no copy, no space,
+    /// but the two layers then share the inode. Off by default; without
+    /// it, such files are cloned (reflinks) where the filesystem can, and
+    /// copied where it cannot.
+    pub hard_links: bool,
     /// Platform to choose from an index.
     pub os: String,
     pub architecture: String,
@@ -67,6 +74,7 @@ impl std::fmt::Debug for PullOptions {
             .field("planner", &self.planner)
             .field("partial", &self.partial)
             .field("full_fetch_share", &self.full_fetch_share)
+            .field("hard_links", &self.hard_links)
             .field("os", &self.os)
             .field("architecture", &self.architecture)
             .field("names", &self.names)
@@ -81,6 +89,7 @@ impl Default for PullOptions {
             planner: Planner::default(),
             partial: true,
             full_fetch_share: 0.75,
+            hard_links: false,
             os: "linux".into(),
             architecture: oci::host_architecture().into(),
             names: Vec::new(),
@@ -522,7 +531,19 @@ fn pull_partial(
     let needs = plan.needs.clone();
     // 16 blocks of 256 KiB in flight: enough to keep both sides busy.
     let (tx, rx) = sync_channel(16);
-    let getter = TocGetter::new(plan, rx);
+    // Files taken whole from local layers are cloned or linked by the
+    // extractor when it can, as their bytes pass by for the diffID.
+    let known = KnownContent::new(options.hard_links);
+    let announce = known.clone();
+    let getter = TocGetter::new(plan, rx).on_whole_local(Box::new(move |name, size, found| {
+        if announce.wanted() {
+            let file = KnownFile {
+                root: found.root.clone(),
+                path: found.path.clone(),
+            };
+            announce.announce(name, size, file);
+        }
+    }));
     let layer_options = LayerOptions {
         id: Some(id.to_owned()),
         parent: parent.map(str::to_owned),
@@ -534,6 +555,7 @@ fn pull_partial(
             compression: Compression::Zstd,
             toc_digest: Some(toc_digest),
         }),
+        known_content: Some(known),
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {

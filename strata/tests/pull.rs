@@ -164,6 +164,82 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
     assert!(again.layers.iter().all(|l| l.how == How::Present));
 }
 
+/// The regular files of a vfs layer, by path below it.
+fn layer_files(graph: &Path, id: &str) -> Vec<std::path::PathBuf> {
+    let root = graph.join("vfs/dir").join(id);
+    let mut out = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("entry");
+            let t = e.file_type().expect("type");
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path().strip_prefix(&root).expect("below").to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn with_hard_links_v2_shares_the_files_v1_has_unchanged() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (_, v2_tar, _) = two_versions(&layout);
+    let store = store(dir.path());
+    let r1 = pull(&Reference::parse(&format!("oci:{}:v1", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v1");
+    let options = PullOptions { hard_links: true, ..PullOptions::default() };
+    let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &options).expect("pull v2");
+    let (base, v1, v2) = (&r1.layers[0].layer_id, &r1.layers[1].layer_id, &r2.layers[1].layer_id);
+    assert_eq!(diff(&store, v2), v2_tar, "v2's app layer diffs to its tar");
+    let graph = dir.path().join("graph");
+    let ino = |id: &str, p: &Path| std::fs::metadata(graph.join("vfs/dir").join(id).join(p)).ok().map(|m| m.ino());
+    let (mut shared, mut own) = (Vec::new(), Vec::new());
+    for p in layer_files(&graph, v2).into_iter().filter(|p| p.starts_with("usr")) {
+        // The base layer has the first 20 files too: either may be shared.
+        if ino(v2, &p) == ino(v1, &p) || ino(v2, &p) == ino(base, &p) { shared.push(p) } else { own.push(p) }
+    }
+    own.sort();
+    // The 8 changed files and the edited big file.
+    let changed: Vec<std::path::PathBuf> = [3, 17, 40, 41, 42, 90, 120, 149]
+        .iter()
+        .map(|i| format!("usr/share/f{i:04}").into())
+        .chain(["usr/lib/big.so".into()])
+        .collect();
+    for c in &changed {
+        assert!(own.contains(c), "{c:?} changed, so it is v2's own: {own:?}");
+    }
+    assert!(shared.len() >= 140, "only {} files shared; v2's own: {own:?}", shared.len());
+}
+
+#[test]
+fn on_xfs_v2_clones_the_files_v1_has_unchanged() {
+    let Some(xfs) = strata_test_support::LoopFs::new("xfs", 512) else { return };
+    if !tools_or_skip(&["filefrag"]) {
+        return;
+    }
+    let dir = xfs.path();
+    let layout = dir.join("layout");
+    let (_, v2_tar, _) = two_versions(&layout);
+    let store = store(&dir);
+    pull(&Reference::parse(&format!("oci:{}:v1", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v1");
+    let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("pull v2");
+    let v2 = &r2.layers[1].layer_id;
+    assert_eq!(diff(&store, v2), v2_tar, "v2's app layer diffs to its tar");
+    std::process::Command::new("sync").status().expect("sync");
+    let root = dir.join("graph/vfs/dir").join(v2);
+    let shares = |name: &str| {
+        let out = std::process::Command::new("filefrag").arg("-v").arg(root.join(name)).output().expect("filefrag");
+        String::from_utf8_lossy(&out.stdout).contains("shared")
+    };
+    assert!(shares("usr/share/f0000"), "an unchanged file is a clone of v1's");
+    assert!(shares("usr/share/f0100"), "an unchanged file is a clone of v1's");
+    assert!(!shares("usr/share/f0003"), "a changed file is written");
+}
+
 #[test]
 fn a_layer_whose_content_lies_is_refused_and_nothing_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");

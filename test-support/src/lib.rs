@@ -516,3 +516,62 @@ pub fn tree_snapshot(root: &Path) -> std::collections::BTreeMap<String, String> 
     walk(root, "", &mut out);
     out
 }
+
+/// A fresh filesystem of the given type (`ext4`, `xfs` with reflinks) on a
+/// loop device, mounted in a temporary directory and gone on drop.
+#[derive(Debug)]
+pub struct LoopFs {
+    dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `None` (said loudly) without root or the mkfs tool, unless CI
+    /// demands them (`STRATA_REQUIRE_TOOLS`).
+    pub fn new(kind: &str, mib: u64) -> Option<LoopFs> {
+        let mkfs = format!("mkfs.{kind}");
+        if !tools_or_skip(&[&mkfs]) {
+            return None;
+        }
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if !root {
+            if std::env::var_os("STRATA_REQUIRE_TOOLS").is_some() {
+                panic!("loop mounts need root");
+            }
+            eprintln!("SKIPPED: loop mounts need root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image).and_then(|f| f.set_len(mib << 20)).expect("image file");
+        let mut make = Command::new(&mkfs);
+        match kind {
+            "xfs" => make.args(["-q", "-f", "-m", "reflink=1"]),
+            _ => make.args(["-q", "-F"]),
+        };
+        let made = make.arg(&image).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        assert!(made, "{mkfs} failed");
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).expect("mount point");
+        let mounted = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&point).status();
+        assert!(mounted.is_ok_and(|s| s.success()), "mounting the {kind} image failed");
+        Some(LoopFs { dir })
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Free bytes, as statvfs counts them.
+    pub fn free_bytes(&self) -> u64 {
+        let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(self.path()).output().expect("stat -f");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace().map(|v| v.parse::<u64>().expect("a number"));
+        parts.next().expect("free blocks") * parts.next().expect("block size")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-R").arg(self.path()).stderr(Stdio::null()).status();
+    }
+}
