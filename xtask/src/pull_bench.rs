@@ -108,12 +108,12 @@ impl Stores {
     }
 }
 
-fn podman_conf(scratch: &Path) -> Result<std::path::PathBuf, Error> {
+fn podman_conf(scratch: &Path, hard_links: bool) -> Result<std::path::PathBuf, Error> {
     let conf = scratch.join("storage.conf");
     std::fs::write(
         &conf,
         format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"false\"}}\n",
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"{hard_links}\"}}\n",
             scratch.join("graph").display(),
             scratch.join("run").display()
         ),
@@ -130,6 +130,10 @@ fn podman_pull(conf: &Path, addr: &str, tag: &str) -> Command {
 }
 
 fn strata_pull(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bool) -> Command {
+    strata_pull_with(strata, scratch, addr, tag, partial, false)
+}
+
+fn strata_pull_with(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bool, hard_links: bool) -> Command {
     let mut c = Command::new(strata);
     c.arg("--root")
         .arg(scratch.join("graph"))
@@ -139,6 +143,9 @@ fn strata_pull(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bo
         .arg(format!("docker://{addr}/bench:{tag}"));
     if !partial {
         c.arg("--no-partial");
+    }
+    if hard_links {
+        c.arg("--use-hard-links");
     }
     c
 }
@@ -206,28 +213,9 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         dir: tempfile::tempdir_in(fs.path())?,
         n: 0,
     };
-    let mut podman_dirs = Vec::new();
-    let mut strata_dirs = Vec::new();
-
-    let (mut podman_cold, mut podman_update, mut strata_cold, mut strata_update) =
-        (Series::default(), Series::default(), Series::default(), Series::default());
-    for _ in 0..runs {
-        // podman: its own overlay store with partial pulls on, and no
-        // blob-info cache from an earlier run.
-        let _ = std::fs::remove_dir_all("/var/lib/containers/cache");
-        let proxy = Proxy::start(&server.addr, Mode::Pass);
-        let scratch = stores.next()?;
-        let conf = podman_conf(&scratch)?;
-        podman_dirs.push(conf.clone());
-        podman_cold.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v1"))?);
-        podman_update.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v2"))?);
-
-        let proxy = Proxy::start(&server.addr, Mode::Pass);
-        let scratch = stores.next()?;
-        strata_dirs.push(scratch.clone());
-        strata_cold.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v1", true))?);
-        strata_update.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v2", true))?);
-    }
+    let mut dirs = Dirs::default();
+    let main = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, false)?;
+    let hard_links = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, true)?;
 
     // Partial against whole, the update with v1 present, on loopback and
     // on slower links; all interleaved, so each meets the disk as it ages.
@@ -237,7 +225,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         for ((_, bits), (_, partial, full)) in link_kinds.iter().zip(links.iter_mut()) {
             for (series, is_partial) in [(&mut *partial, true), (&mut *full, false)] {
                 let scratch = stores.next()?;
-                strata_dirs.push(scratch.clone());
+                dirs.strata.push(scratch.clone());
                 run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
                 let proxy = match *bits {
                     Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
@@ -248,10 +236,23 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         }
     }
 
-    println!("v2 blob {:.1} MiB; median of {runs}; stores on a fresh loop-mounted ext4, registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
+    // The same on XFS, where both tools clone reused files (reflinks).
+    let xfs = crate::scratch_fs::ScratchFs::with_kind(&work.join("xfs"), "xfs", 12)?;
+    let mut xfs_stores = Stores {
+        dir: tempfile::tempdir_in(xfs.path())?,
+        n: 0,
+    };
+    let reflinks = both_tools(&server.addr, &strata, &mut xfs_stores, &mut dirs, runs, false)?;
+
+    println!("v2 blob {:.1} MiB; median of {runs}; stores on a fresh loop-mounted ext4 (XFS where said), registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
     println!("| pull | podman (partial on) | strata | strata / podman time | strata / podman bytes |");
     println!("|---|---|---|---|---|");
-    for (what, p, s) in [("cold v1", &podman_cold, &strata_cold), ("update v1 -> v2", &podman_update, &strata_update)] {
+    for (what, p, s) in [
+        ("cold v1", &main.podman_cold, &main.strata_cold),
+        ("update v1 -> v2", &main.podman_update, &main.strata_update),
+        ("update, hard links (use_hard_links / --use-hard-links)", &hard_links.podman_update, &hard_links.strata_update),
+        ("update on XFS (both clone)", &reflinks.podman_update, &reflinks.strata_update),
+    ] {
         println!(
             "| {what} | {:.2} s, {} B | {:.2} s, {} B | {:.2} | {:.2} |",
             p.median(),
@@ -277,7 +278,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         );
     }
 
-    for conf in &podman_dirs {
+    for conf in &dirs.podman {
         let _ = Command::new("podman")
             .env("CONTAINERS_STORAGE_CONF", conf)
             .args(["--events-backend", "none", "system", "reset", "--force"])
@@ -285,11 +286,65 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
             .stderr(Stdio::null())
             .status();
     }
-    for dir in &strata_dirs {
+    for dir in &dirs.strata {
         let _ = Command::new("umount").arg("-R").arg(dir.join("graph/overlay")).stderr(Stdio::null()).status();
     }
     // Unmounted first: the image goes whole, no file is deleted one by one.
     drop(fs);
     drop(stores);
+    drop(xfs);
+    drop(xfs_stores);
     Ok(())
+}
+
+/// Where each tool's stores went, for the cleanup.
+#[derive(Default)]
+struct Dirs {
+    podman: Vec<std::path::PathBuf>,
+    strata: Vec<std::path::PathBuf>,
+}
+
+struct BothTools {
+    podman_cold: Series,
+    podman_update: Series,
+    strata_cold: Series,
+    strata_update: Series,
+}
+
+/// `runs` times, each tool pulls v1 then v2 into a store of its own.
+fn both_tools(
+    registry: &str,
+    strata: &Path,
+    stores: &mut Stores,
+    dirs: &mut Dirs,
+    runs: usize,
+    hard_links: bool,
+) -> Result<BothTools, Error> {
+    let mut out = BothTools {
+        podman_cold: Series::default(),
+        podman_update: Series::default(),
+        strata_cold: Series::default(),
+        strata_update: Series::default(),
+    };
+    for _ in 0..runs {
+        // podman: its own overlay store with partial pulls on, and no
+        // blob-info cache from an earlier run.
+        let _ = std::fs::remove_dir_all("/var/lib/containers/cache");
+        let proxy = Proxy::start(registry, Mode::Pass);
+        let scratch = stores.next()?;
+        let conf = podman_conf(&scratch, hard_links)?;
+        dirs.podman.push(conf.clone());
+        out.podman_cold.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v1"))?);
+        out.podman_update.add(measured(&proxy, &mut podman_pull(&conf, &proxy.addr, "v2"))?);
+
+        let proxy = Proxy::start(registry, Mode::Pass);
+        let scratch = stores.next()?;
+        dirs.strata.push(scratch.clone());
+        out.strata_cold.add(measured(&proxy, &mut strata_pull(strata, &scratch, &proxy.addr, "v1", true))?);
+        out.strata_update.add(measured(
+            &proxy,
+            &mut strata_pull_with(strata, &scratch, &proxy.addr, "v2", true, hard_links),
+        )?);
+    }
+    Ok(out)
 }

@@ -21,7 +21,13 @@ impl ScratchFs {
     /// A filesystem of `gib` GiB mounted under `dir` (its image file beside
     /// it). Without root or loop devices, a plain directory instead.
     pub fn new(dir: &Path, gib: u64) -> Result<ScratchFs, Error> {
-        let image = dir.join("scratch.ext4");
+        ScratchFs::with_kind(dir, "ext4", gib)
+    }
+
+    /// The same with another filesystem: `ext4`, or `xfs` (with reflinks).
+    pub fn with_kind(dir: &Path, kind: &str, gib: u64) -> Result<ScratchFs, Error> {
+        std::fs::create_dir_all(dir)?;
+        let image = dir.join(format!("scratch.{kind}"));
         let mount = dir.join("scratch");
         let _ = Command::new("umount").arg("-R").arg(&mount).stderr(Stdio::null()).status();
         let _ = std::fs::remove_file(&image);
@@ -30,8 +36,11 @@ impl ScratchFs {
         let made = std::fs::File::create(&image)
             .and_then(|f| f.set_len(gib << 30))
             .is_ok()
-            && Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            && Command::new(format!("mkfs.{kind}"))
+                .args(match kind {
+                    "xfs" => &["-q", "-f", "-m", "reflink=1"][..],
+                    _ => &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"][..],
+                })
                 .arg(&image)
                 .stdout(Stdio::null())
                 .status()
