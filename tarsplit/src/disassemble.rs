@@ -6,7 +6,7 @@ use crate::error::{Error, Name, Result};
 use crate::files::FilePutter;
 use crate::metadata::MetadataWriter;
 use crate::payload::{ChunkSource, Payload};
-use crate::stream::TeeStream;
+use crate::stream::{Buffered, InPlace, Input, TeeStream};
 use crate::tar;
 use crate::tar::info::HeaderInfo;
 
@@ -24,7 +24,7 @@ pub struct Summary {
     pub payload_size: u64,
 }
 
-impl<R: Read, W: Write> ChunkSource for TeeStream<R, W> {
+impl<I: Input> ChunkSource for TeeStream<I> {
     fn chunk(&mut self) -> io::Result<&[u8]> {
         TeeStream::chunk(self)
     }
@@ -103,7 +103,26 @@ where
     M: Write,
     S: SplitSink + ?Sized,
 {
-    let mut stream = TeeStream::new(input, passthrough);
+    split_stream(TeeStream::new(Buffered::new(input, passthrough)), metadata, sink)
+}
+
+/// [`split`] of a buffered reader, its buffer parsed in place: no copy of
+/// the stream is made (a layer arriving in blocks of a channel, say).
+pub fn split_buffered<B, M, S>(input: B, metadata: &mut MetadataWriter<M>, sink: &mut S) -> Result<Summary>
+where
+    B: std::io::BufRead,
+    M: Write,
+    S: SplitSink + ?Sized,
+{
+    split_stream(TeeStream::new(InPlace(input)), metadata, sink)
+}
+
+fn split_stream<I, M, S>(mut stream: TeeStream<I>, metadata: &mut MetadataWriter<M>, sink: &mut S) -> Result<Summary>
+where
+    I: Input,
+    M: Write,
+    S: SplitSink + ?Sized,
+{
     let mut summary = Summary::default();
     let (mut unread, mut padding) = (0u64, 0u64);
     while let Some(entry) = tar::next_entry(&mut stream, unread, padding)? {
@@ -168,12 +187,12 @@ where
     Ok(summary)
 }
 
-fn stream_offset<R: Read, W: Write>(stream: &TeeStream<R, W>) -> u64 {
+fn stream_offset<I: Input>(stream: &TeeStream<I>) -> u64 {
     crate::tar::Source::offset(stream)
 }
 
-fn put_payload<R: Read, W: Write, S: SplitSink + ?Sized>(
-    stream: &mut TeeStream<R, W>,
+fn put_payload<I: Input, S: SplitSink + ?Sized>(
+    stream: &mut TeeStream<I>,
     entry: &tar::Entry,
     len: u64,
     sink: &mut S,

@@ -14,7 +14,7 @@ mod stream;
 mod tar;
 
 pub use assemble::{AssembleSummary, assemble};
-pub use disassemble::{SplitSink, Summary, disassemble, split};
+pub use disassemble::{SplitSink, Summary, disassemble, split, split_buffered};
 pub use error::{Error, Name, Result};
 pub use files::{
     DirGetter, DirPutter, DiscardPutter, FileGetter, FilePutter, HashPutter, HashedFile,

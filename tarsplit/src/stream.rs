@@ -2,7 +2,7 @@
 //! it reads to a pass-through writer, keeps the non-payload bytes it hands
 //! to the header parser, and serves payload bytes in place.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::error::{Error, Result};
 use crate::tar::Source;
@@ -13,33 +13,40 @@ const BUFFER: usize = 128 << 10;
 /// far below (a PAX header is at most 1 MiB); this keeps memory bounded.
 const MAX_RAW: usize = 64 << 20;
 
-pub(crate) struct TeeStream<R, W> {
+/// Where the stream's bytes come from.
+pub(crate) trait Input {
+    /// Buffered bytes, reading more when none are left. Empty at the end.
+    fn chunk(&mut self) -> io::Result<&[u8]>;
+    /// Marks the first `n` bytes of the chunk as used.
+    fn consume(&mut self, n: usize);
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// A reader and a buffer of ours; every byte read is also copied to `tee`.
+pub(crate) struct Buffered<R, W> {
     input: R,
     tee: W,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
-    offset: u64,
     eof: bool,
-    raw: Vec<u8>,
 }
 
-impl<R: Read, W: Write> TeeStream<R, W> {
+impl<R, W> Buffered<R, W> {
     pub(crate) fn new(input: R, tee: W) -> Self {
-        TeeStream {
+        Buffered {
             input,
             tee,
             buf: vec![0; BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
-            offset: 0,
             eof: false,
-            raw: Vec::with_capacity(4096),
         }
     }
+}
 
-    /// Buffered bytes, reading more when none are left. Empty at the end.
-    pub(crate) fn chunk(&mut self) -> io::Result<&[u8]> {
+impl<R: Read, W: Write> Input for Buffered<R, W> {
+    fn chunk(&mut self) -> io::Result<&[u8]> {
         if self.start == self.end && !self.eof {
             let n = loop {
                 match self.input.read(&mut self.buf) {
@@ -58,9 +65,65 @@ impl<R: Read, W: Write> TeeStream<R, W> {
         Ok(&self.buf[self.start..self.end])
     }
 
-    pub(crate) fn advance(&mut self, n: usize) {
+    fn consume(&mut self, n: usize) {
         debug_assert!(self.start + n <= self.end);
         self.start += n;
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tee.flush()
+    }
+}
+
+/// A buffered reader whose buffer is served in place: no copy of ours.
+pub(crate) struct InPlace<B>(pub(crate) B);
+
+impl<B: BufRead> Input for InPlace<B> {
+    fn chunk(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.0.fill_buf() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                // The borrow checker cannot see that the loop ends here.
+                Ok(_) => break,
+            }
+        }
+        self.0.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.0.consume(n);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The input side of disassembly: serves the input's chunks, keeps the
+/// non-payload bytes it hands to the header parser, and counts the offset.
+pub(crate) struct TeeStream<I> {
+    input: I,
+    offset: u64,
+    raw: Vec<u8>,
+}
+
+impl<I: Input> TeeStream<I> {
+    pub(crate) fn new(input: I) -> Self {
+        TeeStream {
+            input,
+            offset: 0,
+            raw: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Buffered bytes, reading more when none are left. Empty at the end.
+    pub(crate) fn chunk(&mut self) -> io::Result<&[u8]> {
+        self.input.chunk()
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.input.consume(n);
         self.offset += n as u64;
     }
 
@@ -85,9 +148,10 @@ impl<R: Read, W: Write> TeeStream<R, W> {
     }
 
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.tee.flush()
+        self.input.flush()
     }
 
+    /// Keeps the next `n` bytes of the current chunk as raw bytes.
     fn account(&mut self, n: usize) -> Result<()> {
         if self.raw.len() + n > MAX_RAW {
             return Err(Error::InvalidTar {
@@ -95,14 +159,14 @@ impl<R: Read, W: Write> TeeStream<R, W> {
                 reason: "more than 64 MiB of header and padding bytes in a row",
             });
         }
-        let (start, end) = (self.start, self.start + n);
-        self.raw.extend_from_slice(&self.buf[start..end]);
+        let chunk = self.input.chunk()?;
+        self.raw.extend_from_slice(&chunk[..n]);
         self.advance(n);
         Ok(())
     }
 }
 
-impl<R: Read, W: Write> Source for TeeStream<R, W> {
+impl<I: Input> Source for TeeStream<I> {
     fn read_full(&mut self, out: &mut [u8]) -> Result<usize> {
         let mut done = 0;
         while done < out.len() {

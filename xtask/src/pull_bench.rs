@@ -208,7 +208,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     }
     // Every store on a fresh filesystem, kept until the end (see
     // scratch_fs: nothing is deleted between timed pulls).
-    let fs = crate::scratch_fs::ScratchFs::new(&work, 12)?;
+    let fs = crate::scratch_fs::ScratchFs::new(&work, 16)?;
     let mut stores = Stores {
         dir: tempfile::tempdir_in(fs.path())?,
         n: 0,
@@ -237,7 +237,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     }
 
     // The same on XFS, where both tools clone reused files (reflinks).
-    let xfs = crate::scratch_fs::ScratchFs::with_kind(&work.join("xfs"), "xfs", 12)?;
+    let xfs = crate::scratch_fs::ScratchFs::with_kind(&work.join("xfs"), "xfs", 6)?;
     let mut xfs_stores = Stores {
         dir: tempfile::tempdir_in(xfs.path())?,
         n: 0,
