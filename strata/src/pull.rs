@@ -207,18 +207,46 @@ fn default_names(reference: &Reference) -> Vec<String> {
 fn load_cache(store: &Store) -> Result<DiskCache> {
     let mut cache = DiskCache::default();
     for layer in store.layers()? {
-        if !layer.big_data_names.iter().any(|n| n == DEDUP_INDEX) {
-            continue;
-        }
-        let (Ok(bytes), Ok(root)) = (store.layer_big_data(&layer.id, DEDUP_INDEX), store.layer_files(&layer.id)) else {
+        let has = |key: &str| layer.big_data_names.iter().any(|n| n == key);
+        let Ok(root) = store.layer_files(&layer.id) else {
             continue;
         };
-        match LayerIndex::from_bytes(&bytes) {
-            Ok(index) => cache.add_layer(Arc::new(root), index),
-            Err(e) => tracing::warn!(layer = %layer.id, "ignoring its dedup index: {e}"),
+        if has(DEDUP_INDEX) {
+            match store.layer_big_data(&layer.id, DEDUP_INDEX).map(|b| LayerIndex::from_bytes(&b)) {
+                Ok(Ok(index)) => cache.add_layer(Arc::new(root), index),
+                Ok(Err(e)) => tracing::warn!(layer = %layer.id, "ignoring its dedup index: {e}"),
+                Err(e) => tracing::warn!(layer = %layer.id, "cannot read its dedup index: {e}"),
+            }
+        } else if has(PODMAN_TOC) {
+            // Pulled partially by containers-storage, which keeps the
+            // layer's TOC: its files are found through it, and the index
+            // made from it is kept for next time (where the store may be
+            // written; an additional store is only read).
+            match index_from_stored_toc(store, &layer.id) {
+                Ok(index) => {
+                    let _ = store.set_layer_big_data(&layer.id, DEDUP_INDEX, &index.to_bytes());
+                    cache.add_layer(Arc::new(root), index);
+                }
+                Err(e) => tracing::warn!(layer = %layer.id, "ignoring the TOC containers-storage kept: {e}"),
+            }
         }
     }
     Ok(cache)
+}
+
+/// The layer big data in which containers-storage keeps the TOC of a layer
+/// it pulled partially (the TOC's JSON).
+const PODMAN_TOC: &str = "zstd-chunked-manifest";
+
+fn index_from_stored_toc(store: &Store, id: &str) -> Result<LayerIndex> {
+    let json = store.layer_big_data(id, PODMAN_TOC)?;
+    let mut index = LayerIndex::default();
+    strata_toc::stream_items(&json[..], |item| {
+        index.push_toc_item(&item);
+        Ok(())
+    })
+    .map_err(|e| Error::invalid("TOC", e.to_string()))?;
+    Ok(index)
 }
 
 /// Pulls `reference` into `store`.
