@@ -170,14 +170,33 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
             (loc, false)
         }
     };
-    let compressed = read_range(
-        blob,
-        "TOC",
-        location.toc_offset,
-        location.toc_compressed_len,
-        blob_len,
-        MAX_TOC,
-    )?;
+    // Every writer puts the tar-split right after the TOC: one read (one
+    // request to a registry) brings both.
+    let mut prefetched_split = None;
+    let toc_end = location.toc_offset.checked_add(location.toc_compressed_len);
+    let compressed = match (location.tar_split, toc_end) {
+        (Some((offset, len, _)), Some(toc_end))
+            if location.toc_compressed_len <= MAX_TOC
+                && len <= MAX_TAR_SPLIT
+                && offset >= toc_end
+                && offset - toc_end <= 64
+                && offset.checked_add(len).is_some_and(|end| end <= blob_len) =>
+        {
+            let span = offset + len - location.toc_offset;
+            let mut both = read_range(blob, "TOC and tar-split", location.toc_offset, span, blob_len, span)?;
+            prefetched_split = Some(both.split_off((offset - location.toc_offset) as usize));
+            both.truncate(location.toc_compressed_len as usize);
+            both
+        }
+        _ => read_range(
+            blob,
+            "TOC",
+            location.toc_offset,
+            location.toc_compressed_len,
+            blob_len,
+            MAX_TOC,
+        )?,
+    };
     let digest = sha256(&compressed);
     if verified && digest != location.toc_digest {
         return Err(Error::DigestMismatch {
@@ -205,7 +224,10 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
                     limit: MAX_TAR_SPLIT,
                 });
             }
-            let compressed = read_range(blob, "tar-split", offset, len, blob_len, MAX_TAR_SPLIT)?;
+            let compressed = match prefetched_split.take() {
+                Some(bytes) => bytes,
+                None => read_range(blob, "tar-split", offset, len, blob_len, MAX_TAR_SPLIT)?,
+            };
             Some(TarSplit { compressed, len: ulen })
         }
         None => None,

@@ -256,3 +256,32 @@ proptest! {
         prop_assert_eq!(read.toc.entries.iter().filter(|e| e.kind == "reg").count(), files.len());
     }
 }
+
+/// Counts the reads a TOC read makes: each is a request to a registry.
+struct CountingReads<'a> {
+    blob: &'a [u8],
+    reads: std::cell::Cell<usize>,
+}
+
+impl strata_toc::ReadAt for CountingReads<'_> {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.blob.len() as u64)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reads.set(self.reads.get() + 1);
+        self.blob.read_exact_at(buf, offset)
+    }
+}
+
+#[test]
+fn the_toc_and_the_tar_split_come_in_one_read() {
+    let (tar, _) = sample_tar();
+    let (blob, written) = write(&tar);
+    let counting = CountingReads { blob: &blob, reads: std::cell::Cell::new(0) };
+    let read = strata_toc::read_zstd_chunked_with(&counting, Some(&written.annotations), |_| Ok(())).expect("reads");
+    assert!(read.tar_split.is_some());
+    assert_eq!(counting.reads.get(), 1, "TOC and tar-split in one read");
+    let counting = CountingReads { blob: &blob, reads: std::cell::Cell::new(0) };
+    strata_toc::read_zstd_chunked_with(&counting, None, |_| Ok(())).expect("reads from the footer");
+    assert_eq!(counting.reads.get(), 2, "the footer, then TOC and tar-split");
+}
