@@ -8,7 +8,7 @@
 //! full one.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest, Sha256};
@@ -22,8 +22,13 @@ use crate::{ByteRange, Error, FetchStats, Planner, RangeSource, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PieceNeed {
     pub range: ByteRange,
+    /// What it decompresses to: exactly, or for `headers` at most.
     pub length: u64,
     pub digest: Option<[u8; 32]>,
+    /// The tar's headers and padding between two payloads (the frames a
+    /// blob without tar-split holds them in): their size is known only
+    /// once decompressed, and an empty block follows their bytes.
+    pub headers: bool,
 }
 
 /// What the plan reuses and fetches.
@@ -51,11 +56,15 @@ enum Part {
 
 /// A file to rebuild, in TOC order: files come to the assembly in the
 /// tar's order, which is the TOC's, so no name needs keeping but a hash to
-/// check the two agree.
+/// check the two agree (and, when the tar's headers come from the blob,
+/// the name itself, as the extractor will meet it).
 struct PlannedFile {
     name_hash: u64,
+    name: Option<Box<[u8]>>,
     digest: [u8; 32],
     parts: Vec<Part>,
+    /// Header frames come before it (a blob without tar-split).
+    headers_before: bool,
 }
 
 /// Which bytes of a layer come from where.
@@ -63,6 +72,8 @@ pub struct LayerPlan {
     files: VecDeque<PlannedFile>,
     pub needs: Vec<PieceNeed>,
     pub stats: PlanStats,
+    /// The last header frames (the tar's end) follow the last file.
+    headers_after: bool,
 }
 
 impl std::fmt::Debug for LayerPlan {
@@ -104,7 +115,17 @@ pub struct LayerPlanner<'c> {
     /// The last piece to fetch, whose end is the next payload's offset.
     open: Option<usize>,
     last_end: u64,
+    /// Where the next header frames start, when they are to be fetched.
+    headers_from: Option<u64>,
+    /// TOC entries since the last payload: their headers lie ahead.
+    entries_since: u64,
 }
+
+/// Room for the headers of one tar entry (a PAX header with long names and
+/// xattrs included): header frames may decompress to this much per entry
+/// they cover, plus `HEADER_ROOM_BASE` (the tar's end and its padding).
+const HEADER_ROOM_PER_ENTRY: u64 = 160 << 10;
+const HEADER_ROOM_BASE: u64 = 1 << 20;
 
 impl std::fmt::Debug for LayerPlanner<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,10 +143,47 @@ impl<'c> LayerPlanner<'c> {
                 files: VecDeque::new(),
                 needs: Vec::new(),
                 stats: PlanStats::default(),
+                headers_after: false,
             },
             open: None,
             last_end: 0,
+            headers_from: None,
+            entries_since: 0,
         }
+    }
+
+    /// For a blob without tar-split: the frames between payloads, which
+    /// hold the tar's headers and padding, are fetched too, so that the
+    /// original tar can be rebuilt (and its diffID checked) from the blob
+    /// itself. Every file with content must then have an `endOffset`.
+    pub fn fetching_headers(mut self) -> Self {
+        self.headers_from = Some(0);
+        self
+    }
+
+    /// Plans the header frames from where the last payload ended up to
+    /// `end`, covering the headers of `entries` entries.
+    fn add_headers(&mut self, end: u64, what: &str) -> Result<bool> {
+        let Some(from) = self.headers_from else { return Ok(false) };
+        if end < from || from < self.last_end {
+            return Err(Error::Invalid {
+                what: what.into(),
+                reason: format!("its payload at {end} does not follow the one before, which ends at {from}"),
+            });
+        }
+        if end == from {
+            return Ok(false);
+        }
+        self.plan.needs.push(PieceNeed {
+            range: ByteRange::new(from, end - from),
+            length: HEADER_ROOM_BASE + self.entries_since * HEADER_ROOM_PER_ENTRY,
+            digest: None,
+            headers: true,
+        });
+        self.plan.stats.bytes_to_fetch += end - from;
+        self.last_end = end;
+        self.entries_since = 0;
+        Ok(true)
     }
 
     fn close_open(&mut self, end: u64, name: &str) -> Result<()> {
@@ -153,12 +211,20 @@ impl<'c> LayerPlanner<'c> {
             what: format!("TOC entry {:?}", e.name),
             reason,
         };
-        if e.offset > 0 {
+        self.entries_since += 1;
+        if e.offset > 0 && self.headers_from.is_none() {
             self.close_open(e.offset as u64, &e.name)?;
         }
         if e.kind != "reg" || e.size <= 0 {
             return Ok(());
         }
+        let headers_before = match self.headers_from {
+            None => false,
+            Some(_) if e.end_offset <= 0 || e.offset <= 0 => {
+                return Err(invalid("it has no endOffset: the tar headers around it cannot be located".into()));
+            }
+            Some(_) => self.add_headers(e.offset as u64, &format!("TOC entry {:?}", e.name))?,
+        };
         self.plan.stats.files += 1;
         let size = e.size as u64;
         let digest_text = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST } else { e.digest.as_str() };
@@ -198,6 +264,7 @@ impl<'c> LayerPlanner<'c> {
                     range: ByteRange::new(p.offset, 0),
                     length: p.len,
                     digest: piece_digest,
+                    headers: false,
                 });
                 self.open = Some(self.plan.needs.len() - 1);
                 if let Some(end) = end {
@@ -206,16 +273,32 @@ impl<'c> LayerPlanner<'c> {
                 parts.push(Part::Fetch(p.len));
             }
         }
+        if self.headers_from.is_some() {
+            // The next header frames start where this payload ends.
+            self.close_open(e.end_offset as u64, &e.name)?;
+            self.headers_from = Some(e.end_offset as u64);
+        }
         self.plan.files.push_back(PlannedFile {
             name_hash: name_hash(e.name.as_bytes()),
+            name: self.headers_from.map(|_| e.name.as_bytes().into()),
             digest,
             parts,
+            headers_before,
         });
         Ok(())
     }
 
     pub fn finish(mut self) -> Result<LayerPlan> {
         let end = self.data_end;
+        if self.headers_from.is_some() {
+            // The tar's end lies before the TOC's skippable frame header.
+            let frames_end = end.checked_sub(8).ok_or_else(|| Error::Invalid {
+                what: "the TOC".into(),
+                reason: format!("its offset {end} leaves no room for the tar"),
+            })?;
+            self.plan.headers_after = self.add_headers(frames_end, "the tar's end")?;
+            return Ok(self.plan);
+        }
         self.close_open(end, "(the last)")?;
         Ok(self.plan)
     }
@@ -252,6 +335,9 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
     let ranges: Vec<ByteRange> = needs.iter().map(|n| n.range).collect();
     let result = planner.fetch(source, &ranges, &mut |i, compressed| {
         let need = &needs[i];
+        if need.headers {
+            return send_headers(need, compressed, tx);
+        }
         let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
         let mut left = need.length;
         let mut hash = need.digest.as_ref().map(|_| Sha256::new());
@@ -313,6 +399,31 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
     result
 }
 
+/// Decompresses header frames, sending their bytes and then an empty block.
+fn send_headers(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+    let bad = |reason: String| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("the tar headers at blob offset {} {reason}", need.range.offset))
+    };
+    let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
+    let mut total = 0u64;
+    loop {
+        let mut block = Vec::with_capacity(BLOCK);
+        (&mut decoder)
+            .take(BLOCK as u64)
+            .read_to_end(&mut block)
+            .map_err(|e| bad(format!("do not decompress: {e}")))?;
+        if block.is_empty() {
+            break;
+        }
+        total += block.len() as u64;
+        if total > need.length {
+            return Err(bad(format!("decompress to more than the {} bytes the entries there can take", need.length)));
+        }
+        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
+    }
+    tx.send(Ok(Vec::new())).map_err(|_| io::Error::other(ReceiverGone))
+}
+
 /// The assembly stopped taking pieces (it failed, or the TOC lists content
 /// the tar-split never asks for).
 #[derive(Debug)]
@@ -342,6 +453,7 @@ pub struct TocGetter {
     pending: Vec<u8>,
     pos: usize,
     whole_local: Option<WholeLocal>,
+    headers_after: bool,
 }
 
 /// Told of each file taken whole from a local one: its name in the tar,
@@ -362,6 +474,7 @@ impl TocGetter {
             pending: Vec::new(),
             pos: 0,
             whole_local: None,
+            headers_after: plan.headers_after,
         }
     }
 
@@ -376,6 +489,41 @@ impl TocGetter {
     /// How many files the TOC lists that the assembly never asked for.
     pub fn unused(&self) -> usize {
         self.files.len()
+    }
+
+    /// Writes the whole tar for a blob without tar-split, planned with
+    /// [`LayerPlanner::fetching_headers`]: header frames and payloads in
+    /// turn. Whatever the fetched headers say is checked by the tar's
+    /// digest (the diffID) downstream.
+    pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        while let Some(file) = self.files.front() {
+            if file.headers_before {
+                self.copy_headers(out)?;
+            }
+            let name = self.files.front().and_then(|f| f.name.clone()).unwrap_or_default();
+            let mut reader = strata_tarsplit::FileGetter::get(self, &name)?;
+            io::copy(&mut reader, out)?;
+        }
+        if self.headers_after {
+            self.headers_after = false;
+            self.copy_headers(out)?;
+        }
+        Ok(())
+    }
+
+    /// Copies one run of header frames: blocks up to an empty one.
+    fn copy_headers(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if self.pos != self.pending.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a file's pieces hold more than the file"));
+        }
+        loop {
+            match self.rx.recv() {
+                Ok(Ok(block)) if block.is_empty() => return Ok(()),
+                Ok(Ok(block)) => out.write_all(&block)?,
+                Ok(Err(reason)) => return Err(io::Error::other(reason)),
+                Err(_) => return Err(io::Error::other("the fetch ended before the tar headers arrived")),
+            }
+        }
     }
 
     fn read_fetched(&mut self, buf: &mut [u8], left: u64) -> io::Result<usize> {

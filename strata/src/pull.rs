@@ -387,7 +387,14 @@ fn pull_layer(
         // The TOC streams by once: each item goes into the dedup index and
         // the plan, and nothing else of it is kept.
         let mut index = LayerIndex::default();
+        // Without tar-split (containers-storage ≤ 1.53 and skopeo ≤ 1.13
+        // write none) the tar's headers come from the blob's frames between
+        // payloads, so the original tar and its diffID can still be rebuilt.
+        let headers_from_blob = location.tar_split.is_none();
         let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, cache);
+        if headers_from_blob {
+            planner = planner.fetching_headers();
+        }
         let mut plan_error = None;
         let read = strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), |item| {
             index.push_toc_item(&item);
@@ -409,36 +416,49 @@ fn pull_layer(
             ..
         } = read;
         let plan = match plan_error {
-            Some(e) => return Err(e.into()),
-            None => planner.finish()?,
+            None => planner.finish(),
+            Some(e) => Err(e),
         };
-        let plan = tar_split.is_some().then_some(plan);
-        match tar_split.zip(plan) {
-            Some((tar_split, plan)) => {
-                let payload_area = location.toc_offset.max(1);
-                let share = plan.stats.bytes_to_fetch as f64 / payload_area as f64;
-                if share < options.full_fetch_share {
-                    let toc_bytes = location.toc_compressed_len + location.tar_split.map_or(0, |t| t.1);
-                    let layer = Target { store, id, parent, diff_id };
-                    let toc_digest = toc_digest.clone();
-                    pull_partial(&layer, &blob, desc, plan, tar_split, toc_digest, options, &mut report)?;
-                    // A registry blob counts what it received, TOC included.
-                    report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-                    report.how = How::Partial;
-                    save_index(store, id, index, cache);
-                    return Ok(report);
+        let plan = match plan {
+            Ok(plan) => Some(plan),
+            // A TOC that cannot locate the headers is no reason to fail:
+            // the layer comes whole.
+            Err(e) if headers_from_blob => {
+                report.note = Some(format!("its TOC comes without tar-split and {e}: fetched whole to check its diffID"));
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let rebuild = match (tar_split, plan) {
+            (Some(tar_split), Some(plan)) => Some((Rebuild::TarSplit(tar_split), plan)),
+            (None, Some(plan)) if headers_from_blob => Some((Rebuild::Headers, plan)),
+            (None, Some(_)) => {
+                report.note = Some("its TOC names no tar-split: fetched whole to check its diffID".into());
+                None
+            }
+            (_, None) => None,
+        };
+        if let Some((rebuild, plan)) = rebuild {
+            let payload_area = location.toc_offset.max(1);
+            let share = plan.stats.bytes_to_fetch as f64 / payload_area as f64;
+            if share < options.full_fetch_share {
+                let toc_bytes = location.toc_compressed_len + location.tar_split.map_or(0, |t| t.1);
+                let layer = Target { store, id, parent, diff_id };
+                let toc_digest = toc_digest.clone();
+                if matches!(rebuild, Rebuild::Headers) {
+                    report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
-                report.note = Some(format!(
-                    "local layers hold too little of it ({:.0}% would be fetched): fetched whole, which is faster",
-                    share * 100.0
-                ));
+                pull_partial(&layer, &blob, desc, plan, rebuild, toc_digest, options, &mut report)?;
+                // A registry blob counts what it received, TOC included.
+                report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
+                report.how = How::Partial;
+                save_index(store, id, index, cache);
+                return Ok(report);
             }
-            None => {
-                // containers-storage ≤ 1.53 and skopeo ≤ 1.13 write none: the
-                // original tar (and so the diffID) cannot be rebuilt from
-                // the TOC alone.
-                report.note = Some("its TOC comes without tar-split, so it was fetched whole to check its diffID".into());
-            }
+            report.note = Some(format!(
+                "local layers hold too little of it ({:.0}% would be fetched): fetched whole, which is faster",
+                share * 100.0
+            ));
         }
         from_toc = Some((toc_digest, index));
     }
@@ -541,13 +561,21 @@ struct Target<'a> {
     diff_id: &'a str,
 }
 
+/// How a partially pulled layer's original tar is rebuilt.
+enum Rebuild {
+    /// From the tar-split the blob carries.
+    TarSplit(strata_toc::TarSplit),
+    /// From the header frames between the blob's payloads.
+    Headers,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pull_partial(
     layer: &Target<'_>,
     blob: &Blob,
     desc: &Descriptor,
     plan: LayerPlan,
-    tar_split: strata_toc::TarSplit,
+    rebuild: Rebuild,
     toc_digest: String,
     options: &PullOptions,
     report: &mut LayerReport,
@@ -616,11 +644,19 @@ fn pull_partial(
         });
         let stored = store.put_layer_from(&layer_options, |out| {
             let mut getter = getter;
-            let entries = strata_tarsplit::MetadataReader::new(tar_split.reader());
-            let failure = match strata_tarsplit::assemble(entries, &mut getter, out) {
-                Err(e) => Some(format!("rebuilding the layer tar: {e}")),
-                Ok(_) => (getter.unused() > 0)
-                    .then(|| format!("the TOC lists {} file(s) the tar-split never names", getter.unused())),
+            let failure = match &rebuild {
+                Rebuild::TarSplit(tar_split) => {
+                    let entries = strata_tarsplit::MetadataReader::new(tar_split.reader());
+                    match strata_tarsplit::assemble(entries, &mut getter, out) {
+                        Err(e) => Some(format!("rebuilding the layer tar: {e}")),
+                        Ok(_) => (getter.unused() > 0)
+                            .then(|| format!("the TOC lists {} file(s) the tar-split never names", getter.unused())),
+                    }
+                }
+                Rebuild::Headers => getter
+                    .write_tar(out)
+                    .err()
+                    .map(|e| format!("rebuilding the layer tar from the blob: {e}")),
             };
             // Dropping the getter stops a fetch still sending.
             drop(getter);

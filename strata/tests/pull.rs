@@ -348,7 +348,7 @@ fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_keeps_nothing() {
 }
 
 #[test]
-fn zstd_chunked_blobs_written_by_skopeo_are_pulled_and_verified() {
+fn zstd_chunked_blobs_written_by_skopeo_are_pulled_partially_and_verified() {
     if !tools_or_skip(&["docker-registry", "skopeo"]) {
         return;
     }
@@ -374,17 +374,91 @@ fn zstd_chunked_blobs_written_by_skopeo_are_pulled_and_verified() {
         registry: RegistryOptions { tls_verify: false, ..RegistryOptions::default() },
         ..PullOptions::default()
     };
-    for (tag, tar) in [("v1", &v1), ("v2", &v2)] {
-        let report = pull(&Reference::parse(&format!("docker://{}/app:{tag}", server.addr)).expect("ref"), &store, &options)
-            .unwrap_or_else(|e| panic!("pull {tag}: {e}"));
-        let layer = &report.layers[0];
-        // skopeo 1.9 (containers/image 5.23) writes no tar-split into the
-        // blob: the original tar cannot be rebuilt from the TOC alone, so
-        // strata fetches such a layer whole and still checks its diffID.
-        eprintln!("{tag}: {:?}, fetched {} of {}", layer.how, layer.bytes_fetched, layer.blob_size);
-        assert_ne!(layer.how, How::Present);
-        assert_eq!(&diff(&store, &layer.layer_id), tar, "{tag} diffs to its tar");
+    // skopeo 1.9 (containers/image 5.23) writes no tar-split into the
+    // blob: the tar's headers come from the frames between payloads.
+    let v1_report = pull(&Reference::parse(&format!("docker://{}/app:v1", server.addr)).expect("ref"), &store, &options)
+        .expect("pull v1");
+    assert_eq!(&diff(&store, &v1_report.layers[0].layer_id), &v1, "v1 diffs to its tar");
+
+    // Header frames carry no digest of their own: bytes a registry got
+    // wrong, or cut short, fail the layer (zstd's checksums, the diffID),
+    // and nothing of v2 is kept.
+    for mode in [Mode::WrongBytes, Mode::Truncate] {
+        let proxy = Proxy::start(&server.addr, mode);
+        let options = PullOptions {
+            registry: RegistryOptions { tls_verify: false, max_attempts: 1, ..RegistryOptions::default() },
+            ..PullOptions::default()
+        };
+        let err = pull(&Reference::parse(&format!("docker://{}/app:v2", proxy.addr)).expect("ref"), &store, &options)
+            .expect_err("corrupted answers");
+        eprintln!("v2 through {mode:?}: {err}");
+        assert_eq!(store.layers().expect("layers").len(), 1, "{mode:?}: only v1's layer is kept");
     }
+
+    let report = pull(&Reference::parse(&format!("docker://{}/app:v2", server.addr)).expect("ref"), &store, &options)
+        .expect("pull v2");
+    let layer = &report.layers[0];
+    eprintln!("v2: {:?}, fetched {} of {}: {:?}", layer.how, layer.bytes_fetched, layer.blob_size, layer.note);
+    assert_eq!(layer.how, How::Partial, "{layer:?}");
+    assert!(layer.bytes_fetched < layer.blob_size / 10, "{layer:?}");
+    assert_eq!(&diff(&store, &layer.layer_id), &v2, "v2 diffs to its tar");
+}
+
+/// A blob without tar-split whose header frames were damaged (the layout's
+/// copy, read without its digest being checked, as partial pulls read): the
+/// layer fails and nothing of it is kept.
+#[test]
+fn damaged_header_frames_fail_the_layer_and_keep_nothing() {
+    if !tools_or_skip(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (v1, v2) = (layer_tar(60, &[], false), layer_tar(60, &[5, 6], true));
+    add_image(&layout, "v1", &[gzipped(&v1)]);
+    add_image(&layout, "v2", &[gzipped(&v2)]);
+    let server = RegistryServer::start();
+    for tag in ["v1", "v2"] {
+        let status = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/app:{tag}", server.addr))
+            .status()
+            .expect("skopeo");
+        assert!(status.success(), "skopeo copy --dest-compress-format zstd:chunked");
+    }
+    // v2 back into a layout of its own, byte for byte.
+    let damaged = dir.path().join("damaged");
+    skopeo_copy(&format!("docker://{}/app:v2", server.addr), &format!("oci:{}:v2", damaged.display()));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(damaged.join("index.json")).expect("index")).expect("json");
+    let blob_path = |digest: &str| damaged.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let manifest_digest = index["manifests"][0]["digest"].as_str().expect("manifest digest");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob_path(manifest_digest)).expect("manifest")).expect("json");
+    let layer = &manifest["layers"][0];
+    let annotations: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(layer["annotations"].clone()).expect("annotations");
+    let path = blob_path(layer["digest"].as_str().expect("layer digest"));
+    let mut blob = std::fs::read(&path).expect("blob");
+    let toc = strata::toc::read_zstd_chunked(&blob[..], Some(&annotations)).expect("toc");
+    assert!(toc.tar_split.is_none(), "skopeo 1.9 writes no tar-split");
+    let first = toc.toc.entries.iter().find(|e| e.kind == "reg" && e.size > 0).expect("a file");
+    // Inside the frames before the first payload: headers only.
+    let at = first.offset as usize / 2;
+    blob[at] ^= 0x55;
+    std::fs::write(&path, &blob).expect("damage");
+
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let store = store(store_dir.path());
+    let options = PullOptions {
+        registry: RegistryOptions { tls_verify: false, ..RegistryOptions::default() },
+        ..PullOptions::default()
+    };
+    pull(&Reference::parse(&format!("docker://{}/app:v1", server.addr)).expect("ref"), &store, &options).expect("pull v1");
+    let err = pull(&Reference::parse(&format!("oci:{}:v2", damaged.display())).expect("ref"), &store, &options)
+        .expect_err("damaged header frames");
+    eprintln!("damaged header frames: {err}");
+    assert_eq!(store.layers().expect("layers").len(), 1, "only v1's layer is kept");
+    assert_eq!(store.images().expect("images").len(), 1, "only v1's image is kept");
 }
 
 /// Into an empty store a zstd:chunked layer comes whole in one request,
