@@ -11,17 +11,8 @@ use strata::layerstore::{DiffOptions, Driver, Store, StoreOptions};
 use strata::{How, PullOptions, pull};
 use strata_test_support::{LayerBlob, RegistryServer, add_image, skopeo_copy, tools_or_skip};
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if x.is_multiple_of(3) { b'a' } else { x as u8 }
-        })
-        .collect()
-}
+mod common;
+use common::noise;
 
 /// 120 files of 4–60 KiB; `changed` ones get other content.
 fn layer_tar(changed: &[u64]) -> Vec<u8> {

@@ -12,21 +12,8 @@ use strata::chunkfetch::{Reference, RegistryOptions};
 use strata::{How, PullEvent, PullOptions, pull};
 mod common;
 
-use common::{diff, store};
+use common::{diff, noise, store};
 use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, skopeo_copy, tools_or_skip};
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Half-compressible, like real files.
-            if x.is_multiple_of(3) { b'a' } else { x as u8 }
-        })
-        .collect()
-}
 
 /// A layer tar: `files` files of 4–60 KiB, a 4 MiB file, a dir, a
 /// symlink and a hard link. `changed` files get new content, and the big
@@ -347,6 +334,20 @@ fn a_registry_that_sends_wrong_bytes_fails_the_pull_and_keeps_nothing() {
     }
 }
 
+/// Pushes v1 and v2 of `layout` to `server` as skopeo converts them to
+/// zstd:chunked (skopeo 1.9: no tar-split in the blobs).
+fn push_as_skopeo_zstd_chunked(layout: &Path, server: &RegistryServer) {
+    for tag in ["v1", "v2"] {
+        let status = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/app:{tag}", server.addr))
+            .status()
+            .expect("skopeo");
+        assert!(status.success(), "skopeo copy --dest-compress-format zstd:chunked");
+    }
+}
+
 #[test]
 fn zstd_chunked_blobs_written_by_skopeo_are_pulled_partially_and_verified() {
     if !tools_or_skip(&["docker-registry", "skopeo"]) {
@@ -359,15 +360,7 @@ fn zstd_chunked_blobs_written_by_skopeo_are_pulled_partially_and_verified() {
     add_image(&layout, "v1", &[gzipped(&v1)]);
     add_image(&layout, "v2", &[gzipped(&v2)]);
     let server = RegistryServer::start();
-    for tag in ["v1", "v2"] {
-        let status = std::process::Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/app:{tag}", server.addr))
-            .status()
-            .expect("skopeo");
-        assert!(status.success(), "skopeo copy --dest-compress-format zstd:chunked");
-    }
+    push_as_skopeo_zstd_chunked(&layout, &server);
     let store_dir = tempfile::tempdir().expect("tempdir");
     let store = store(store_dir.path());
     let options = PullOptions {
@@ -418,15 +411,7 @@ fn damaged_header_frames_fail_the_layer_and_keep_nothing() {
     add_image(&layout, "v1", &[gzipped(&v1)]);
     add_image(&layout, "v2", &[gzipped(&v2)]);
     let server = RegistryServer::start();
-    for tag in ["v1", "v2"] {
-        let status = std::process::Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress-format", "zstd:chunked"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/app:{tag}", server.addr))
-            .status()
-            .expect("skopeo");
-        assert!(status.success(), "skopeo copy --dest-compress-format zstd:chunked");
-    }
+    push_as_skopeo_zstd_chunked(&layout, &server);
     // v2 back into a layout of its own, byte for byte.
     let damaged = dir.path().join("damaged");
     skopeo_copy(&format!("docker://{}/app:v2", server.addr), &format!("oci:{}:v2", damaged.display()));

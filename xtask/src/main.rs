@@ -130,18 +130,39 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
         n += 1;
         scratch.join(format!("{what}-{n}"))
     };
-    // GNU tar, same tree, same ownership handling.
-    let mut last_out = None;
-    let tar_x = time_median(runs, || {
-        let out = fresh("tar");
-        sync();
-        let _ = std::fs::create_dir_all(&out);
-        let mut c = Command::new("tar");
-        c.args(["--same-owner", "-p", "-xf"]).arg(&tar).arg("-C").arg(&out);
-        last_out = Some(out);
+    let mut drivers = vec!["vfs"];
+    if Path::new("/proc/filesystems").exists() && std::fs::read_to_string("/proc/filesystems")?.contains("overlay") {
+        drivers.push("overlay");
+    }
+    let strata_cmd = |store: &Path, driver: &str| {
+        let mut c = Command::new(&strata);
+        c.arg("--root").arg(store.join("graph")).arg("--runroot").arg(store.join("run")).args(["--driver", driver]);
         c
-    })?;
-    let out = last_out.ok_or("no run")?;
+    };
+    // GNU tar and each driver take turns, run after run, so that all meet
+    // the filesystem in the same state: it slows down as gigabytes are
+    // written into it, and timing one tool's runs after the other's would
+    // time that.
+    let mut tar_x = Vec::new();
+    let mut applies: Vec<Vec<Duration>> = vec![Vec::new(); drivers.len()];
+    let mut stores: Vec<Option<std::path::PathBuf>> = vec![None; drivers.len()];
+    let mut out = None;
+    for _ in 0..runs {
+        let dir = fresh("tar");
+        sync();
+        std::fs::create_dir_all(&dir)?;
+        // GNU tar, same tree, same ownership handling.
+        tar_x.push(timed(Command::new("tar").args(["--same-owner", "-p", "-xf"]).arg(&tar).arg("-C").arg(&dir))?);
+        out = Some(dir);
+        for (k, driver) in drivers.iter().enumerate() {
+            let store = fresh(driver);
+            sync();
+            applies[k].push(timed(strata_cmd(&store, driver).args(["layers", "apply"]).arg(&tar))?);
+            stores[k] = Some(store);
+        }
+    }
+    let tar_x = median(tar_x);
+    let out = out.ok_or("no run")?;
     // The store makes a layer durable before it lists it (one fsync, which
     // on ext4's default data=ordered journal writes out all the layer's
     // data); GNU tar returns with the data still in memory. The same tar
@@ -173,28 +194,10 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
         tar_x_sync.as_secs_f64(),
         tar_c.as_secs_f64()
     );
-    let mut drivers = vec!["vfs"];
-    if Path::new("/proc/filesystems").exists() && std::fs::read_to_string("/proc/filesystems")?.contains("overlay") {
-        drivers.push("overlay");
-    }
-    for driver in drivers {
-        let strata_cmd = |store: &Path| {
-            let mut c = Command::new(&strata);
-            c.arg("--root").arg(store.join("graph")).arg("--runroot").arg(store.join("run")).args(["--driver", driver]);
-            c
-        };
-        let mut last_store = None;
-        let apply = time_median(runs, || {
-            let store = fresh(driver);
-            sync();
-            let mut c = strata_cmd(&store);
-            c.args(["layers", "apply"]).arg(&tar);
-            last_store = Some(store);
-            c
-        })?;
-        let store = last_store.ok_or("no run")?;
-        let listed = Command::new(&strata).arg("--root").arg(store.join("graph")).arg("--runroot").arg(store.join("run"))
-            .args(["--driver", driver, "layers", "list"]).output()?;
+    for ((driver, times), store) in drivers.iter().zip(applies).zip(stores) {
+        let apply = median(times);
+        let store = store.ok_or("no run")?;
+        let listed = strata_cmd(&store, driver).args(["layers", "list"]).output()?;
         let id = String::from_utf8_lossy(&listed.stdout)
             .lines()
             .nth(1)
@@ -232,9 +235,33 @@ fn timed(cmd: &mut Command) -> Result<Duration, Error> {
     Ok(start.elapsed())
 }
 
-/// Lets the previous run's writeback finish so it does not slow the next.
+/// Lets the previous run's writeback finish so it does not slow the next,
+/// then readies memory for the next run's page cache.
+///
+/// In a VM, memory the guest has not touched lately (or handed back to the
+/// host) costs a host fault on first touch: here writing into such pages
+/// runs at a third of the speed, so a run that fills the page cache from
+/// cold memory measured the host, and runs got slower as a benchmark went
+/// on (GNU tar -x from 0.4 s to 1.8 s). Touching 2 GiB in /dev/shm and
+/// freeing it just before each run gives every run warm pages.
 fn sync() {
     let _ = Command::new("sync").status();
+    let warm = Path::new("/dev/shm/strata-bench-warm");
+    if let Ok(mut f) = std::fs::File::create(warm) {
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..2048 {
+            if std::io::Write::write_all(&mut f, &block).is_err() {
+                break;
+            }
+        }
+        drop(f);
+        let _ = std::fs::remove_file(warm);
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }
 
 /// Times one command `runs` times and returns the median.
@@ -247,8 +274,7 @@ fn time_median(runs: usize, mut make: impl FnMut() -> Command) -> Result<Duratio
         run(&mut cmd)?;
         times.push(start.elapsed());
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    Ok(median(times))
 }
 
 fn bench_tar_split(args: &[String]) -> Result<(), Error> {

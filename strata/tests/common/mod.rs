@@ -23,3 +23,17 @@ pub fn diff(store: &Store, id: &str) -> Vec<u8> {
     store.diff(id, &mut out, DiffOptions::default()).expect("diff");
     out
 }
+
+/// Pseudo-random bytes, half-compressible like real files.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) { b'a' } else { x as u8 }
+        })
+        .collect()
+}
+
