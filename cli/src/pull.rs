@@ -31,6 +31,11 @@ pub struct Args {
     /// `use_hard_links`): the layers then share those inodes.
     #[arg(long)]
     use_hard_links: bool,
+    /// Index the chunks of layers that come whole without a TOC (gzip), so
+    /// later partial pulls reuse the unchanged parts of changed files (as
+    /// containers-storage's `convert_images` allows); costs a second hash.
+    #[arg(long)]
+    index_chunks: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -84,6 +89,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         partial: !args.no_partial,
         full_fetch_share: args.fetch_whole_at,
         hard_links: args.use_hard_links,
+        index_chunks: args.index_chunks,
         progress: Some(crate::progress::pull((!args.json).then_some(layer_line as fn(&LayerReport) -> String))),
         ..PullOptions::default()
     };

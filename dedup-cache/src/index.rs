@@ -143,6 +143,15 @@ impl LayerIndex {
     /// The regular files under `root`, hashed (for layers that came from
     /// a plain tar and so have no TOC).
     pub fn from_dir(root: &cap_std::fs::Dir) -> Result<LayerIndex, Error> {
+        LayerIndex::from_dir_with(root, false)
+    }
+
+    /// [`from_dir`](Self::from_dir), and with `chunks` also each file's
+    /// chunks, cut as the zstd:chunked writers cut them: what a TOC would
+    /// have given, so later partial pulls reuse parts of changed files too
+    /// (containers-storage's `convert_images` serves the same end). Costs a
+    /// second hash of every byte and the chunker's pass.
+    pub fn from_dir_with(root: &cap_std::fs::Dir, chunks: bool) -> Result<LayerIndex, Error> {
         let mut index = LayerIndex::default();
         let mut stack = vec![String::new()];
         let mut buf = vec![0u8; 256 << 10];
@@ -161,26 +170,44 @@ impl LayerIndex {
                 if kind.is_dir() {
                     stack.push(path);
                 } else if kind.is_file() {
-                    let mut file = entry.open().map_err(|e| Error::Io { path: path.clone(), source: e })?;
+                    let io = |e| Error::Io { path: path.clone(), source: e };
+                    let mut file = entry.open().map_err(io)?;
                     let mut hash = Sha256::new();
+                    let mut pieces = chunks.then(ChunkHasher::default);
                     let mut size = 0u64;
                     loop {
-                        let n = file.read(&mut buf).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+                        let n = file.read(&mut buf).map_err(io)?;
                         if n == 0 {
                             break;
                         }
                         hash.update(&buf[..n]);
+                        if let Some(p) = &mut pieces {
+                            p.update(&buf[..n]);
+                        }
                         size += n as u64;
                     }
                     if size > 0 {
                         let digest: [u8; 32] = hash.finalize().into();
+                        let found = pieces.map(ChunkHasher::finish).unwrap_or_default();
                         index.entries.push(IndexEntry {
                             kind: Kind::File,
                             digest,
-                            path,
+                            path: path.clone(),
                             offset: 0,
                             length: size,
                         });
+                        // A file of one chunk is found as a file.
+                        if found.len() > 1 {
+                            for (offset, length, digest) in found {
+                                index.entries.push(IndexEntry {
+                                    kind: Kind::Chunk,
+                                    digest,
+                                    path: path.clone(),
+                                    offset,
+                                    length,
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -318,5 +345,46 @@ mod tests {
             let _ = LayerIndex::from_bytes(&bytes);
             let _ = LayerIndex::from_bytes(&with_magic);
         }
+    }
+}
+
+/// Cuts a stream into chunks and hashes each data chunk, holding only the
+/// bytes of chunks not yet closed.
+#[derive(Default)]
+struct ChunkHasher {
+    chunker: strata_toc::chunker::Chunker,
+    /// Bytes from `held_from` on, not yet in a closed chunk.
+    held: Vec<u8>,
+    held_from: u64,
+    done: Vec<(u64, u64, [u8; 32])>,
+}
+
+impl ChunkHasher {
+    fn update(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+        let mut closed = Vec::new();
+        self.chunker.update(bytes, |c| closed.push(c));
+        self.take(closed);
+    }
+
+    fn take(&mut self, closed: Vec<strata_toc::chunker::Chunk>) {
+        for c in closed {
+            let start = (c.offset - self.held_from) as usize;
+            let end = start + c.len as usize;
+            if c.kind == strata_toc::chunker::ChunkKind::Data {
+                let digest: [u8; 32] = Sha256::digest(&self.held[start..end]).into();
+                self.done.push((c.offset, c.len, digest));
+            }
+            self.held.drain(..end);
+            self.held_from = c.offset + c.len;
+        }
+    }
+
+    fn finish(mut self) -> Vec<(u64, u64, [u8; 32])> {
+        let mut closed = Vec::new();
+        let chunker = std::mem::take(&mut self.chunker);
+        chunker.finish(|c| closed.push(c));
+        self.take(closed);
+        self.done
     }
 }

@@ -42,6 +42,12 @@ pub struct PullOptions {
     /// it, such files are cloned (reflinks) where the filesystem can, and
     /// copied where it cannot.
     pub hard_links: bool,
+    /// A layer that comes whole without a TOC (gzip, say) is indexed with
+    /// its files' chunks too, cut as zstd:chunked writers cut them, so a
+    /// later partial pull reuses the unchanged parts of files that changed
+    /// (the end containers-storage's `convert_images` serves). Costs a
+    /// second hash of the layer's bytes. Off by default.
+    pub index_chunks: bool,
     /// Platform to choose from an index.
     pub os: String,
     pub architecture: String,
@@ -75,6 +81,7 @@ impl std::fmt::Debug for PullOptions {
             .field("partial", &self.partial)
             .field("full_fetch_share", &self.full_fetch_share)
             .field("hard_links", &self.hard_links)
+            .field("index_chunks", &self.index_chunks)
             .field("os", &self.os)
             .field("architecture", &self.architecture)
             .field("names", &self.names)
@@ -90,6 +97,7 @@ impl Default for PullOptions {
             partial: true,
             full_fetch_share: 0.75,
             hard_links: false,
+            index_chunks: false,
             os: "linux".into(),
             architecture: oci::host_architecture().into(),
             names: Vec::new(),
@@ -533,7 +541,7 @@ fn pull_layer(
         Some((_, index)) => save_index(store, id, index, cache),
         None => {
             if let Ok(root) = store.layer_files(id) {
-                match LayerIndex::from_dir(&root) {
+                match LayerIndex::from_dir_with(&root, options.index_chunks) {
                     Ok(index) => save_index(store, id, index, cache),
                     Err(e) => tracing::warn!(layer = %id, "no dedup index: {e}"),
                 }

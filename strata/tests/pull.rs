@@ -397,6 +397,34 @@ fn zstd_chunked_blobs_written_by_skopeo_are_pulled_partially_and_verified() {
     assert_eq!(&diff(&store, &layer.layer_id), &v2, "v2 diffs to its tar");
 }
 
+/// v1 comes as gzip (whole, no TOC), v2 as zstd:chunked with 100 bytes of
+/// its 4 MiB file changed: with chunks indexed, v2 fetches only the chunk
+/// around the change; without, the whole file.
+#[test]
+fn chunks_indexed_from_a_gzip_layer_serve_the_next_partial_pull() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (v1, v2) = (layer_tar(40, &[], false), layer_tar(40, &[], true));
+    add_image(&layout, "v1", &[gzipped(&v1)]);
+    let (v2_blob, _) = chunked(&v2);
+    add_image(&layout, "v2", &[v2_blob]);
+    let mut fetched = Vec::new();
+    for index_chunks in [false, true] {
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store(store_dir.path());
+        // Partial either way, to compare the bytes.
+        let options = PullOptions { index_chunks, full_fetch_share: 2.0, ..PullOptions::default() };
+        pull(&Reference::parse(&format!("oci:{}:v1", layout.display())).expect("ref"), &store, &options).expect("pull v1");
+        let r2 = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &options).expect("pull v2");
+        let layer = &r2.layers[0];
+        assert_eq!(layer.how, How::Partial, "{layer:?}");
+        assert_eq!(diff(&store, &layer.layer_id), v2, "v2 diffs to its tar");
+        eprintln!("index_chunks {index_chunks}: fetched {} of {}", layer.bytes_fetched, layer.blob_size);
+        fetched.push(layer.bytes_fetched);
+    }
+    assert!(fetched[1] + (2 << 20) < fetched[0], "chunks indexed: {} bytes, else {}", fetched[1], fetched[0]);
+}
+
 /// A blob without tar-split whose header frames were damaged (the layout's
 /// copy, read without its digest being checked, as partial pulls read): the
 /// layer fails and nothing of it is kept.
