@@ -398,14 +398,19 @@ impl Store {
 
     /// The tar-split, big data and driver directory of a layer.
     fn remove_layer_files(&self, id: &str) -> Result<()> {
+        self.remove_side_files(id)?;
+        self.backend.remove(id)
+    }
+
+    /// The layer's tar-split and big data.
+    fn remove_side_files(&self, id: &str) -> Result<()> {
         crate::check_id(id)?;
         let _ = self.layers_dir.remove_file(format!("{id}.tar-split.gz"));
         match self.layers_dir.remove_dir_all(id) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&self.layers_path.join(id), e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&self.layers_path.join(id), e)),
         }
-        self.backend.remove(id)
     }
 
     // ---- layers: queries -------------------------------------------------
@@ -784,10 +789,24 @@ impl Store {
         self.unmount_all(&id)?;
         loaded.records[i].set_incomplete(true);
         let mut loaded = owned(self.save_layers(&guard, loaded)?);
-        self.remove_layer_files(&id)?;
+        // The layer's tree is moved aside under the lock and deleted after
+        // it: deleting a big layer takes seconds, and other processes wait
+        // for nothing but the move. A crash meanwhile leaves a staging
+        // directory whose lock nobody holds, which the next writer removes.
+        let trash = backend::Staged::new(&self.staging_path(), 0o700)?;
+        self.detach_layer_files(&id, &trash.tree_path())?;
         loaded.records.retain(|r| r.id != id);
         self.save_layers(&guard, loaded)?;
+        drop(guard);
+        drop(trash);
         Ok(())
+    }
+
+    /// [`remove_layer_files`](Self::remove_layer_files), but the driver's
+    /// directory is moved to `into` instead of deleted.
+    fn detach_layer_files(&self, id: &str, into: &Path) -> Result<()> {
+        self.remove_side_files(id)?;
+        self.backend.detach(id, into)
     }
 
     /// Deletes every image and layer.

@@ -205,6 +205,29 @@ fn mounts_are_counted() {
     }
 }
 
+/// A deleted layer leaves nothing behind (its tree is moved aside under
+/// the lock and deleted after it), and its sibling is untouched.
+#[test]
+fn a_deleted_layer_leaves_nothing_and_its_sibling_stays() {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = open(tmp.path(), driver);
+        let keep_tar = layer_tar(&[("a", "kept")]);
+        let keep = store.put_layer(&LayerOptions::default(), &keep_tar[..]).expect("apply");
+        let gone = store.put_layer(&LayerOptions::default(), &layer_tar(&[("b", "gone"), ("c/", "")])[..]).expect("apply");
+        store.delete_layer(&gone.id).expect("delete");
+        assert_eq!(store.layers().expect("layers").len(), 1);
+        assert_eq!(diff(&store, &keep.id), keep_tar, "{driver:?}: the sibling diffs to its tar");
+        let leftovers = store.garbage_collect().expect("gc");
+        assert!(leftovers.is_empty(), "{driver:?}: left behind: {leftovers:?}");
+        let graph = tmp.path().join("graph");
+        let everything = Command::new("find").arg(&graph).output().expect("find");
+        let listing = String::from_utf8_lossy(&everything.stdout);
+        assert!(!listing.contains(&gone.id), "{driver:?}: {listing}");
+        assert!(!listing.contains(".strata-staging/"), "{driver:?}: a staging directory stayed: {listing}");
+    }
+}
+
 #[test]
 fn a_layer_written_by_a_function_equals_the_same_tar_put_and_a_failing_writer_keeps_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");

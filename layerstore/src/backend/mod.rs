@@ -45,6 +45,15 @@ pub trait StoreBackend: Send + Sync + std::fmt::Debug {
     fn publish(&self, staged: Staged, id: &str, parent: Option<&str>) -> Result<()>;
     /// Removes layer `id`'s directories (absent ones are no error).
     fn remove(&self, id: &str) -> Result<()>;
+    /// Moves layer `id`'s directory to `into` (an empty directory on the
+    /// same filesystem, which it replaces) and undoes what links to it, so
+    /// that deleting its files, which takes long, can run without the
+    /// store's lock. A backend that cannot move removes in place (the
+    /// default). An absent layer directory is no error.
+    fn detach(&self, id: &str, into: &std::path::Path) -> Result<()> {
+        let _ = into;
+        self.remove(id)
+    }
     fn exists(&self, id: &str) -> bool;
     /// The layer directories present on disk.
     fn list(&self) -> Result<Vec<String>>;

@@ -62,6 +62,21 @@ impl Overlay {
         Ok(self.home.join(id))
     }
 
+    /// Removes the layer's short link and any mount left on its `merged`.
+    fn unlink(&self, dir: &Path) -> Result<()> {
+        if let Some(link) = Self::read_small(&dir.join("link"))? {
+            let link = link.trim();
+            if !link.is_empty() && !link.contains('/') && !link.starts_with('.') {
+                let _ = std::fs::remove_file(self.home.join("l").join(link));
+            }
+        }
+        let merged = dir.join("merged");
+        if is_mount_point(&merged).unwrap_or(false) {
+            let _ = rustix::mount::unmount(&merged, UnmountFlags::DETACH);
+        }
+        Ok(())
+    }
+
     fn read_small(path: &Path) -> Result<Option<String>> {
         match std::fs::read(path) {
             Ok(b) if b.len() <= 64 << 10 => String::from_utf8(b).map(Some).map_err(|_| Error::Corrupt {
@@ -260,17 +275,17 @@ impl StoreBackend for Overlay {
 
     fn remove(&self, id: &str) -> Result<()> {
         let dir = self.layer_path(id)?;
-        if let Some(link) = Self::read_small(&dir.join("link"))? {
-            let link = link.trim();
-            if !link.is_empty() && !link.contains('/') && !link.starts_with('.') {
-                let _ = std::fs::remove_file(self.home.join("l").join(link));
-            }
-        }
-        let merged = dir.join("merged");
-        if is_mount_point(&merged).unwrap_or(false) {
-            let _ = rustix::mount::unmount(&merged, UnmountFlags::DETACH);
-        }
+        self.unlink(&dir)?;
         staging::remove_tree(&dir).map_err(io(&dir))
+    }
+
+    fn detach(&self, id: &str, into: &Path) -> Result<()> {
+        let dir = self.layer_path(id)?;
+        self.unlink(&dir)?;
+        match std::fs::rename(&dir, into) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
+            _ => Ok(()),
+        }
     }
 
     fn exists(&self, id: &str) -> bool {

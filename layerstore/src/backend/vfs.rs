@@ -77,6 +77,14 @@ impl StoreBackend for Vfs {
         staging::remove_tree(&path).map_err(|e| Error::io(&path, e))
     }
 
+    fn detach(&self, id: &str, into: &Path) -> Result<()> {
+        let path = self.layer_path(id)?;
+        match std::fs::rename(&path, into) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
     fn exists(&self, id: &str) -> bool {
         self.layer_path(id).is_ok_and(|p| p.is_dir())
     }
