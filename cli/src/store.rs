@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use strata_layerstore::{Compression, DiffOptions, Driver, LayerOptions, Store, StoreOptions};
+use strata_layerstore::{Compression, DiffOptions, Driver, IdMap, LayerOptions, Store, StoreOptions};
 
 use crate::output::{AtomicFile, BoxError, stdout_file};
 
@@ -24,6 +24,26 @@ pub struct StoreArgs {
     /// The storage driver: overlay where the kernel supports it, else vfs.
     #[arg(long, global = true, value_enum)]
     driver: Option<DriverArg>,
+    /// Store new layers' files under these user-namespace uids:
+    /// CONTAINER:HOST:SIZE, repeatable (containers-storage's remap-uids).
+    #[arg(long, global = true, value_name = "CONTAINER:HOST:SIZE", value_parser = parse_id_map)]
+    uidmap: Vec<IdMap>,
+    /// The same for gids (remap-gids).
+    #[arg(long, global = true, value_name = "CONTAINER:HOST:SIZE", value_parser = parse_id_map)]
+    gidmap: Vec<IdMap>,
+}
+
+fn parse_id_map(text: &str) -> Result<IdMap, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [container, host, size] = parts[..] else {
+        return Err(format!("{text:?} is not CONTAINER:HOST:SIZE"));
+    };
+    let number = |v: &str| v.parse::<u32>().map(i64::from).map_err(|_| format!("{v:?} in {text:?} is not a 32-bit ID"));
+    Ok(IdMap {
+        container_id: number(container)?,
+        host_id: number(host)?,
+        size: number(size)?,
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -148,6 +168,8 @@ impl StoreArgs {
             DriverArg::Vfs => Driver::Vfs,
             DriverArg::Overlay => Driver::Overlay,
         });
+        options.uid_map = self.uidmap.clone();
+        options.gid_map = self.gidmap.clone();
         options
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use strata_overlaydiff::Extractor;
 use strata_tarsplit::{HeaderInfo, Payload, SplitSink};
 
-use crate::backend::{ApplyMode, Staged};
+use crate::backend::Staged;
 use crate::files::hex;
 use crate::{Error, Result};
 
@@ -418,8 +418,8 @@ fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Block>>) ->
     })
 }
 
-/// Applies the layer blob `input` into `staged`'s tree and writes its
-/// tar-split metadata next to it.
+/// Applies the layer blob `input` through `extractor` (into `staged`'s
+/// tree) and writes its tar-split metadata next to it.
 ///
 /// The metadata goes to `split_name` in `split_dir` (the layers directory:
 /// it is renamed into place there, and the driver's staging directory may
@@ -427,27 +427,14 @@ fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Block>>) ->
 pub(crate) fn apply_blob<R, F>(
     input: Input<R, F>,
     staged: &Staged,
-    mode: ApplyMode,
+    extractor: Extractor,
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
-    lowers: Vec<cap_std::fs::Dir>,
-    known: Option<strata_overlaydiff::KnownContent>,
 ) -> Result<Applied>
 where
     R: Read + Send,
     F: FnOnce(&mut dyn Write) -> io::Result<()> + Send,
 {
-    let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
-    let mut extractor = Extractor::new(tree, mode.whiteouts).root_metadata(mode.root_metadata);
-    if let Some(known) = known {
-        extractor = extractor.known_content(known);
-    }
-    if !lowers.is_empty() {
-        extractor = extractor.lowers(strata_overlaydiff::LowerView::new(
-            lowers,
-            strata_overlaydiff::XattrNamespace::Trusted,
-        ));
-    }
     let mut sink = LayerSink {
         extractor,
         uids: BTreeSet::new(),

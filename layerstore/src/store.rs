@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use cap_std::fs::Dir;
 
+use crate::IdMap;
 use crate::apply::{self, Applied, LayerOptions};
 use crate::backend::{self, Overlay, StoreBackend, Vfs};
 use crate::files::{big_data_file_name, random_id, write_atomic};
@@ -58,6 +59,12 @@ pub struct StoreOptions {
     pub read_only: bool,
     /// Other stores' graphroots whose layers are visible here, read-only.
     pub additional_stores: Vec<PathBuf>,
+    /// The user-namespace ID maps new layers are stored under
+    /// (containers-storage's `remap-uids` / `remap-gids`): a tar's owner
+    /// `c` is stored as the host ID its map gives, and the maps are
+    /// recorded with the layer. Empty: IDs as they are.
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
 }
 
 impl StoreOptions {
@@ -68,8 +75,35 @@ impl StoreOptions {
             driver: None,
             read_only: false,
             additional_stores: Vec::new(),
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
         }
     }
+}
+
+/// The maps as the extractor takes them; a map that is not one is an
+/// error naming it.
+fn id_mapping(uids: &[IdMap], gids: &[IdMap]) -> Result<strata_overlaydiff::IdMapping> {
+    let ranges = |maps: &[IdMap], what: &str| {
+        maps.iter()
+            .map(|m| {
+                let range = (u32::try_from(m.container_id), u32::try_from(m.host_id), u32::try_from(m.size));
+                match range {
+                    (Ok(container), Ok(host), Ok(size)) if size > 0 && host.checked_add(size - 1).is_some() => {
+                        Ok(strata_overlaydiff::IdRange { container, host, size })
+                    }
+                    _ => Err(Error::Unsupported(format!(
+                        "{what} map {}:{}:{} is not a range of 32-bit IDs",
+                        m.container_id, m.host_id, m.size
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    Ok(strata_overlaydiff::IdMapping {
+        uids: ranges(uids, "uid")?,
+        gids: ranges(gids, "gid")?,
+    })
 }
 
 /// Records as loaded, with the lock token and file time they were read
@@ -106,6 +140,9 @@ pub struct Store {
     pub(crate) layer_cache: Mutex<Option<Cached<LayerRecord>>>,
     pub(crate) image_cache: Mutex<Option<Cached<crate::records::ImageRecord>>>,
     pub(crate) additional: Vec<Store>,
+    pub(crate) uid_map: Vec<IdMap>,
+    pub(crate) gid_map: Vec<IdMap>,
+    pub(crate) ids: strata_overlaydiff::IdMapping,
 }
 
 /// A problem `fsck` found.
@@ -195,7 +232,7 @@ impl Store {
                     runroot: options.runroot.clone(),
                     driver: Some(driver),
                     read_only: true,
-                    additional_stores: Vec::new(),
+                    ..StoreOptions::new(root.clone(), options.runroot.clone())
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -213,6 +250,9 @@ impl Store {
             layer_cache: Mutex::new(None),
             image_cache: Mutex::new(None),
             additional,
+            ids: id_mapping(&options.uid_map, &options.gid_map)?,
+            uid_map: options.uid_map.clone(),
+            gid_map: options.gid_map.clone(),
         };
         if !store.read_only {
             backend::clean_side_files(&store.layers_path, &store.staging_path())?;
@@ -541,7 +581,28 @@ impl Store {
             };
             (find(&options.parent)?, find(&options.template)?)
         };
+        if let Some(p) = &parent {
+            let below = self.layer(p)?;
+            if below.uidmap != self.uid_map || below.gidmap != self.gid_map {
+                return Err(Error::Unsupported(format!(
+                    "layer {p} is stored under other ID maps than this store's"
+                )));
+            }
+        }
         let staged = self.backend.stage(parent.as_deref(), template.as_deref())?;
+        if !self.ids.is_identity() && rustix::process::geteuid().is_root() {
+            // The layer's root belongs to the map's root, as
+            // containers-storage makes it.
+            let (uid, gid) = (self.ids.uid(0).unwrap_or(0), self.ids.gid(0).unwrap_or(0));
+            rustix::fs::chownat(
+                &staged.tree,
+                "",
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                rustix::fs::AtFlags::EMPTY_PATH,
+            )
+            .map_err(|e| Error::io(&staged.path, e.into()))?;
+        }
         let split_tmp = backend::side_file_name(&staged.name, "tar-split.gz");
         // A tar rebuilt by a function is not the blob: its digest and size
         // come from `source_blob`. A blob applied as is is hashed, and
@@ -549,17 +610,22 @@ impl Store {
         let rebuilt = matches!(diff, Some(apply::Input::Tar(_)));
         let applied = match diff {
             Some(diff) => {
+                let mode = self.backend.apply_mode();
+                let tree = staged.tree.try_clone().map_err(|e| Error::io(&staged.path, e))?;
+                let mut extractor = strata_overlaydiff::Extractor::new(tree, mode.whiteouts)
+                    .root_metadata(mode.root_metadata)
+                    .id_mapping(self.ids.clone());
+                if let Some(known) = &options.known_content {
+                    extractor = extractor.known_content(known.clone());
+                }
                 let lowers = self.backend.lowers_for(parent.as_deref())?;
-                let applied =
-                    apply::apply_blob(
-                    diff,
-                    &staged,
-                    self.backend.apply_mode(),
-                    &self.layers_dir,
-                    &split_tmp,
-                    lowers,
-                    options.known_content.clone(),
-                );
+                if !lowers.is_empty() {
+                    extractor = extractor.lowers(strata_overlaydiff::LowerView::new(
+                        lowers,
+                        strata_overlaydiff::XattrNamespace::Trusted,
+                    ));
+                }
+                let applied = apply::apply_blob(diff, &staged, extractor, &self.layers_dir, &split_tmp);
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }
@@ -606,6 +672,8 @@ impl Store {
             parent: parent.clone().unwrap_or_default(),
             created: crate::json::rfc3339(SystemTime::now()),
             metadata: options.metadata.clone().unwrap_or_default(),
+            uidmap: self.uid_map.clone(),
+            gidmap: self.gid_map.clone(),
             ..Default::default()
         };
         record.set_incomplete(true);

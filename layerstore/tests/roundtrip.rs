@@ -228,6 +228,81 @@ fn a_deleted_layer_leaves_nothing_and_its_sibling_stays() {
     }
 }
 
+/// A tar with these (path, uid, gid) entries: directories end in `/`.
+fn owned_tar(entries: &[(&str, u64, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, uid, gid) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(*uid);
+        h.set_gid(*gid);
+        h.set_mtime(1_700_000_000);
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, path, &[][..]).expect("dir");
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o640);
+            h.set_size(3);
+            b.append_data(&mut h, path, &b"abc"[..]).expect("file");
+        }
+    }
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn layers_are_stored_under_the_stores_id_maps() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: storing files under other owners needs root");
+        return;
+    }
+    let map = |host| vec![strata_layerstore::IdMap { container_id: 0, host_id: host, size: 65_536 }];
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut options = StoreOptions::new(tmp.path().join("graph"), tmp.path().join("run"));
+        options.driver = Some(driver);
+        options.uid_map = map(100_000);
+        options.gid_map = map(200_000);
+        let store = Store::open(&options).expect("open");
+        let tar = owned_tar(&[("d/", 0, 0), ("d/f", 1000, 50), ("g", 0, 0), ("h/i", 7, 7)]);
+        let layer = store.put_layer(&LayerOptions::default(), &tar[..]).expect("apply");
+        assert_eq!(layer.uidmap, map(100_000), "{driver:?}: the record keeps the maps");
+        assert_eq!(layer.gidmap, map(200_000));
+        assert_eq!(layer.uidset, vec![0, 7, 1000], "{driver:?}: the tar's own IDs are recorded");
+        let root = match driver {
+            Driver::Vfs => tmp.path().join("graph/vfs/dir").join(&layer.id),
+            Driver::Overlay => tmp.path().join("graph/overlay").join(&layer.id).join("diff"),
+        };
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(root.join(p)).expect("stat");
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("d"), (100_000, 200_000), "{driver:?}");
+        assert_eq!(owner("d/f"), (101_000, 200_050), "{driver:?}");
+        assert_eq!(owner("h"), (100_000, 200_000), "{driver:?}: a directory the tar implies is the map's root's");
+        assert_eq!(owner("h/i"), (100_007, 200_007), "{driver:?}");
+        assert_eq!(owner(""), (100_000, 200_000), "{driver:?}: the layer's root");
+        assert_eq!(diff(&store, &layer.id), tar, "{driver:?}: the layer diffs to its tar");
+
+        let outside = owned_tar(&[("x", 70_000, 0)]);
+        let err = store.put_layer(&LayerOptions::default(), &outside[..]).expect_err("uid outside the map");
+        assert!(err.to_string().contains("uid 70000 is outside the layer's ID map"), "{err}");
+        assert_eq!(store.layers().expect("layers").len(), 1, "nothing kept");
+        drop(store);
+
+        // The same store opened without the maps: no child goes on a
+        // layer stored under other IDs.
+        let mut plain = StoreOptions::new(tmp.path().join("graph"), tmp.path().join("run"));
+        plain.driver = Some(driver);
+        let store = Store::open(&plain).expect("open");
+        let child = LayerOptions { parent: Some(layer.id.clone()), ..LayerOptions::default() };
+        let err = store.put_layer(&child, &owned_tar(&[("y", 0, 0)])[..]).expect_err("other maps");
+        assert!(err.to_string().contains("other ID maps"), "{err}");
+    }
+}
+
 #[test]
 fn a_layer_written_by_a_function_equals_the_same_tar_put_and_a_failing_writer_keeps_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");

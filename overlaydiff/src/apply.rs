@@ -17,6 +17,7 @@ use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time};
 
+use crate::idmap::IdMapping;
 use crate::known::{KnownContent, KnownFile};
 use crate::lower::LowerView;
 use crate::meta;
@@ -112,6 +113,8 @@ pub struct Extractor {
     lowers: Option<LowerView>,
     /// Files whose content coming entries repeat.
     known: Option<KnownContent>,
+    /// The owners the tar names, as stored on disk.
+    ids: IdMapping,
 }
 
 impl Extractor {
@@ -130,7 +133,16 @@ impl Extractor {
             entries: 0,
             lowers: None,
             known: None,
+            ids: IdMapping::default(),
         }
+    }
+
+    /// Stores the tar's owners under other IDs (a user namespace's); an
+    /// owner outside the map is an error. Applies when owners are set
+    /// (running as root).
+    pub fn id_mapping(mut self, ids: IdMapping) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// Files whose content coming entries repeat, announced by the tar's
@@ -240,9 +252,24 @@ impl Extractor {
     /// Gives a directory created for an implied path the mode, owner,
     /// xattrs and time the lowers have for it.
     fn implied_dir(&mut self, dir: &Dir, name: &OsStr, parts: &[&[u8]], full: &[u8]) -> Result<()> {
-        let Some(lowers) = &self.lowers else { return Ok(()) };
         let path: Vec<&OsStr> = parts.iter().map(|p| OsStr::from_bytes(p)).collect();
-        let Some(meta) = lowers.lookup(&path).map_err(|e| io_err(full, e))? else {
+        let meta = match &self.lowers {
+            Some(lowers) => lowers.lookup(&path).map_err(|e| io_err(full, e))?,
+            None => None,
+        };
+        let Some(meta) = meta else {
+            // Made by root, which is the map's root in the layer.
+            if self.owners && !self.ids.is_identity() {
+                let (uid, gid) = (self.ids.uid(0).unwrap_or(0), self.ids.gid(0).unwrap_or(0));
+                rustix::fs::chownat(
+                    dir.as_fd(),
+                    name,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err(full, e.into()))?;
+            }
             return Ok(());
         };
         if !meta.is_dir() {
@@ -288,6 +315,8 @@ impl Extractor {
         }
         let id = |v: i64, what| u32::try_from(v).map_err(|_| invalid(path, format!("{what} {v} out of range")));
         let (uid, gid) = (id(header.uid, "uid")?, id(header.gid, "gid")?);
+        let uid = self.ids.uid(uid).ok_or_else(|| invalid(path, format!("uid {uid} is outside the layer's ID map")))?;
+        let gid = self.ids.gid(gid).ok_or_else(|| invalid(path, format!("gid {gid} is outside the layer's ID map")))?;
         Ok((Some(gid) != new_gid || uid != self.euid).then_some((uid, gid)))
     }
 

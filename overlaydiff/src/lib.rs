@@ -3,6 +3,7 @@
 mod apply;
 mod change;
 mod copy;
+mod idmap;
 mod known;
 mod lower;
 mod meta;
@@ -16,6 +17,7 @@ use std::ffi::OsString;
 pub use apply::{Extractor, Whiteouts, apply_layer};
 pub use change::{Change, ChangeSink, TarSink};
 pub use copy::copy_tree;
+pub use idmap::{IdMapping, IdRange};
 pub use known::{KnownContent, KnownFile};
 pub use lower::LowerView;
 pub use meta::{Kind, Meta};
