@@ -449,7 +449,13 @@ where
             .open_with(split_name, &options)
             .map_err(|e| Error::io(std::path::Path::new(split_name), e))?
     };
-    let mut metadata = strata_tarsplit::gzip_metadata(io::BufWriter::with_capacity(CHUNK, file));
+    // gzip'd on other threads, in members (every tar-split reader, Go's
+    // included, reads them as one stream): the extracting thread is the
+    // busiest of an apply.
+    let mut metadata = strata_tarsplit::MetadataWriter::new(crate::pgzip::ParallelGzip::new(
+        io::BufWriter::with_capacity(CHUNK, file),
+        libdeflater::CompressionLvl::new(1).unwrap_or_default(),
+    ));
 
     let (produced, split) = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
