@@ -261,14 +261,7 @@ impl Extractor {
             // Made by root, which is the map's root in the layer.
             if self.owners && !self.ids.is_identity() {
                 let (uid, gid) = (self.ids.uid(0).unwrap_or(0), self.ids.gid(0).unwrap_or(0));
-                rustix::fs::chownat(
-                    dir.as_fd(),
-                    name,
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| io_err(full, e.into()))?;
+                chown_at(dir, name, uid, gid, full)?;
             }
             return Ok(());
         };
@@ -276,14 +269,7 @@ impl Extractor {
             return Ok(());
         }
         if self.owners {
-            rustix::fs::chownat(
-                dir.as_fd(),
-                name,
-                Some(rustix::fs::Uid::from_raw(meta.uid)),
-                Some(rustix::fs::Gid::from_raw(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err(full, e.into()))?;
+            chown_at(dir, name, meta.uid, meta.gid, full)?;
         }
         for (attr, value) in meta.exported_xattrs() {
             if let Some(attr) = attr.to_str() {
@@ -330,14 +316,7 @@ impl Extractor {
         let Some((uid, gid)) = self.owner_to_set(header, path, new_gid)? else {
             return Ok(());
         };
-        rustix::fs::chownat(
-            dir.as_fd(),
-            name,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err(path, e.into()))
+        chown_at(dir, name, uid, gid, path)
     }
 
     fn whiteout(&mut self, header: &HeaderInfo, parents: &[&[u8]], name: &[u8]) -> Result<()> {
@@ -697,6 +676,18 @@ fn xattrs_are(file: &std::fs::File, header: &HeaderInfo) -> bool {
         Ok(have) => have.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())).eq(want),
         Err(_) => false,
     }
+}
+
+/// Chown of `name` in `dir`, not following a final symlink.
+fn chown_at(dir: &Dir, name: &OsStr, uid: u32, gid: u32, path: &[u8]) -> Result<()> {
+    rustix::fs::chownat(
+        dir.as_fd(),
+        name,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(path, e.into()))
 }
 
 /// The tar's xattrs an entry carries into the tree.
