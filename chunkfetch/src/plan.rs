@@ -125,7 +125,14 @@ impl Planner {
                 single_budget = single_budget.saturating_sub(1).max(1);
                 groups
             } else {
-                self.merge(rest, limit)
+                // At most `limit` ranges go in one request, and the rest in
+                // the next: merging across big gaps to fit one request
+                // would fetch what lies between (tens of megabytes for a
+                // few dozen pieces spread over a layer), where another
+                // request costs a round trip.
+                let mut groups = self.merge(rest, usize::MAX);
+                groups.truncate(limit);
+                groups
             };
             if single_ranges && !source.sends_whole_blob() {
                 groups.truncate(1);
@@ -239,9 +246,13 @@ mod tests {
             })
             .expect("fetch");
         assert_eq!(seen, (0..64).collect::<Vec<_>>());
-        assert_eq!(*source.asked.lock().expect("lock"), [64, 32, 16, 8, 4]);
-        assert_eq!((stats.requests, stats.refused), (1, 4));
-        assert_eq!(stats.bytes_wanted, 6400);
+        // Refused down to 4 ranges a request, then 16 requests of 4: no
+        // byte between the pieces is fetched.
+        let mut asked = vec![64, 32, 16, 8];
+        asked.extend([4; 16]);
+        assert_eq!(*source.asked.lock().expect("lock"), asked);
+        assert_eq!((stats.requests, stats.refused), (16, 4));
+        assert_eq!((stats.bytes_wanted, stats.bytes_requested), (6400, 6400));
     }
 
     #[test]

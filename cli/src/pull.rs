@@ -36,6 +36,13 @@ pub struct Args {
     /// containers-storage's `convert_images` allows); costs a second hash.
     #[arg(long)]
     index_chunks: bool,
+    /// Missing pieces closer than this many bytes are fetched as one range,
+    /// the bytes between included.
+    #[arg(long, value_name = "BYTES", default_value_t = strata::chunkfetch::Planner::default().merge_gap)]
+    merge_gap: u64,
+    /// Most ranges in one request (a registry refusing as many gets fewer).
+    #[arg(long, value_name = "N", default_value_t = strata::chunkfetch::Planner::default().max_ranges)]
+    max_ranges: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -90,6 +97,11 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         full_fetch_share: args.fetch_whole_at,
         hard_links: args.use_hard_links,
         index_chunks: args.index_chunks,
+        planner: strata::chunkfetch::Planner {
+            merge_gap: args.merge_gap,
+            max_ranges: args.max_ranges.max(1),
+            ..strata::chunkfetch::Planner::default()
+        },
         progress: Some(crate::progress::pull((!args.json).then_some(layer_line as fn(&LayerReport) -> String))),
         ..PullOptions::default()
     };

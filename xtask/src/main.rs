@@ -8,6 +8,7 @@
 //! cargo xtask bench convert [--runs N]
 //! cargo xtask bench apply [--runs N]
 //! cargo xtask bench pull [--runs N]
+//! cargo xtask bench planner [--runs N]   # partial-pull range planning: merge gap and ranges per request
 //! cargo xtask bench push [--runs N] [--compress none|gzip|zstd|zstd:chunked]
 //! cargo xtask fuzz [--seconds N]
 //! cargo xtask soak [--kills N] [--seconds N]
@@ -85,9 +86,10 @@ fn bench(args: &[String]) -> Result<(), Error> {
         Some("convert") => bench_convert(&args[1..]),
         Some("apply") => bench_apply(&args[1..]),
         Some("pull") => pull_bench::bench_pull(&args[1..]),
+        Some("planner") => pull_bench::bench_planner(&args[1..]),
         Some("push") => push_bench::bench_push(&args[1..]),
         other => Err(format!(
-            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply, pull, push"
+            "unknown benchmark {other:?}; available: tar-split, fsverity, overlay-diff, convert, apply, pull, planner, push"
         )
         .into()),
     }

@@ -177,8 +177,9 @@ impl Series {
     }
 }
 
-pub fn bench_pull(args: &[String]) -> Result<(), Error> {
-    let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
+/// The strata binary, and the bench image (v1, v2) in a fresh local
+/// docker-registry; returns the v2 blob's size too.
+fn bench_image() -> Result<(std::path::PathBuf, std::path::PathBuf, RegistryServer, u64), Error> {
     for (tool, package) in [("podman", "podman"), ("skopeo", "skopeo"), ("docker-registry", "docker-registry")] {
         require(tool, package)?;
     }
@@ -206,6 +207,56 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     for tag in ["v1", "v2"] {
         skopeo_copy(&format!("oci:{}:{tag}", layout.display()), &format!("docker://{}/bench:{tag}", server.addr));
     }
+    Ok((strata, work, server, v2_size))
+}
+
+/// `cargo xtask bench planner`: strata's update v1 -> v2 with each merge
+/// gap and range limit, on loopback and through proxies limited to
+/// 1 Gbit/s and 50 Mbit/s, against the real registry: the bytes served, the
+/// requests, and the time.
+pub fn bench_planner(args: &[String]) -> Result<(), Error> {
+    let runs: usize = flag(args, "--runs").map_or(Ok(1), str::parse)?;
+    let (strata, work, server, _) = bench_image()?;
+    let fs = crate::scratch_fs::ScratchFs::new(&work, 16)?;
+    let mut stores = Stores {
+        dir: tempfile::tempdir_in(fs.path())?,
+        n: 0,
+    };
+    let settings: [(u64, usize); 6] = [(0, 1024), (1024, 1024), (16 << 10, 1024), (256 << 10, 1024), (1024, 64), (1024, 8)];
+    let links = [("loopback", None), ("1 Gbit/s", Some(1_000_000_000u64)), ("50 Mbit/s", Some(50_000_000))];
+    println!("strata's update v1 -> v2 (median of {runs}), by planner setting, against a local docker-registry:");
+    println!("| merge gap | ranges per request | link | bytes served | requests | time |");
+    println!("|---|---|---|---|---|---|");
+    for (gap, max_ranges) in settings {
+        for (label, bits) in links {
+            let mut series = Series::default();
+            let mut requests = 0;
+            for _ in 0..runs {
+                let scratch = stores.next()?;
+                run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
+                let proxy = match bits {
+                    Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
+                    None => Proxy::start(&server.addr, Mode::Pass),
+                };
+                let mut cmd = strata_pull(&strata, &scratch, &proxy.addr, "v2", true);
+                cmd.arg(format!("--merge-gap={gap}")).arg(format!("--max-ranges={max_ranges}"));
+                series.add(measured(&proxy, &mut cmd)?);
+                requests = proxy.ranged_requests();
+            }
+            println!("| {gap} | {max_ranges} | {label} | {} | {requests} | {:.2} s |", series.bytes, series.median());
+        }
+    }
+    for dir in 1..=stores.n {
+        let _ = Command::new("umount").arg("-R").arg(stores.dir.path().join(format!("s{dir}/graph/overlay"))).stderr(Stdio::null()).status();
+    }
+    drop(fs);
+    drop(stores);
+    Ok(())
+}
+
+pub fn bench_pull(args: &[String]) -> Result<(), Error> {
+    let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
+    let (strata, work, server, v2_size) = bench_image()?;
     // Every store on a fresh filesystem, kept until the end (see
     // scratch_fs: nothing is deleted between timed pulls).
     let fs = crate::scratch_fs::ScratchFs::new(&work, 16)?;
