@@ -16,10 +16,12 @@ pub struct Planner {
     pub merge_gap: u64,
     /// Most ranges in one request.
     pub max_ranges: usize,
-    /// Once a server has refused even two ranges in one request (GCR,
-    /// GHCR, zot), the most single-range requests to send instead; merged
-    /// ranges fill the gaps between them. containers-storage sends one
-    /// range spanning everything then, which can be the whole blob.
+    /// The most requests the pieces are spread over when they need more
+    /// than `max_ranges` ranges (neighbours merge beyond), and, once a
+    /// server has refused even two ranges in one request (GCR, GHCR, zot),
+    /// the most single-range requests to send instead; merged ranges fill
+    /// the gaps between them. containers-storage sends one range spanning
+    /// everything then, which can be the whole blob.
     pub max_single_requests: usize,
 }
 
@@ -130,7 +132,10 @@ impl Planner {
                 // would fetch what lies between (tens of megabytes for a
                 // few dozen pieces spread over a layer), where another
                 // request costs a round trip.
-                let mut groups = self.merge(rest, usize::MAX);
+                // Requests stay bounded too: past `max_single_requests` of
+                // them, neighbours merge after all.
+                let most = limit.saturating_mul(self.max_single_requests.max(1));
+                let mut groups = self.merge(rest, most);
                 groups.truncate(limit);
                 groups
             };
@@ -253,6 +258,28 @@ mod tests {
         assert_eq!(*source.asked.lock().expect("lock"), asked);
         assert_eq!((stats.requests, stats.refused), (16, 4));
         assert_eq!((stats.bytes_wanted, stats.bytes_requested), (6400, 6400));
+    }
+
+    #[test]
+    fn a_server_that_takes_few_ranges_gets_a_bounded_number_of_requests() {
+        let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<ByteRange> = (0..1000).map(|i| r(i * 2000, 10)).collect();
+        let source = Refusing { blob: blob.clone(), accept: 2, asked: Mutex::new(Vec::new()) };
+        let planner = Planner { merge_gap: 0, max_ranges: 2, max_single_requests: 8 };
+        let mut seen = 0;
+        let stats = planner
+            .fetch(&source, &pieces, &mut |i, rd| {
+                let mut v = Vec::new();
+                rd.read_to_end(&mut v)?;
+                let p = pieces[i];
+                assert_eq!(v, &blob[p.offset as usize..(p.offset + p.length) as usize]);
+                seen += 1;
+                Ok(())
+            })
+            .expect("fetch");
+        assert_eq!(seen, 1000);
+        assert!(stats.requests <= 8, "{stats:?}");
+        assert_eq!(stats.refused, 0);
     }
 
     #[test]
