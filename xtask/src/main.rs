@@ -125,7 +125,8 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
     // Every run extracts into a directory of its own on a fresh
     // filesystem, gone at the end (see scratch_fs: nothing is deleted
     // between runs).
-    let fs = scratch_fs::ScratchFs::new(&work, 14)?;
+    // Four extractions of the tar per run (GNU tar, syncfs, two drivers).
+    let fs = scratch_fs::ScratchFs::new(&work, (size * 4 * runs as u64 >> 30) + 4)?;
     let scratch = fs.path().to_path_buf();
     let mut n = 0;
     let mut fresh = |what: &str| {
