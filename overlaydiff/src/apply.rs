@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::sync::{Arc, OnceLock};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -729,16 +729,56 @@ impl SplitSink for Extractor {
     }
 }
 
+/// Filesystem blocks of zeros are skipped, not written: they become holes
+/// (a new file reads zeros there), as zero chunks do in containers-storage.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes a payload into a new, empty file; blocks of zeros are left as
+/// holes.
 fn copy_payload(payload: &mut Payload<'_>, out: &mut std::fs::File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = 0u64;
+    let mut written_end = 0u64;
     loop {
         let chunk = payload.fill_buf()?;
         if chunk.is_empty() {
-            return Ok(());
+            break;
         }
         let n = chunk.len();
-        out.write_all(chunk)?;
+        let mut start = 0;
+        while start < n {
+            // Up to the next block boundary, then block by block.
+            let offset = pos + start as u64;
+            let to_boundary = (HOLE_BLOCK - offset % HOLE_BLOCK) as usize;
+            let len = if offset.is_multiple_of(HOLE_BLOCK) { HOLE_BLOCK as usize } else { to_boundary }.min(n - start);
+            // A new file reads zeros wherever nothing was written: zeros
+            // are never written, be it a whole block (a hole) or the part
+            // of one a buffer's edge cuts off.
+            if chunk[start..start + len].iter().all(|&b| b == 0) {
+                start += len;
+                continue;
+            }
+            // Data runs on to the next zeros: one write for all.
+            let mut end = start + len;
+            while end < n {
+                let next = (n - end).min(HOLE_BLOCK as usize);
+                if chunk[end..end + next].iter().all(|&b| b == 0) {
+                    break;
+                }
+                end += next;
+            }
+            out.write_all_at(&chunk[start..end], offset)?;
+            written_end = pos + end as u64;
+            start = end;
+        }
+        pos += n as u64;
         payload.consume(n);
     }
+    // A file that ends in a hole still has its size.
+    if written_end < pos {
+        out.set_len(pos)?;
+    }
+    Ok(())
 }
 
 /// Applies the layer in `tar` to `root` (the tar's `.` entry is skipped).

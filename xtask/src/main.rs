@@ -126,7 +126,7 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
     // filesystem, gone at the end (see scratch_fs: nothing is deleted
     // between runs).
     // Four extractions of the tar per run (GNU tar, syncfs, two drivers).
-    let fs = scratch_fs::ScratchFs::new(&work, (size * 4 * runs as u64 >> 30) + 4)?;
+    let fs = scratch_fs::ScratchFs::new(&work, ((size * 4 * runs as u64) >> 30) + 4)?;
     let scratch = fs.path().to_path_buf();
     let mut n = 0;
     let mut fresh = |what: &str| {
