@@ -233,23 +233,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refusals_halve_the_ranges_and_every_piece_arrives_once() {
-        let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let pieces: Vec<ByteRange> = (0..64).map(|i| r(i * 1500, 100)).collect();
-        let source = Refusing { blob: blob.clone(), accept: 5, asked: Mutex::new(Vec::new()) };
-        let planner = Planner { merge_gap: 0, max_ranges: 64, max_single_requests: 32 };
+    /// Fetches `pieces`, checking each against the blob; returns the stats
+    /// and the pieces in the order they came.
+    fn fetch_checked(planner: &Planner, source: &Refusing, pieces: &[ByteRange]) -> (FetchStats, Vec<usize>) {
         let mut seen = Vec::new();
         let stats = planner
-            .fetch(&source, &pieces, &mut |i, rd| {
+            .fetch(source, pieces, &mut |i, rd| {
                 let mut v = Vec::new();
                 rd.read_to_end(&mut v)?;
                 let p = pieces[i];
-                assert_eq!(v, &blob[p.offset as usize..(p.offset + p.length) as usize]);
+                assert_eq!(v, &source.blob[p.offset as usize..(p.offset + p.length) as usize]);
                 seen.push(i);
                 Ok(())
             })
             .expect("fetch");
+        (stats, seen)
+    }
+
+    #[test]
+    fn refusals_halve_the_ranges_and_every_piece_arrives_once() {
+        let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<ByteRange> = (0..64).map(|i| r(i * 1500, 100)).collect();
+        let source = Refusing { blob, accept: 5, asked: Mutex::new(Vec::new()) };
+        let planner = Planner { merge_gap: 0, max_ranges: 64, max_single_requests: 32 };
+        let (stats, seen) = fetch_checked(&planner, &source, &pieces);
         assert_eq!(seen, (0..64).collect::<Vec<_>>());
         // Refused down to 4 ranges a request, then 16 requests of 4: no
         // byte between the pieces is fetched.
@@ -264,20 +271,10 @@ mod tests {
     fn a_server_that_takes_few_ranges_gets_a_bounded_number_of_requests() {
         let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
         let pieces: Vec<ByteRange> = (0..1000).map(|i| r(i * 2000, 10)).collect();
-        let source = Refusing { blob: blob.clone(), accept: 2, asked: Mutex::new(Vec::new()) };
+        let source = Refusing { blob, accept: 2, asked: Mutex::new(Vec::new()) };
         let planner = Planner { merge_gap: 0, max_ranges: 2, max_single_requests: 8 };
-        let mut seen = 0;
-        let stats = planner
-            .fetch(&source, &pieces, &mut |i, rd| {
-                let mut v = Vec::new();
-                rd.read_to_end(&mut v)?;
-                let p = pieces[i];
-                assert_eq!(v, &blob[p.offset as usize..(p.offset + p.length) as usize]);
-                seen += 1;
-                Ok(())
-            })
-            .expect("fetch");
-        assert_eq!(seen, 1000);
+        let (stats, seen) = fetch_checked(&planner, &source, &pieces);
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
         assert!(stats.requests <= 8, "{stats:?}");
         assert_eq!(stats.refused, 0);
     }

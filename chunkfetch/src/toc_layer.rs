@@ -496,13 +496,12 @@ impl TocGetter {
     /// turn. Whatever the fetched headers say is checked by the tar's
     /// digest (the diffID) downstream.
     pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        while let Some(file) = self.files.front() {
+        while let Some(mut file) = self.files.pop_front() {
             if file.headers_before {
                 self.copy_headers(out)?;
             }
-            let name = self.files.front().and_then(|f| f.name.clone()).unwrap_or_default();
-            let mut reader = strata_tarsplit::FileGetter::get(self, &name)?;
-            io::copy(&mut reader, out)?;
+            let name = file.name.take().unwrap_or_default();
+            io::copy(&mut self.reader(file, &name), out)?;
         }
         if self.headers_after {
             self.headers_after = false;
@@ -560,6 +559,13 @@ impl strata_tarsplit::FileGetter for TocGetter {
             }
             Some(_) => self.files.pop_front().expect("checked"),
         };
+        Ok(Box::new(self.reader(file, name)))
+    }
+}
+
+impl TocGetter {
+    /// The content of `file` (named `name` in the tar).
+    fn reader(&mut self, file: PlannedFile, name: &[u8]) -> FileReader<'_> {
         // Fetched bytes are checked against the TOC here. Bytes reused from
         // local layers are not hashed again: the assembly checks each file
         // against the tar-split's CRC-64, and the store checks the diffID.
@@ -569,14 +575,14 @@ impl strata_tarsplit::FileGetter for TocGetter {
             tell(name, found.length, found);
         }
         let fetched = file.parts.iter().any(|p| matches!(p, Part::Fetch(_)));
-        Ok(Box::new(FileReader {
+        FileReader {
             getter: self,
             digest: file.digest,
-            name: shown,
+            name: String::from_utf8_lossy(name).into_owned(),
             parts: file.parts.into(),
             current: None,
             hash: fetched.then(Sha256::new),
-        }))
+        }
     }
 }
 

@@ -228,16 +228,15 @@ impl SplitSink for LayerSink {
 const CHUNK: usize = 256 << 10;
 
 /// Hands the uncompressed tar to the extractor in `CHUNK`-sized buffers,
-/// and to a hashing thread (the diffID) when it has one.
+/// and to a hashing thread (the diffID).
 struct ChunkSender<'h, 'scope> {
     tx: mpsc::SyncSender<io::Result<Block>>,
     buf: Vec<u8>,
-    /// None when the digest comes from elsewhere.
-    hash: Option<&'h HashThread<'scope>>,
+    hash: &'h HashThread<'scope>,
 }
 
 impl<'h, 'scope> ChunkSender<'h, 'scope> {
-    fn new(tx: mpsc::SyncSender<io::Result<Block>>, hash: Option<&'h HashThread<'scope>>) -> Self {
+    fn new(tx: mpsc::SyncSender<io::Result<Block>>, hash: &'h HashThread<'scope>) -> Self {
         ChunkSender {
             tx,
             buf: Vec::with_capacity(CHUNK),
@@ -250,9 +249,7 @@ impl<'h, 'scope> ChunkSender<'h, 'scope> {
             return Ok(());
         }
         let block = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        if let Some(hash) = self.hash {
-            hash.feed(&block);
-        }
+        self.hash.feed(&block);
         self.tx
             .send(Ok(block))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"))
@@ -312,7 +309,7 @@ where
 {
     std::thread::scope(|scope| {
         let hash = HashThread::spawn(scope);
-        let mut sender = ChunkSender::new(tx, Some(&hash));
+        let mut sender = ChunkSender::new(tx, &hash);
         let written = write(&mut sender).and_then(|()| sender.finish());
         let (digest, size) = hash.finish()?;
         written?;
@@ -401,7 +398,7 @@ fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Block>>) ->
                     ));
                 }
             };
-            let mut sender = ChunkSender::new(tx, Some(&hash));
+            let mut sender = ChunkSender::new(tx, &hash);
             sender.read_all(&mut decoder)?;
             sender.finish()?;
             drop(decoder);

@@ -745,31 +745,29 @@ fn copy_payload(payload: &mut Payload<'_>, out: &mut std::fs::File) -> io::Resul
             break;
         }
         let n = chunk.len();
+        // Segments end at block boundaries; a run of segments holding data
+        // goes out in one write, and zeros are never written: a new file
+        // reads zeros wherever nothing was (whole blocks become holes).
+        let mut run: Option<usize> = None;
         let mut start = 0;
         while start < n {
-            // Up to the next block boundary, then block by block.
             let offset = pos + start as u64;
-            let to_boundary = (HOLE_BLOCK - offset % HOLE_BLOCK) as usize;
-            let len = if offset.is_multiple_of(HOLE_BLOCK) { HOLE_BLOCK as usize } else { to_boundary }.min(n - start);
-            // A new file reads zeros wherever nothing was written: zeros
-            // are never written, be it a whole block (a hole) or the part
-            // of one a buffer's edge cuts off.
-            if chunk[start..start + len].iter().all(|&b| b == 0) {
-                start += len;
-                continue;
-            }
-            // Data runs on to the next zeros: one write for all.
-            let mut end = start + len;
-            while end < n {
-                let next = (n - end).min(HOLE_BLOCK as usize);
-                if chunk[end..end + next].iter().all(|&b| b == 0) {
-                    break;
+            let len = ((HOLE_BLOCK - offset % HOLE_BLOCK) as usize).min(n - start);
+            let zeros = chunk[start..start + len].iter().all(|&b| b == 0);
+            match (zeros, run) {
+                (true, Some(from)) => {
+                    out.write_all_at(&chunk[from..start], pos + from as u64)?;
+                    written_end = offset;
+                    run = None;
                 }
-                end += next;
+                (false, None) => run = Some(start),
+                _ => {}
             }
-            out.write_all_at(&chunk[start..end], offset)?;
-            written_end = pos + end as u64;
-            start = end;
+            start += len;
+        }
+        if let Some(from) = run {
+            out.write_all_at(&chunk[from..n], pos + from as u64)?;
+            written_end = pos + n as u64;
         }
         pos += n as u64;
         payload.consume(n);

@@ -216,6 +216,9 @@ fn load_cache(store: &Store) -> Result<DiskCache> {
     let mut cache = DiskCache::default();
     for layer in store.layers()? {
         let has = |key: &str| layer.big_data_names.iter().any(|n| n == key);
+        if !has(DEDUP_INDEX) && !has(PODMAN_TOC) {
+            continue;
+        }
         let Ok(root) = store.layer_files(&layer.id) else {
             continue;
         };

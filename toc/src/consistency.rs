@@ -117,10 +117,9 @@ fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     Ok((stripped, times))
 }
 
-/// What the tar-split says about one entry, ready to compare: its cleaned
-/// name and the fields containers-storage compares.
+/// What the tar-split says about one entry, ready to compare: the fields
+/// containers-storage compares (the name cleaned).
 struct TarSide {
-    name: String,
     entry: Entry,
     times: [Instant; 3],
 }
@@ -141,11 +140,7 @@ fn next_tar_side<R: std::io::Read>(records: &mut MetadataReader<R>) -> Result<Op
                 })?;
                 let from_tar = entry_from_header(&header).map_err(|e| Error::InvalidToc(e.to_string()))?;
                 let (entry, times) = comparable(&from_tar).map_err(Error::InvalidToc)?;
-                return Ok(Some(TarSide {
-                    name: entry.name.clone(),
-                    entry,
-                    times,
-                }));
+                return Ok(Some(TarSide { entry, times }));
             }
         }
     }
@@ -231,10 +226,10 @@ impl Lockstep {
                 "the TOC lists {name:?} after the tar-split's last entry"
             )));
         };
-        if tar.name != name {
+        if tar.entry.name != name {
             return Err(Error::InvalidToc(format!(
                 "the TOC lists {name:?} where the tar-split has {:?}",
-                tar.name
+                tar.entry.name
             )));
         }
         let (a, ta) = comparable(listed).map_err(Error::InvalidToc)?;
@@ -252,7 +247,7 @@ impl Lockstep {
             None => Ok(()),
             Some(tar) => Err(Error::InvalidToc(format!(
                 "the tar-split lists {:?}, which the TOC does not",
-                tar.name
+                tar.entry.name
             ))),
         }
     }

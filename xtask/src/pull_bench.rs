@@ -150,6 +150,14 @@ fn strata_pull_with(strata: &Path, scratch: &Path, addr: &str, tag: &str, partia
     c
 }
 
+/// A counting proxy to the registry, limited to `bits` per second if given.
+fn proxy_at(registry: &str, bits: Option<u64>) -> Proxy {
+    match bits {
+        Some(bits) => Proxy::start_paced(registry, Mode::Pass, bits),
+        None => Proxy::start(registry, Mode::Pass),
+    }
+}
+
 /// A timed command and the bytes the proxy served it.
 fn measured(proxy: &Proxy, cmd: &mut Command) -> Result<(Duration, u64), Error> {
     sync();
@@ -234,10 +242,7 @@ pub fn bench_planner(args: &[String]) -> Result<(), Error> {
             for _ in 0..runs {
                 let scratch = stores.next()?;
                 run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
-                let proxy = match bits {
-                    Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
-                    None => Proxy::start(&server.addr, Mode::Pass),
-                };
+                let proxy = proxy_at(&server.addr, bits);
                 let mut cmd = strata_pull(&strata, &scratch, &proxy.addr, "v2", true);
                 cmd.arg(format!("--merge-gap={gap}")).arg(format!("--max-ranges={max_ranges}"));
                 series.add(measured(&proxy, &mut cmd)?);
@@ -278,10 +283,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
                 let scratch = stores.next()?;
                 dirs.strata.push(scratch.clone());
                 run(strata_pull(&strata, &scratch, &server.addr, "v1", true).stdout(Stdio::null()))?;
-                let proxy = match *bits {
-                    Some(bits) => Proxy::start_paced(&server.addr, Mode::Pass, bits),
-                    None => Proxy::start(&server.addr, Mode::Pass),
-                };
+                let proxy = proxy_at(&server.addr, *bits);
                 series.add(measured(&proxy, &mut strata_pull(&strata, &scratch, &proxy.addr, "v2", is_partial))?);
             }
         }
