@@ -2,6 +2,7 @@
 
 mod error;
 mod file;
+mod local_headers;
 pub mod layout;
 pub mod oci;
 mod multipart;
@@ -15,6 +16,7 @@ use std::io::{self, Read};
 
 pub use error::{Error, Result};
 pub use file::FileSource;
+pub use local_headers::LocalHeaders;
 pub use layout::{LayoutWriter, OciLayout, WrittenBlob};
 pub use plan::{FetchStats, Planner};
 pub use reference::Reference;

@@ -9,12 +9,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest, Sha256};
 use strata_dedup_cache::{ChunkCache, Found};
 use strata_toc::{Toc, TocItem};
 
+use crate::local_headers::{LocalHeaders, Span, pad};
 use crate::{ByteRange, Error, FetchStats, Planner, RangeSource, Result};
 
 /// A piece of the blob to fetch: compressed `range`, decompressing to
@@ -44,6 +46,11 @@ pub struct PlanStats {
     pub bytes_zero: u64,
     /// Compressed bytes of the pieces to fetch.
     pub bytes_to_fetch: u64,
+    /// Of those, header frames (a blob rebuilt without its tar-split).
+    pub header_bytes_to_fetch: u64,
+    /// Runs of headers between payloads taken from a local layer's
+    /// tar-split instead of fetched (see [`LayerPlanner::predicting`]).
+    pub headers_local: u64,
     /// Uncompressed bytes those pieces hold.
     pub bytes_fetched_uncompressed: u64,
 }
@@ -63,8 +70,19 @@ struct PlannedFile {
     name: Option<Box<[u8]>>,
     digest: [u8; 32],
     parts: Vec<Part>,
-    /// Header frames come before it (a blob without tar-split).
-    headers_before: bool,
+    /// What comes before it when the tar is rebuilt without tar-split.
+    headers_before: Before,
+}
+
+/// The tar's bytes between a payload and the one before it.
+enum Before {
+    /// None (tar-split gives them).
+    Nothing,
+    /// The blob's header frames, fetched.
+    Fetched,
+    /// Zeros (the padding of the payload before), then headers a local
+    /// layer has.
+    Local { padding: u16, headers: Box<[Span]> },
 }
 
 /// Which bytes of a layer come from where.
@@ -74,6 +92,25 @@ pub struct LayerPlan {
     pub stats: PlanStats,
     /// The last header frames (the tar's end) follow the last file.
     headers_after: bool,
+    /// Where `Before::Local` headers lie.
+    local_headers: Option<Arc<LocalHeaders>>,
+}
+
+impl LayerPlan {
+    /// Drops the header frames and local headers from a plan made
+    /// [`fetching_headers`](LayerPlanner::fetching_headers): the tar is to
+    /// be rebuilt from its tar-split after all.
+    pub fn without_headers(&mut self) {
+        self.needs.retain(|n| !n.headers);
+        self.stats.bytes_to_fetch -= self.stats.header_bytes_to_fetch;
+        self.stats.header_bytes_to_fetch = 0;
+        self.stats.headers_local = 0;
+        for file in &mut self.files {
+            file.headers_before = Before::Nothing;
+        }
+        self.headers_after = false;
+        self.local_headers = None;
+    }
 }
 
 impl std::fmt::Debug for LayerPlan {
@@ -84,7 +121,7 @@ impl std::fmt::Debug for LayerPlan {
 
 /// A tar or TOC name as a lookup key: no leading `./` or `/`, no
 /// trailing `/`, hashed.
-fn name_hash(name: &[u8]) -> u64 {
+pub(crate) fn name_hash(name: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     for part in name.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".") {
@@ -119,6 +156,10 @@ pub struct LayerPlanner<'c> {
     headers_from: Option<u64>,
     /// TOC entries since the last payload: their headers lie ahead.
     entries_since: u64,
+    /// Local headers of those entries, while every one of them has some.
+    local_run: Option<Vec<Span>>,
+    /// Padding after the last payload (it opens the next header frames).
+    padding: u64,
 }
 
 /// Room for the headers of one tar entry (a PAX header with long names and
@@ -144,11 +185,35 @@ impl<'c> LayerPlanner<'c> {
                 needs: Vec::new(),
                 stats: PlanStats::default(),
                 headers_after: false,
+                local_headers: None,
             },
             open: None,
             last_end: 0,
             headers_from: None,
             entries_since: 0,
+            local_run: Some(Vec::new()),
+            padding: 0,
+        }
+    }
+
+    /// With [`fetching_headers`](Self::fetching_headers): the headers
+    /// between two payloads are taken from `local` when it has every entry
+    /// there, described exactly as the TOC describes it, instead of
+    /// fetched. Whether the guess was right shows in the diffID only.
+    pub fn predicting(mut self, local: Arc<LocalHeaders>) -> Self {
+        self.plan.local_headers = Some(local);
+        self
+    }
+
+    /// Notes the headers of one more entry in the run ahead of a payload.
+    fn note_headers(&mut self, entry: &strata_toc::Entry) {
+        let found = match (&self.plan.local_headers, &self.local_run) {
+            (Some(local), Some(_)) => local.find(entry),
+            _ => None,
+        };
+        match (found, &mut self.local_run) {
+            (Some(span), Some(run)) => run.push(span),
+            _ => self.local_run = None,
         }
     }
 
@@ -163,17 +228,29 @@ impl<'c> LayerPlanner<'c> {
 
     /// Plans the header frames from where the last payload ended up to
     /// `end`, covering the headers of `entries` entries.
-    fn add_headers(&mut self, end: u64, what: &str) -> Result<bool> {
-        let Some(from) = self.headers_from else { return Ok(false) };
+    fn add_headers(&mut self, end: u64, what: &str) -> Result<Before> {
+        let Some(from) = self.headers_from else { return Ok(Before::Nothing) };
         if end < from || from < self.last_end {
             return Err(Error::Invalid {
                 what: what.into(),
                 reason: format!("its payload at {end} does not follow the one before, which ends at {from}"),
             });
         }
+        let padding = std::mem::take(&mut self.padding);
+        let run = self.local_run.replace(Vec::new());
         if end == from {
-            return Ok(false);
+            return Ok(Before::Nothing);
         }
+        if let Some(run) = run.filter(|r| !r.is_empty()) {
+            self.plan.stats.headers_local += 1;
+            self.last_end = end;
+            self.entries_since = 0;
+            return Ok(Before::Local {
+                padding: padding as u16,
+                headers: run.into(),
+            });
+        }
+        self.plan.stats.header_bytes_to_fetch += end - from;
         self.plan.needs.push(PieceNeed {
             range: ByteRange::new(from, end - from),
             length: HEADER_ROOM_BASE + self.entries_since * HEADER_ROOM_PER_ENTRY,
@@ -183,7 +260,7 @@ impl<'c> LayerPlanner<'c> {
         self.plan.stats.bytes_to_fetch += end - from;
         self.last_end = end;
         self.entries_since = 0;
-        Ok(true)
+        Ok(Before::Fetched)
     }
 
     fn close_open(&mut self, end: u64, name: &str) -> Result<()> {
@@ -212,6 +289,9 @@ impl<'c> LayerPlanner<'c> {
             reason,
         };
         self.entries_since += 1;
+        if self.headers_from.is_some() {
+            self.note_headers(e);
+        }
         if e.offset > 0 && self.headers_from.is_none() {
             self.close_open(e.offset as u64, &e.name)?;
         }
@@ -219,7 +299,7 @@ impl<'c> LayerPlanner<'c> {
             return Ok(());
         }
         let headers_before = match self.headers_from {
-            None => false,
+            None => Before::Nothing,
             Some(_) if e.end_offset <= 0 || e.offset <= 0 => {
                 return Err(invalid("it has no endOffset: the tar headers around it cannot be located".into()));
             }
@@ -277,6 +357,7 @@ impl<'c> LayerPlanner<'c> {
             // The next header frames start where this payload ends.
             self.close_open(e.end_offset as u64, &e.name)?;
             self.headers_from = Some(e.end_offset as u64);
+            self.padding = pad(size);
         }
         self.plan.files.push_back(PlannedFile {
             name_hash: name_hash(e.name.as_bytes()),
@@ -296,7 +377,10 @@ impl<'c> LayerPlanner<'c> {
                 what: "the TOC".into(),
                 reason: format!("its offset {end} leaves no room for the tar"),
             })?;
-            self.plan.headers_after = self.add_headers(frames_end, "the tar's end")?;
+            // The tar's end is always fetched: its length is the writer's
+            // choice (Go ends with 1 KiB of zeros, GNU tar pads to 10 KiB).
+            self.local_run = None;
+            self.plan.headers_after = matches!(self.add_headers(frames_end, "the tar's end")?, Before::Fetched);
             return Ok(self.plan);
         }
         self.close_open(end, "(the last)")?;
@@ -454,6 +538,7 @@ pub struct TocGetter {
     pos: usize,
     whole_local: Option<WholeLocal>,
     headers_after: bool,
+    local_headers: Option<Arc<LocalHeaders>>,
 }
 
 /// Told of each file taken whole from a local one: its name in the tar,
@@ -475,6 +560,7 @@ impl TocGetter {
             pos: 0,
             whole_local: None,
             headers_after: plan.headers_after,
+            local_headers: plan.local_headers,
         }
     }
 
@@ -497,8 +583,16 @@ impl TocGetter {
     /// digest (the diffID) downstream.
     pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
         while let Some(mut file) = self.files.pop_front() {
-            if file.headers_before {
-                self.copy_headers(out)?;
+            match std::mem::replace(&mut file.headers_before, Before::Nothing) {
+                Before::Nothing => {}
+                Before::Fetched => self.copy_headers(out)?,
+                Before::Local { padding, headers } => {
+                    out.write_all(&[0u8; 512][..padding as usize])?;
+                    let local = self.local_headers.as_ref().ok_or_else(|| io::Error::other("local headers went missing"))?;
+                    for span in headers {
+                        out.write_all(local.bytes(span))?;
+                    }
+                }
             }
             let name = file.name.take().unwrap_or_default();
             io::copy(&mut self.reader(file, &name), out)?;

@@ -1,7 +1,7 @@
 //! Getting a layer back out: its original tar, bit for bit, from the
 //! tar-split metadata and the stored files; or its changes.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use sha2::{Digest, Sha256};
 use strata_overlaydiff::{ChangeSink, TarSink};
@@ -159,6 +159,30 @@ impl Store {
         let mut out = hashing.inner.finish().map_err(|e| Error::io(&split_path, e))?;
         out.flush().map_err(|e| Error::io(&split_path, e))?;
         Ok(written)
+    }
+
+    /// Layer `key`'s tar-split metadata, decompressed; `None` for a layer
+    /// that has none (one made from a directory, or pulled by a store
+    /// that keeps none).
+    pub fn layer_tar_split(&self, key: &str) -> Result<Option<Box<dyn Read + Send>>> {
+        let layer = self.layer(key)?;
+        let split_name = format!("{}.tar-split.gz", layer.id);
+        match self.layers_dir.open(&split_name) {
+            Ok(file) => {
+                let mut input = io::BufReader::new(file.into_std());
+                let gzip = input
+                    .fill_buf()
+                    .map_err(|e| Error::io(&self.layers_path.join(&split_name), e))?
+                    .starts_with(&[0x1f, 0x8b]);
+                Ok(Some(if gzip {
+                    Box::new(flate2::bufread::MultiGzDecoder::new(input))
+                } else {
+                    Box::new(input)
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&self.layers_path.join(&split_name), e)),
+        }
     }
 
     /// Layer `key`'s changes against its parent.

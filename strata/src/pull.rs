@@ -12,7 +12,8 @@ use serde::Deserialize;
 use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
 use strata_chunkfetch::{
-    ByteRange, LayerPlan, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter, fetch_pieces,
+    ByteRange, LayerPlan, LocalHeaders, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter,
+    fetch_pieces,
 };
 use strata_dedup_cache::{DiskCache, LayerIndex};
 use strata_layerstore::{Compression, ImageOptions, KnownContent, KnownFile, LayerOptions, SourceBlob, Store, chain_id};
@@ -260,6 +261,44 @@ fn index_from_stored_toc(store: &Store, id: &str) -> Result<LayerIndex> {
     Ok(index)
 }
 
+/// `host/repository` of an image name, without its tag or digest.
+fn repository_of(name: &str) -> &str {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
+}
+
+/// The layers (bottom first) of the images the store has of the same
+/// repositories as `names`: the versions an update most likely follows.
+fn previous_versions(store: &Store, names: &[String]) -> Vec<Vec<String>> {
+    let wanted: Vec<&str> = names.iter().map(|n| repository_of(n)).collect();
+    let Ok(images) = store.images() else { return Vec::new() };
+    images
+        .iter()
+        .filter(|image| image.names.iter().any(|n| wanted.contains(&repository_of(n))))
+        .filter_map(|image| store.image_layers(&image.id).ok())
+        .map(|mut chain| {
+            chain.reverse();
+            chain
+        })
+        .collect()
+}
+
+/// The tar headers of a local layer, to stand in for a blob's.
+fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
+    let records = store.layer_tar_split(id).ok()??;
+    match LocalHeaders::from_tar_split(records) {
+        Ok(headers) if !headers.is_empty() => Some(Arc::new(headers)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(layer = %id, "its tar-split does not read: {e}");
+            None
+        }
+    }
+}
+
 /// Pulls `reference` into `store`.
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
     let source = ImageSource::open(reference, &options.registry)?;
@@ -298,9 +337,11 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
     }
 
     let mut cache = load_cache(store)?;
+    let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
+    let previous = previous_versions(store, &names);
     let mut parent: Option<String> = None;
     let mut layers = Vec::new();
-    for (desc, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+    for (position, (desc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
         if !oci::valid_digest(diff_id) {
             return Err(Error::invalid(format!("config {}", manifest.config.digest), format!("diffID {diff_id:?}")));
         }
@@ -308,7 +349,14 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
         let report = match store.layer(&id) {
             Ok(_) => LayerReport::new(desc, diff_id, &id, How::Present),
             Err(strata_layerstore::Error::NotFound(_)) => {
-                match pull_layer(&source, store, desc, diff_id, &id, parent.as_deref(), &mut cache, options) {
+                let layer = Target {
+                    store,
+                    id: &id,
+                    parent: parent.as_deref(),
+                    diff_id,
+                };
+                let predecessor = previous.iter().find_map(|chain| chain.get(position)).map(String::as_str);
+                match pull_layer(&source, &layer, desc, predecessor, &mut cache, options) {
                     Ok(report) => report,
                     // Another process pulling the same image committed it
                     // first: one copy is kept, and it is as good as ours.
@@ -328,7 +376,6 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
     }
 
     let image_id = manifest.config.digest.trim_start_matches("sha256:").to_owned();
-    let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
     match store.image(&image_id) {
         Ok(_) => {
             store.add_image_names(&image_id, &names)?;
@@ -368,17 +415,15 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn pull_layer(
     source: &ImageSource,
-    store: &Store,
+    layer: &Target<'_>,
     desc: &Descriptor,
-    diff_id: &str,
-    id: &str,
-    parent: Option<&str>,
+    predecessor: Option<&str>,
     cache: &mut DiskCache,
     options: &PullOptions,
 ) -> Result<LayerReport> {
+    let Target { store, id, parent, diff_id } = *layer;
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
     let toc_location = strata_toc::annotations::location(&desc.annotations).ok().flatten();
@@ -395,6 +440,10 @@ fn pull_layer(
         .cloned();
     let toc_location = if capture.is_some() { None } else { toc_location };
     if let Some(location) = toc_location.filter(|_| options.partial) {
+        // Headers an earlier version of the layer has stand in for the
+        // blob's: neither its tar-split nor its header frames are fetched
+        // for the entries that did not change.
+        let local = predecessor.filter(|p| *p != id).and_then(|p| local_headers(store, p));
         // The TOC streams by once: each item goes into the dedup index and
         // the plan, and nothing else of it is kept.
         let mut index = LayerIndex::default();
@@ -402,12 +451,16 @@ fn pull_layer(
         // write none) the tar's headers come from the blob's frames between
         // payloads, so the original tar and its diffID can still be rebuilt.
         let headers_from_blob = location.tar_split.is_none();
+        let predicting = local.is_some();
         let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, cache);
-        if headers_from_blob {
+        if headers_from_blob || predicting {
             planner = planner.fetching_headers();
         }
+        if let Some(local) = local {
+            planner = planner.predicting(local);
+        }
         let mut plan_error = None;
-        let read = strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), |item| {
+        let visit = |item: strata_toc::TocItem| {
             index.push_toc_item(&item);
             if plan_error.is_none()
                 && let Err(e) = planner.add(&item)
@@ -415,23 +468,28 @@ fn pull_layer(
                 plan_error = Some(e);
             }
             Ok(())
-        })
+        };
+        let read = if predicting {
+            strata_toc::read_zstd_chunked_toc_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
+        } else {
+            strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
+        }
         .map_err(|e| Error::Toc {
             digest: desc.digest.clone(),
             source: e,
         })?;
-        let strata_toc::ChunkedTocInfo {
-            toc_digest,
-            location,
-            tar_split,
-            ..
-        } = read;
         let plan = match plan_error {
             None => planner.finish(),
             Some(e) => Err(e),
         };
+        let toc_bytes = read.location.toc_compressed_len;
         let plan = match plan {
             Ok(plan) => Some(plan),
+            // A TOC that cannot locate the headers: the tar-split can.
+            Err(_) if predicting && !headers_from_blob => {
+                let spent = blob.received().unwrap_or(toc_bytes);
+                return retry_unpredicted(source, layer, desc, cache, options, spent);
+            }
             // A TOC that cannot locate the headers is no reason to fail:
             // the layer comes whole.
             Err(e) if headers_from_blob => {
@@ -440,8 +498,24 @@ fn pull_layer(
             }
             Err(e) => return Err(e.into()),
         };
-        let rebuild = match (tar_split, plan) {
+        let names_tar_split = !read.header.tar_split_digest.is_empty();
+        let rebuild = match (read.tar_split.clone(), plan) {
             (Some(tar_split), Some(plan)) => Some((Rebuild::TarSplit(tar_split), plan)),
+            (None, Some(mut plan)) if predicting && names_tar_split => {
+                // Fetching the headers that could not be guessed must cost
+                // less than the tar-split that holds them all.
+                let split_len = read.location.tar_split.map_or(0, |t| t.1);
+                if plan.stats.header_bytes_to_fetch < split_len {
+                    Some((Rebuild::Headers, plan))
+                } else {
+                    let tar_split = strata_toc::read_tar_split(&SourceReadAt(&blob), &read).map_err(|e| Error::Toc {
+                        digest: desc.digest.clone(),
+                        source: e,
+                    })?;
+                    plan.without_headers();
+                    Some((Rebuild::TarSplit(tar_split), plan))
+                }
+            }
             (None, Some(plan)) if headers_from_blob => Some((Rebuild::Headers, plan)),
             (None, Some(_)) => {
                 report.note = Some("its TOC names no tar-split: fetched whole to check its diffID".into());
@@ -449,17 +523,34 @@ fn pull_layer(
             }
             (_, None) => None,
         };
+        let toc_digest = read.toc_digest;
         if let Some((rebuild, plan)) = rebuild {
             let payload_area = location.toc_offset.max(1);
             let share = plan.stats.bytes_to_fetch as f64 / payload_area as f64;
             if share < options.full_fetch_share {
-                let toc_bytes = location.toc_compressed_len + location.tar_split.map_or(0, |t| t.1);
-                let layer = Target { store, id, parent, diff_id };
-                let toc_digest = toc_digest.clone();
-                if matches!(rebuild, Rebuild::Headers) {
+                let toc_bytes = toc_bytes + if let Rebuild::TarSplit(t) = &rebuild { t.compressed_len() } else { 0 };
+                let guessed = plan.stats.headers_local;
+                let planned = toc_bytes + plan.stats.bytes_to_fetch;
+                let headers = matches!(rebuild, Rebuild::Headers);
+                if headers && headers_from_blob {
                     report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
-                pull_partial(&layer, &blob, desc, plan, rebuild, toc_digest, options, &mut report)?;
+                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, options, &mut report);
+                match pulled {
+                    // A guessed header was not the blob's: the diffID says so.
+                    Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessed > 0 => {
+                        tracing::info!(layer = %id, "headers taken from {predecessor:?} were not the blob's: rebuilding from the blob's own");
+                        let spent = blob.received().unwrap_or(planned);
+                        return retry_unpredicted(source, layer, desc, cache, options, spent);
+                    }
+                    other => other?,
+                }
+                if guessed > 0 {
+                    report.note = Some(format!(
+                        "the tar's headers came from layer {} where its entries are unchanged ({guessed} runs), from the blob elsewhere",
+                        predecessor.unwrap_or_default()
+                    ));
+                }
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
@@ -551,6 +642,25 @@ fn pull_layer(
             }
         }
     }
+    Ok(report)
+}
+
+/// Pulls a layer again without guessing its headers (the guess failed, or
+/// could not be planned), counting what the first attempt fetched too.
+fn retry_unpredicted(
+    source: &ImageSource,
+    layer: &Target<'_>,
+    desc: &Descriptor,
+    cache: &mut DiskCache,
+    options: &PullOptions,
+    spent: u64,
+) -> Result<LayerReport> {
+    let mut report = pull_layer(source, layer, desc, None, cache, options)?;
+    report.bytes_fetched += spent;
+    report.note = Some(format!(
+        "{}the headers guessed from an earlier version were wrong, so the blob's own were fetched",
+        report.note.take().map(|n| format!("{n}; ")).unwrap_or_default()
+    ));
     Ok(report)
 }
 

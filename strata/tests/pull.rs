@@ -19,9 +19,16 @@ use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, sko
 /// symlink and a hard link. `changed` files get new content, and the big
 /// file changes in one place.
 fn layer_tar(files: u64, changed: &[u64], big_edit: bool) -> Vec<u8> {
+    layer_tar_by(files, changed, big_edit, "")
+}
+
+/// The same with files owned by user name `user` (which no zstd:chunked
+/// TOC records).
+fn layer_tar_by(files: u64, changed: &[u64], big_edit: bool, user: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8], mode: u32| {
         let mut h = tar::Header::new_gnu();
+        h.set_username(user).expect("user name");
         h.set_size(data.len() as u64);
         h.set_mode(mode);
         h.set_mtime(1_700_000_000);
@@ -149,6 +156,54 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
     // Pulling again fetches nothing.
     let again = pull(&Reference::parse(&format!("oci:{}:v2", layout.display())).expect("ref"), &store, &PullOptions::default()).expect("again");
     assert!(again.layers.iter().all(|l| l.how == How::Present));
+}
+
+/// An update's unchanged entries keep their tar headers, so those are
+/// taken from the stored earlier version instead of fetched (the blob's
+/// tar-split is not fetched at all); when the earlier version's headers
+/// differ in what the TOC does not record (the user name here), the
+/// diffID shows it and the layer is rebuilt from the blob's own headers.
+#[test]
+fn headers_of_unchanged_entries_come_from_the_earlier_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (v1_tar, v2_tar, v2_size) = two_versions(&layout);
+    // v1 again, its entries owned by another user name.
+    let renamed = layer_tar_by(150, &[], false, "alice");
+    add_image(&layout, "v1-alice", &[gzipped(&layer_tar(20, &[], false)), chunked(&renamed).0]);
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+
+    let mut fetched = Vec::new();
+    for (v1_tag, v1_name) in [("v1", "localhost/layout:v1"), ("v1", "elsewhere/other:v1"), ("v1-alice", "localhost/layout:v1-alice")] {
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store(store_dir.path());
+        let first = PullOptions { names: vec![v1_name.into()], ..PullOptions::default() };
+        let r1 = pull(&at(v1_tag), &store, &first).expect("pull v1");
+        let expected_v1 = if v1_tag == "v1" { &v1_tar } else { &renamed };
+        assert_eq!(&diff(&store, &r1.layers[1].layer_id), expected_v1);
+        let r2 = pull(&at("v2"), &store, &PullOptions::default()).expect("pull v2");
+        let app = &r2.layers[1];
+        assert_eq!(app.how, How::Partial, "{app:?}");
+        assert_eq!(diff(&store, &app.layer_id), v2_tar, "{v1_name}: v2's layer diffs to its tar");
+        let note = app.note.clone().unwrap_or_default();
+        match v1_name {
+            "localhost/layout:v1" => assert!(note.contains("headers came from layer"), "{note}"),
+            "elsewhere/other:v1" => assert!(!note.contains("headers"), "another repository is no earlier version: {note}"),
+            _ => assert!(note.contains("were wrong"), "{note}"),
+        }
+        eprintln!("{v1_name}: fetched {} of {v2_size} ({note})", app.bytes_fetched);
+        fetched.push(app.bytes_fetched);
+    }
+    let tar_split_len = {
+        let annotations = chunked(&v2_tar).0.annotations.into_iter().collect();
+        let location = strata::toc::annotations::location(&annotations).expect("annotations").expect("TOC");
+        location.tar_split.expect("tar-split").1
+    };
+    assert!(
+        fetched[0] + tar_split_len / 2 < fetched[1],
+        "guessing saves the tar-split ({tar_split_len} bytes): {fetched:?}"
+    );
+    assert!(fetched[2] > fetched[1], "a wrong guess costs a second fetch: {fetched:?}");
 }
 
 /// The regular files of a vfs layer, by path below it.

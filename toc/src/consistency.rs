@@ -117,6 +117,16 @@ fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     Ok((stripped, times))
 }
 
+/// Whether `header` (a tar entry's resolved headers) is the entry the TOC
+/// lists as `listed`, in every field the two are compared on when a pull
+/// checks a TOC against its tar-split.
+pub fn describes(listed: &Entry, header: &strata_tarsplit::HeaderInfo) -> bool {
+    let Ok(from_tar) = entry_from_header(header) else {
+        return false;
+    };
+    matches!((comparable(listed), comparable(&from_tar)), (Ok(a), Ok(b)) if a == b)
+}
+
 /// What the tar-split says about one entry, ready to compare: the fields
 /// containers-storage compares (the name cleaned).
 struct TarSide {

@@ -14,8 +14,9 @@ mod toc;
 mod writer;
 mod zstd_chunked;
 
+pub use consistency::describes;
 pub use error::{Error, Result};
 pub use read_at::ReadAt;
 pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc, TocHeader, TocItem, stream_items};
 pub use writer::{WriteOptions, Written, write_zstd_chunked};
-pub use zstd_chunked::{ChunkedToc, ChunkedTocInfo, MAX_TAR_SPLIT, MAX_TOC, TarSplit, read_zstd_chunked, read_zstd_chunked_with};
+pub use zstd_chunked::{ChunkedToc, ChunkedTocInfo, MAX_TAR_SPLIT, MAX_TOC, TarSplit, read_tar_split, read_zstd_chunked, read_zstd_chunked_toc_with, read_zstd_chunked_with};

@@ -62,6 +62,11 @@ impl TarSplit {
         self.len == 0
     }
 
+    /// Its size in the blob.
+    pub fn compressed_len(&self) -> u64 {
+        self.compressed.len() as u64
+    }
+
     /// The decompressed metadata, streamed; a stream that does not come to
     /// the declared size is an error.
     pub fn reader(&self) -> impl Read + Send + '_ {
@@ -140,6 +145,52 @@ pub struct ChunkedTocInfo {
 pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
     blob: &R,
     annotations: Option<&BTreeMap<String, String>>,
+    visit: impl FnMut(TocItem) -> Result<()>,
+) -> Result<ChunkedTocInfo> {
+    read_with(blob, annotations, true, visit)
+}
+
+/// [`read_zstd_chunked_with`] without the tar-split: neither fetched nor
+/// compared (`tar_split` comes back `None`, and the location still says
+/// where it lies). For a reader that rebuilds the tar's headers otherwise
+/// and checks them by the diffID.
+pub fn read_zstd_chunked_toc_with<R: ReadAt + ?Sized>(
+    blob: &R,
+    annotations: Option<&BTreeMap<String, String>>,
+    visit: impl FnMut(TocItem) -> Result<()>,
+) -> Result<ChunkedTocInfo> {
+    read_with(blob, annotations, false, visit)
+}
+
+/// The tar-split a TOC read by [`read_zstd_chunked_toc_with`] names, read
+/// on its own afterwards and checked against the TOC's digest for it.
+pub fn read_tar_split<R: ReadAt + ?Sized>(blob: &R, info: &ChunkedTocInfo) -> Result<TarSplit> {
+    let (offset, len, ulen) = info.location.tar_split.ok_or_else(|| {
+        Error::InvalidToc("the TOC names a tar-split digest but its position is unknown".into())
+    })?;
+    if ulen > MAX_TAR_SPLIT {
+        return Err(Error::TooLarge {
+            what: "tar-split",
+            len: ulen,
+            limit: MAX_TAR_SPLIT,
+        });
+    }
+    let compressed = read_range(blob, "tar-split", offset, len, blob.size()?, MAX_TAR_SPLIT)?;
+    let actual = sha256(&compressed);
+    if actual != info.header.tar_split_digest {
+        return Err(Error::DigestMismatch {
+            what: "tar-split",
+            expected: info.header.tar_split_digest.clone(),
+            actual,
+        });
+    }
+    Ok(TarSplit { compressed, len: ulen })
+}
+
+fn read_with<R: ReadAt + ?Sized>(
+    blob: &R,
+    annotations: Option<&BTreeMap<String, String>>,
+    with_tar_split: bool,
     mut visit: impl FnMut(TocItem) -> Result<()>,
 ) -> Result<ChunkedTocInfo> {
     let blob_len = blob.size()?;
@@ -174,7 +225,8 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
     // request to a registry) brings both.
     let mut prefetched_split = None;
     let toc_end = location.toc_offset.checked_add(location.toc_compressed_len);
-    let compressed = match (location.tar_split, toc_end) {
+    let wanted_split = location.tar_split.filter(|_| with_tar_split);
+    let compressed = match (wanted_split, toc_end) {
         (Some((offset, len, _)), Some(toc_end))
             if location.toc_compressed_len <= MAX_TOC
                 && len <= MAX_TAR_SPLIT
@@ -215,7 +267,7 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
     // The tar-split comes first, so that each TOC entry is compared with
     // its header as it is read; whether the tar-split is the one the TOC
     // names is known at the TOC's end.
-    let tar_split = match location.tar_split {
+    let tar_split = match wanted_split {
         Some((offset, len, ulen)) => {
             if ulen > MAX_TAR_SPLIT {
                 return Err(Error::TooLarge {
@@ -262,7 +314,7 @@ pub fn read_zstd_chunked_with<R: ReadAt + ?Sized>(
         Ok::<_, Error>((header, rest))
     })?;
     check_header(header.version, &header.tar_split_digest)?;
-    let tar_split = if header.tar_split_digest.is_empty() {
+    let tar_split = if header.tar_split_digest.is_empty() || !with_tar_split {
         None
     } else {
         let tar_split = tar_split.ok_or_else(|| {
