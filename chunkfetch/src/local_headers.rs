@@ -29,17 +29,20 @@ pub struct LocalHeaders {
     by_name: HashMap<u64, Span>,
 }
 
-/// Where one entry's header blocks lie in the arena.
+/// Where one entry's header blocks lie: in the local layer's arena, or
+/// (`patched`) in the plan's own, for a header changed to fit the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) offset: u32,
     pub(crate) len: u32,
+    pub(crate) patched: bool,
 }
 
 /// Marks a name seen twice: neither copy is a safe guess.
 const AMBIGUOUS: Span = Span {
     offset: u32::MAX,
     len: 0,
+    patched: false,
 };
 
 impl std::fmt::Debug for LocalHeaders {
@@ -81,6 +84,7 @@ impl LocalHeaders {
         let span = Span {
             offset: self.arena.len() as u32,
             len: blocks.len() as u32,
+            patched: false,
         };
         match self.by_name.entry(name_hash(name)) {
             std::collections::hash_map::Entry::Occupied(mut seen) => {
@@ -103,19 +107,78 @@ impl LocalHeaders {
     }
 
     /// The header blocks of the local entry of that name, when they say
-    /// exactly what the TOC says of `listed`.
-    pub(crate) fn find(&self, listed: &Entry) -> Option<Span> {
+    /// exactly what the TOC says of `listed`; or, for a file whose size or
+    /// time changed, a copy of its single header block with those fields
+    /// rewritten in the same style, appended to `patched`.
+    pub(crate) fn find(&self, listed: &Entry, patched: &mut Vec<u8>) -> Option<Span> {
         let span = *self.by_name.get(&name_hash(listed.name.as_bytes()))?;
         if span == AMBIGUOUS {
             return None;
         }
-        let header = header_of(self.bytes(span))?;
-        strata_toc::describes(listed, &header).then_some(span)
+        let bytes = self.bytes(span);
+        let header = header_of(bytes)?;
+        if strata_toc::describes(listed, &header) {
+            return Some(span);
+        }
+        let block = patch(bytes, listed)?;
+        let fits = header_of(&block).is_some_and(|h| strata_toc::describes(listed, &h));
+        if !fits || patched.len() + block.len() > MAX_BYTES {
+            return None;
+        }
+        let span = Span {
+            offset: patched.len() as u32,
+            len: block.len() as u32,
+            patched: true,
+        };
+        patched.extend_from_slice(&block);
+        Some(span)
+    }
+
+    /// The bytes of a span (`patched` being the plan's arena).
+    pub(crate) fn bytes_in<'a>(&'a self, span: Span, patched: &'a [u8]) -> &'a [u8] {
+        let arena = if span.patched { patched } else { &self.arena };
+        &arena[span.offset as usize..(span.offset + span.len) as usize]
     }
 
     pub(crate) fn bytes(&self, span: Span) -> &[u8] {
-        &self.arena[span.offset as usize..(span.offset + span.len) as usize]
+        self.bytes_in(span, &[])
     }
+}
+
+/// A single ustar or GNU header block with the size and modification time
+/// `listed` gives, each field written in the style it had (width, then
+/// the same terminator), the checksum too. `None` where that cannot be
+/// done faithfully: extension headers, base-256 numbers, a value that
+/// does not fit, sub-second times.
+fn patch(bytes: &[u8], listed: &Entry) -> Option<[u8; 512]> {
+    let mut block: [u8; 512] = bytes.try_into().ok()?;
+    let (secs, nanos) = strata_toc::toc_time(&listed.mod_time).unwrap_or((0, 0));
+    if nanos != 0 || secs < 0 || listed.size < 0 {
+        return None;
+    }
+    rewrite_octal(&mut block[124..136], listed.size as u64)?;
+    rewrite_octal(&mut block[136..148], secs as u64)?;
+    let old_sum = block[148..156].to_vec();
+    block[148..156].fill(b' ');
+    let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+    block[148..156].copy_from_slice(&old_sum);
+    rewrite_octal(&mut block[148..156], sum)?;
+    Some(block)
+}
+
+/// Rewrites the octal digits that open `field` (leading zeros included),
+/// keeping their number and what follows them.
+fn rewrite_octal(field: &mut [u8], value: u64) -> Option<()> {
+    let digits = field.iter().take_while(|b| (b'0'..=b'7').contains(b)).count();
+    if digits == 0 || field[digits..].iter().any(|&b| b != 0 && b != b' ') {
+        return None;
+    }
+    let text = format!("{value:0digits$o}");
+    if text.len() != digits {
+        return None;
+    }
+    field[..digits].copy_from_slice(text.as_bytes());
+    Some(())
 }
 
 /// Bytes of padding after a payload of `size` bytes.
@@ -126,6 +189,12 @@ pub(crate) fn pad(size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl LocalHeaders {
+        fn find_plain(&self, listed: &Entry) -> Option<Span> {
+            self.find(listed, &mut Vec::new()).filter(|s| !s.patched)
+        }
+    }
 
     fn tar_split_of(tar: &[u8]) -> Vec<u8> {
         let mut meta = strata_tarsplit::MetadataWriter::new(Vec::new());
@@ -162,9 +231,9 @@ mod tests {
         let tar = tar(&[("a", b"hello", 0o644), ("dir/b", &[7u8; 600], 0o755)]);
         let headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
         assert_eq!(headers.len(), 2);
-        let span = headers.find(&listed("a", 5, 0o644)).expect("a is known");
+        let span = headers.find_plain(&listed("a", 5, 0o644)).expect("a is known");
         assert_eq!(headers.bytes(span), &tar[..512]);
-        let span = headers.find(&listed("./dir/b", 600, 0o755)).expect("dir/b is known");
+        let span = headers.find_plain(&listed("./dir/b", 600, 0o755)).expect("dir/b is known");
         // After a's 512-byte header, 5 bytes of payload and their padding.
         assert_eq!(headers.bytes(span), &tar[1024..1536]);
     }
@@ -173,20 +242,45 @@ mod tests {
     fn an_entry_described_otherwise_is_not_guessed() {
         let tar = tar(&[("a", b"hello", 0o644)]);
         let headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
-        assert_eq!(headers.find(&listed("a", 6, 0o644)), None, "size");
-        assert_eq!(headers.find(&listed("a", 5, 0o600)), None, "mode");
+        assert_eq!(headers.find_plain(&listed("a", 6, 0o644)), None, "size");
+        assert_eq!(headers.find_plain(&listed("a", 5, 0o600)), None, "mode");
         let mut later = listed("a", 5, 0o644);
         later.mod_time = "2023-11-14T22:13:21Z".into();
-        assert_eq!(headers.find(&later), None, "time");
-        assert_eq!(headers.find(&listed("b", 5, 0o644)), None, "name");
+        assert_eq!(headers.find_plain(&later), None, "time");
+        assert_eq!(headers.find_plain(&listed("b", 5, 0o644)), None, "name");
+    }
+
+    #[test]
+    fn a_file_grown_and_touched_gets_its_old_header_patched() {
+        let old = tar(&[("a", b"hello", 0o644)]);
+        let headers = LocalHeaders::from_tar_split(&tar_split_of(&old)[..]).expect("headers");
+        let mut grown = tar::Header::new_ustar();
+        grown.set_size(6);
+        grown.set_mode(0o644);
+        grown.set_mtime(1_700_000_001);
+        grown.set_path("a").expect("path");
+        grown.set_cksum();
+        let mut later = listed("a", 6, 0o644);
+        later.mod_time = "2023-11-14T22:13:21Z".into();
+        let mut patched = Vec::new();
+        let span = headers.find(&later, &mut patched).expect("patched");
+        assert!(span.patched);
+        assert_eq!(headers.bytes_in(span, &patched), grown.as_bytes(), "the header the writer would have written");
+        // What a header cannot be patched to say is not guessed.
+        let mut other_mode = later.clone();
+        other_mode.mode = 0o600;
+        assert_eq!(headers.find(&other_mode, &mut patched), None);
+        let mut sub_second = later;
+        sub_second.mod_time = "2023-11-14T22:13:21.5Z".into();
+        assert_eq!(headers.find(&sub_second, &mut patched), None);
     }
 
     #[test]
     fn a_name_seen_twice_is_not_guessed() {
         let tar = tar(&[("a", b"one", 0o644)]);
         let mut headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
-        assert!(headers.find(&listed("a", 3, 0o644)).is_some());
+        assert!(headers.find_plain(&listed("a", 3, 0o644)).is_some());
         headers.add(b"./a", &tar[..512]);
-        assert_eq!(headers.find(&listed("a", 3, 0o644)), None);
+        assert_eq!(headers.find_plain(&listed("a", 3, 0o644)), None);
     }
 }

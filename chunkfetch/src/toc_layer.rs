@@ -31,6 +31,26 @@ pub struct PieceNeed {
     /// blob without tar-split holds them in): their size is known only
     /// once decompressed, and an empty block follows their bytes.
     pub headers: bool,
+    /// gzip members (eStargz), not zstd frames.
+    pub gzip: bool,
+    /// Uncompressed bytes passed over before the headers: a payload
+    /// reused from a local layer, whose member holds the headers after it.
+    pub skip: u64,
+    /// After the payload, the rest of its gzip member holds the next run
+    /// of headers (at most this many bytes): sent as header frames are.
+    pub trailing_headers: Option<u64>,
+}
+
+/// How a blob's payloads are compressed, and so where its headers lie.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Frames {
+    /// zstd frames (zstd:chunked): the headers between two payloads are
+    /// frames of their own.
+    #[default]
+    Zstd,
+    /// gzip members (eStargz): the headers after a payload share its last
+    /// member, up to the next payload's.
+    Gzip,
 }
 
 /// What the plan reuses and fetches.
@@ -90,10 +110,14 @@ pub struct LayerPlan {
     files: VecDeque<PlannedFile>,
     pub needs: Vec<PieceNeed>,
     pub stats: PlanStats,
-    /// The last header frames (the tar's end) follow the last file.
-    headers_after: bool,
+    /// What follows the last file.
+    tail: Before,
+    /// The tar's last bytes, known already (eStargz: the TOC's member).
+    tar_end: Vec<u8>,
     /// Where `Before::Local` headers lie.
     local_headers: Option<Arc<LocalHeaders>>,
+    /// Headers of local entries rewritten to fit changed ones.
+    patched: Vec<u8>,
 }
 
 impl LayerPlan {
@@ -108,8 +132,15 @@ impl LayerPlan {
         for file in &mut self.files {
             file.headers_before = Before::Nothing;
         }
-        self.headers_after = false;
+        self.tail = Before::Nothing;
         self.local_headers = None;
+        self.patched = Vec::new();
+    }
+
+    /// Bytes the rebuilt tar ends with, after the last headers (an eStargz
+    /// blob's TOC member, decompressed).
+    pub fn set_tar_end(&mut self, bytes: Vec<u8>) {
+        self.tar_end = bytes;
     }
 }
 
@@ -160,6 +191,10 @@ pub struct LayerPlanner<'c> {
     local_run: Option<Vec<Span>>,
     /// Padding after the last payload (it opens the next header frames).
     padding: u64,
+    frames: Frames,
+    /// The last payload's last piece: its member's offset and length, and
+    /// its need when fetched (gzip: the headers after it are in it).
+    last_piece: Option<(u64, u64, Option<usize>)>,
 }
 
 /// Room for the headers of one tar entry (a PAX header with long names and
@@ -184,8 +219,10 @@ impl<'c> LayerPlanner<'c> {
                 files: VecDeque::new(),
                 needs: Vec::new(),
                 stats: PlanStats::default(),
-                headers_after: false,
+                tail: Before::Nothing,
+                tar_end: Vec::new(),
                 local_headers: None,
+                patched: Vec::new(),
             },
             open: None,
             last_end: 0,
@@ -193,7 +230,19 @@ impl<'c> LayerPlanner<'c> {
             entries_since: 0,
             local_run: Some(Vec::new()),
             padding: 0,
+            frames: Frames::Zstd,
+            last_piece: None,
         }
+    }
+
+    /// For an eStargz blob (implies [`fetching_headers`](Self::fetching_headers)):
+    /// payloads are gzip members, and the headers after a payload lie in
+    /// its last member. Every file with content must have an `endOffset`
+    /// (the next payload's offset, or the TOC's).
+    pub fn gzip_members(mut self) -> Self {
+        self.frames = Frames::Gzip;
+        self.headers_from = Some(0);
+        self
     }
 
     /// With [`fetching_headers`](Self::fetching_headers): the headers
@@ -208,7 +257,7 @@ impl<'c> LayerPlanner<'c> {
     /// Notes the headers of one more entry in the run ahead of a payload.
     fn note_headers(&mut self, entry: &strata_toc::Entry) {
         let found = match (&self.plan.local_headers, &self.local_run) {
-            (Some(local), Some(_)) => local.find(entry),
+            (Some(local), Some(_)) => local.find(entry, &mut self.plan.patched),
             _ => None,
         };
         match (found, &mut self.local_run) {
@@ -256,10 +305,60 @@ impl<'c> LayerPlanner<'c> {
             length: HEADER_ROOM_BASE + self.entries_since * HEADER_ROOM_PER_ENTRY,
             digest: None,
             headers: true,
+            gzip: false,
+            skip: 0,
+            trailing_headers: None,
         });
         self.plan.stats.bytes_to_fetch += end - from;
         self.last_end = end;
         self.entries_since = 0;
+        Ok(Before::Fetched)
+    }
+
+    /// gzip members: plans the run of headers before the payload at `end`
+    /// (or the TOC): guessed from local headers, else read from the
+    /// member of the payload before (fetched anyway, or fetched for them),
+    /// or from the blob's start.
+    fn add_gap(&mut self, end: u64) -> Result<Before> {
+        let padding = std::mem::take(&mut self.padding);
+        let run = self.local_run.replace(Vec::new());
+        let room = HEADER_ROOM_BASE + std::mem::take(&mut self.entries_since) * HEADER_ROOM_PER_ENTRY;
+        if let Some(run) = run {
+            if run.is_empty() && padding == 0 {
+                return Ok(Before::Nothing);
+            }
+            self.plan.stats.headers_local += 1;
+            return Ok(Before::Local {
+                padding: padding as u16,
+                headers: run.into(),
+            });
+        }
+        let (from, skip) = match self.last_piece {
+            Some((_, _, Some(need))) => {
+                self.plan.needs[need].trailing_headers = Some(room);
+                return Ok(Before::Fetched);
+            }
+            Some((offset, len, None)) => (offset, len),
+            None => (0, 0),
+        };
+        if from < self.last_end || end <= from {
+            return Err(Error::Invalid {
+                what: "the TOC".into(),
+                reason: format!("the headers before the payload at {end} do not lie after {}", self.last_end),
+            });
+        }
+        self.plan.stats.header_bytes_to_fetch += end - from;
+        self.plan.stats.bytes_to_fetch += end - from;
+        self.plan.needs.push(PieceNeed {
+            range: ByteRange::new(from, end - from),
+            length: room,
+            digest: None,
+            headers: true,
+            gzip: true,
+            skip,
+            trailing_headers: None,
+        });
+        self.last_end = end;
         Ok(Before::Fetched)
     }
 
@@ -303,6 +402,7 @@ impl<'c> LayerPlanner<'c> {
             Some(_) if e.end_offset <= 0 || e.offset <= 0 => {
                 return Err(invalid("it has no endOffset: the tar headers around it cannot be located".into()));
             }
+            Some(_) if self.frames == Frames::Gzip => self.add_gap(e.offset as u64)?,
             Some(_) => self.add_headers(e.offset as u64, &format!("TOC entry {:?}", e.name))?,
         };
         self.plan.stats.files += 1;
@@ -310,12 +410,13 @@ impl<'c> LayerPlanner<'c> {
         let digest_text = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST } else { e.digest.as_str() };
         let digest = digest_bytes(digest_text).ok_or_else(|| invalid(format!("digest {digest_text:?}")))?;
         let mut parts = Vec::new();
+        let pieces = item.pieces().map_err(invalid)?;
+        let mut last_need = None;
         if let Some(found) = self.cache.file(digest_text).filter(|f| f.length == size && f.offset == 0) {
             self.plan.stats.files_reused += 1;
             self.plan.stats.bytes_reused += size;
             parts.push(Part::Local(found));
         } else {
-            let pieces = item.pieces().map_err(invalid)?;
             for (k, p) in pieces.iter().enumerate() {
                 if p.zeros {
                     self.plan.stats.bytes_zero += p.len;
@@ -345,8 +446,14 @@ impl<'c> LayerPlanner<'c> {
                     length: p.len,
                     digest: piece_digest,
                     headers: false,
+                    gzip: self.frames == Frames::Gzip,
+                    skip: 0,
+                    trailing_headers: None,
                 });
                 self.open = Some(self.plan.needs.len() - 1);
+                if k + 1 == pieces.len() {
+                    last_need = self.open;
+                }
                 if let Some(end) = end {
                     self.close_open(end, &e.name)?;
                 }
@@ -358,6 +465,7 @@ impl<'c> LayerPlanner<'c> {
             self.close_open(e.end_offset as u64, &e.name)?;
             self.headers_from = Some(e.end_offset as u64);
             self.padding = pad(size);
+            self.last_piece = pieces.last().map(|p| (p.offset, p.len, last_need));
         }
         self.plan.files.push_back(PlannedFile {
             name_hash: name_hash(e.name.as_bytes()),
@@ -371,6 +479,10 @@ impl<'c> LayerPlanner<'c> {
 
     pub fn finish(mut self) -> Result<LayerPlan> {
         let end = self.data_end;
+        if self.frames == Frames::Gzip {
+            self.plan.tail = self.add_gap(end)?;
+            return Ok(self.plan);
+        }
         if self.headers_from.is_some() {
             // The tar's end lies before the TOC's skippable frame header.
             let frames_end = end.checked_sub(8).ok_or_else(|| Error::Invalid {
@@ -380,7 +492,7 @@ impl<'c> LayerPlanner<'c> {
             // The tar's end is always fetched: its length is the writer's
             // choice (Go ends with 1 KiB of zeros, GNU tar pads to 10 KiB).
             self.local_run = None;
-            self.plan.headers_after = matches!(self.add_headers(frames_end, "the tar's end")?, Before::Fetched);
+            self.plan.tail = self.add_headers(frames_end, "the tar's end")?;
             return Ok(self.plan);
         }
         self.close_open(end, "(the last)")?;
@@ -419,6 +531,9 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
     let ranges: Vec<ByteRange> = needs.iter().map(|n| n.range).collect();
     let result = planner.fetch(source, &ranges, &mut |i, compressed| {
         let need = &needs[i];
+        if need.gzip {
+            return send_gzip(need, compressed, tx);
+        }
         if need.headers {
             return send_headers(need, compressed, tx);
         }
@@ -483,6 +598,83 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
     result
 }
 
+/// Reads exactly `want` decompressed bytes into blocks of at most
+/// `BLOCK`, handing each to `each`.
+fn read_exactly(decoder: &mut dyn Read, mut want: u64, what: &dyn Fn(String) -> io::Error, each: &mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+    while want > 0 {
+        let n = BLOCK.min(usize::try_from(want).unwrap_or(BLOCK));
+        let mut block = Vec::with_capacity(n);
+        decoder
+            .take(n as u64)
+            .read_to_end(&mut block)
+            .map_err(|e| what(format!("does not decompress: {e}")))?;
+        if block.len() < n {
+            return Err(what(format!("decompresses to {} bytes too few", want - block.len() as u64)));
+        }
+        want -= n as u64;
+        each(block)?;
+    }
+    Ok(())
+}
+
+/// Sends what a decoder has left as a run of headers, at most `room`
+/// bytes, then an empty block.
+fn send_rest_as_headers(decoder: &mut dyn Read, room: u64, what: &dyn Fn(String) -> io::Error, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+    let mut total = 0u64;
+    loop {
+        let mut block = Vec::with_capacity(BLOCK);
+        decoder
+            .take(BLOCK as u64)
+            .read_to_end(&mut block)
+            .map_err(|e| what(format!("do not decompress: {e}")))?;
+        if block.is_empty() {
+            break;
+        }
+        total += block.len() as u64;
+        if total > room {
+            return Err(what(format!("decompress to more than the {room} bytes the entries there can take")));
+        }
+        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
+    }
+    tx.send(Ok(Vec::new())).map_err(|_| io::Error::other(ReceiverGone))
+}
+
+/// A piece of an eStargz blob: gzip members from a payload's start up to
+/// the next payload's. The payload (or, for headers, the `skip` bytes of a
+/// reused one) comes first; what follows it is the next run of headers.
+fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+    let offset = need.range.offset;
+    let mut decoder = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(BLOCK, compressed));
+    if need.headers {
+        let what = |reason: String| io::Error::new(io::ErrorKind::InvalidData, format!("the gzip members at blob offset {offset} {reason}"));
+        io::copy(&mut (&mut decoder).take(need.skip), &mut io::sink()).map_err(|e| what(format!("do not decompress: {e}")))?;
+        return send_rest_as_headers(&mut decoder, need.length, &what, tx);
+    }
+    let what = |reason: String| io::Error::new(io::ErrorKind::InvalidData, format!("the piece at blob offset {offset} {reason}"));
+    let mut hash = need.digest.as_ref().map(|_| Sha256::new());
+    read_exactly(&mut decoder, need.length, &what, &mut |block| {
+        if let Some(h) = &mut hash {
+            h.update(&block);
+        }
+        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))
+    })?;
+    if let (Some(h), Some(expected)) = (hash, &need.digest) {
+        let actual: [u8; 32] = h.finalize().into();
+        if actual != *expected {
+            return Err(what(format!("has digest {}, the TOC says {}", hex(&actual), hex(expected))));
+        }
+    }
+    match need.trailing_headers {
+        Some(room) => {
+            let what = |reason: String| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("the tar headers after the piece at blob offset {offset} {reason}"))
+            };
+            send_rest_as_headers(&mut decoder, room, &what, tx)
+        }
+        None => Ok(()),
+    }
+}
+
 /// Decompresses header frames, sending their bytes and then an empty block.
 fn send_headers(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
     let bad = |reason: String| {
@@ -537,8 +729,10 @@ pub struct TocGetter {
     pending: Vec<u8>,
     pos: usize,
     whole_local: Option<WholeLocal>,
-    headers_after: bool,
+    tail: Before,
+    tar_end: Vec<u8>,
     local_headers: Option<Arc<LocalHeaders>>,
+    patched: Vec<u8>,
 }
 
 /// Told of each file taken whole from a local one: its name in the tar,
@@ -559,8 +753,10 @@ impl TocGetter {
             pending: Vec::new(),
             pos: 0,
             whole_local: None,
-            headers_after: plan.headers_after,
+            tail: plan.tail,
+            tar_end: plan.tar_end,
             local_headers: plan.local_headers,
+            patched: plan.patched,
         }
     }
 
@@ -583,25 +779,30 @@ impl TocGetter {
     /// digest (the diffID) downstream.
     pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
         while let Some(mut file) = self.files.pop_front() {
-            match std::mem::replace(&mut file.headers_before, Before::Nothing) {
-                Before::Nothing => {}
-                Before::Fetched => self.copy_headers(out)?,
-                Before::Local { padding, headers } => {
-                    out.write_all(&[0u8; 512][..padding as usize])?;
-                    let local = self.local_headers.as_ref().ok_or_else(|| io::Error::other("local headers went missing"))?;
-                    for span in headers {
-                        out.write_all(local.bytes(span))?;
-                    }
-                }
-            }
+            let before = std::mem::replace(&mut file.headers_before, Before::Nothing);
+            self.write_before(before, out)?;
             let name = file.name.take().unwrap_or_default();
             io::copy(&mut self.reader(file, &name), out)?;
         }
-        if self.headers_after {
-            self.headers_after = false;
-            self.copy_headers(out)?;
+        let tail = std::mem::replace(&mut self.tail, Before::Nothing);
+        self.write_before(tail, out)?;
+        out.write_all(&std::mem::take(&mut self.tar_end))
+    }
+
+    /// The tar's bytes before a payload (or after the last).
+    fn write_before(&mut self, before: Before, out: &mut dyn Write) -> io::Result<()> {
+        match before {
+            Before::Nothing => Ok(()),
+            Before::Fetched => self.copy_headers(out),
+            Before::Local { padding, headers } => {
+                out.write_all(&[0u8; 512][..padding as usize])?;
+                let local = self.local_headers.as_ref().ok_or_else(|| io::Error::other("local headers went missing"))?;
+                for span in headers {
+                    out.write_all(local.bytes_in(span, &self.patched))?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Copies one run of header frames: blocks up to an empty one.

@@ -426,6 +426,12 @@ fn pull_layer(
     let Target { store, id, parent, diff_id } = *layer;
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
+    if options.partial && !cache.is_empty() && is_estargz(desc) {
+        match pull_estargz(layer, desc, predecessor, cache, options, &blob)? {
+            Estargz::Pulled(report) => return Ok(report),
+            Estargz::Whole(note) => report.note = Some(note),
+        }
+    }
     let toc_location = strata_toc::annotations::location(&desc.annotations).ok().flatten();
     // What the TOC gives a layer fetched whole: its digest for the record
     // and the dedup index, with no second pass over the files.
@@ -645,6 +651,121 @@ fn pull_layer(
     Ok(report)
 }
 
+/// An eStargz layer: gzip, with its TOC digest annotated.
+fn is_estargz(desc: &Descriptor) -> bool {
+    desc.annotations.contains_key(strata_toc::estargz::TOC_DIGEST_ANNOTATION) && desc.media_type.ends_with("gzip")
+}
+
+/// What became of an eStargz layer: pulled partially, or to be fetched
+/// whole, for the reason given.
+enum Estargz {
+    Pulled(LayerReport),
+    Whole(String),
+}
+
+/// Pulls an eStargz layer partially. Its headers lie in the gzip members
+/// of the payloads before them, so the tar (and its diffID) is rebuilt
+/// from headers a stored earlier version has where its entries did not
+/// change, from the members of fetched payloads, and from members fetched
+/// for their headers alone.
+fn pull_estargz(
+    layer: &Target<'_>,
+    desc: &Descriptor,
+    predecessor: Option<&str>,
+    cache: &mut DiskCache,
+    options: &PullOptions,
+    blob: &Blob,
+) -> Result<Estargz> {
+    let Target { store, id, diff_id, .. } = *layer;
+    let toc = match strata_toc::estargz::read_estargz(&SourceReadAt(blob), Some(&desc.annotations)) {
+        Ok(toc) => toc,
+        Err(e @ strata_toc::Error::DigestMismatch { .. }) => {
+            return Err(Error::Toc {
+                digest: desc.digest.clone(),
+                source: e,
+            });
+        }
+        Err(e) => return Ok(Estargz::Whole(format!("its eStargz TOC cannot be used ({e}): fetched whole"))),
+    };
+    let toc_bytes = desc.size.saturating_sub(toc.toc_offset);
+    let local = predecessor.filter(|p| *p != id).and_then(|p| local_headers(store, p));
+    let guessing = local.is_some();
+    let mut index = LayerIndex::default();
+    let mut planner = strata_chunkfetch::LayerPlanner::new(toc.toc_offset, cache).gzip_members();
+    if let Some(local) = local {
+        planner = planner.predicting(local);
+    }
+    let entries = estargz_items(toc.toc.entries, toc.toc_offset);
+    let mut planned = Ok(());
+    for item in &entries {
+        index.push_toc_item(item);
+        planned = planned.and_then(|()| planner.add(item));
+    }
+    let mut plan = match planned.and_then(|()| planner.finish()) {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Estargz::Whole(format!("its eStargz TOC cannot be planned ({e}): fetched whole"))),
+    };
+    drop(entries);
+    plan.set_tar_end(toc.tar_end);
+    let share = plan.stats.bytes_to_fetch as f64 / toc.toc_offset.max(1) as f64;
+    if share >= options.full_fetch_share {
+        return Ok(Estargz::Whole(format!(
+            "local layers hold too little of it ({:.0}% would be fetched): fetched whole, which is faster",
+            share * 100.0
+        )));
+    }
+    let guessed = plan.stats.headers_local;
+    let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
+    let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
+    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc.toc_digest, options, &mut report) {
+        // Without the guess, every run of headers is a member to fetch:
+        // the blob comes whole (a registry blob counts both fetches).
+        Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
+            tracing::info!(layer = %id, "headers taken from {predecessor:?} were not the blob's: fetching it whole");
+            return Ok(Estargz::Whole(format!(
+                "the headers guessed from an earlier version were wrong ({planned_bytes} bytes fetched for nothing): fetched whole"
+            )));
+        }
+        other => other?,
+    }
+    report.note = Some(if guessed > 0 {
+        format!(
+            "eStargz: the tar's headers came from layer {} where its entries are unchanged ({guessed} runs), from the blob elsewhere",
+            predecessor.unwrap_or_default()
+        )
+    } else {
+        "eStargz: the tar's headers came from the blob's members".into()
+    });
+    report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
+    save_index(store, id, index, cache);
+    Ok(Estargz::Pulled(report))
+}
+
+/// An eStargz TOC's entries as items (an entry with its chunks), each file
+/// with the `endOffset` eStargz leaves out: where the next payload's member
+/// starts, or the TOC's.
+fn estargz_items(entries: Vec<strata_toc::Entry>, toc_offset: u64) -> Vec<strata_toc::TocItem> {
+    let mut items: Vec<strata_toc::TocItem> = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        match items.last_mut() {
+            Some(item) if entry.kind == "chunk" => item.chunks.push(entry),
+            _ => items.push(strata_toc::TocItem {
+                index,
+                entry,
+                chunks: Vec::new(),
+            }),
+        }
+    }
+    let mut next_start = toc_offset as i64;
+    for item in items.iter_mut().rev() {
+        if item.entry.kind == "reg" && item.entry.size > 0 && item.entry.offset > 0 {
+            item.entry.end_offset = next_start;
+            next_start = item.entry.offset;
+        }
+    }
+    items
+}
+
 /// Pulls a layer again without guessing its headers (the guess failed, or
 /// could not be planned), counting what the first attempt fetched too.
 fn retry_unpredicted(
@@ -729,7 +850,7 @@ fn pull_partial(
         source_blob: Some(SourceBlob {
             digest: desc.digest.clone(),
             size: desc.size as i64,
-            compression: Compression::Zstd,
+            compression: if is_estargz(desc) { Compression::Gzip } else { Compression::Zstd },
             toc_digest: Some(toc_digest),
         }),
         known_content: Some(known),

@@ -117,6 +117,12 @@ fn comparable(e: &Entry) -> Result<(Entry, [Instant; 3]), String> {
     Ok((stripped, times))
 }
 
+/// The seconds and nanoseconds of a TOC time (RFC 3339); `None` when it
+/// is unset (empty, the zero time or the epoch) or malformed.
+pub fn toc_time(text: &str) -> Option<(i64, u32)> {
+    instant(text).ok().flatten()
+}
+
 /// Whether `header` (a tar entry's resolved headers) is the entry the TOC
 /// lists as `listed`, in every field the two are compared on when a pull
 /// checks a TOC against its tar-split.

@@ -12,6 +12,8 @@ use crate::read_at::{ReadAt, read_range};
 use crate::toc::Toc;
 use crate::zstd_chunked::MAX_TOC;
 
+pub use crate::estargz_writer::{EstargzOptions, EstargzWritten, write_estargz};
+
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
 pub const TOC_NAME: &str = "stargz.index.json";
@@ -70,6 +72,9 @@ pub struct EstargzToc {
     /// True when the digest matched the layer annotation.
     pub verified: bool,
     pub toc_offset: u64,
+    /// The TOC's member decompressed: the tar's last bytes (the TOC
+    /// entry's header, the JSON, its padding and the end of the archive).
+    pub tar_end: Vec<u8>,
 }
 
 /// Reads and checks the TOC of an eStargz blob.
@@ -105,7 +110,12 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
         what: "eStargz TOC",
         reason: e.to_string(),
     };
-    let mut gz = flate2::read::GzDecoder::new(&member[..]);
+    let mut tar_end = Vec::new();
+    flate2::read::GzDecoder::new(&member[..])
+        .take(MAX_TOC + 4096)
+        .read_to_end(&mut tar_end)
+        .map_err(decompress_err)?;
+    let mut gz = &tar_end[..];
     let mut header = [0u8; 512];
     gz.read_exact(&mut header).map_err(decompress_err)?;
     let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
@@ -127,12 +137,14 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
             limit: MAX_TOC,
         });
     }
-    let mut json = vec![0u8; json_len as usize];
-    gz.read_exact(&mut json).map_err(decompress_err)?;
+    let json = gz.get(..json_len as usize).ok_or_else(|| Error::Decompress {
+        what: "eStargz TOC",
+        reason: "the member ends inside the JSON".into(),
+    })?;
 
     let digest = format!(
         "sha256:{}",
-        Sha256::digest(&json)
+        Sha256::digest(json)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
@@ -147,13 +159,14 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
             actual: digest,
         });
     }
-    let toc = Toc::parse(&json)?;
+    let toc = Toc::parse(json)?;
     toc.validate(toc_offset)?;
     Ok(EstargzToc {
         toc,
         toc_digest: digest,
         verified: expected.is_some(),
         toc_offset,
+        tar_end,
     })
 }
 

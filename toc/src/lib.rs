@@ -7,6 +7,7 @@ mod error;
 mod frames;
 mod hash_thread;
 pub mod estargz;
+mod estargz_writer;
 pub mod footer;
 pub mod nydus;
 mod read_at;
@@ -14,7 +15,7 @@ mod toc;
 mod writer;
 mod zstd_chunked;
 
-pub use consistency::describes;
+pub use consistency::{describes, toc_time};
 pub use error::{Error, Result};
 pub use read_at::ReadAt;
 pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc, TocHeader, TocItem, stream_items};
