@@ -2,7 +2,7 @@
 
 mod error;
 mod file;
-mod local_headers;
+pub(crate) mod local_headers;
 pub mod layout;
 pub mod oci;
 mod multipart;
@@ -111,6 +111,41 @@ pub mod fuzzing {
         let text = String::from_utf8_lossy(data);
         let _ = crate::multipart::boundary(&text);
         let _ = crate::multipart::ContentRange::parse(&text);
+    }
+
+    /// Reads `data` as a local layer's tar-split and as header blocks of
+    /// its own, and guesses headers for entries from them (patching
+    /// included): whatever a guess gives must describe the entry.
+    pub fn local_headers(data: &[u8]) {
+        let listed = [
+            strata_toc::Entry {
+                kind: "reg".into(),
+                name: "a".into(),
+                mode: 0o644,
+                size: 7,
+                mod_time: "2024-01-02T03:04:05.5Z".into(),
+                ..Default::default()
+            },
+            strata_toc::Entry {
+                kind: "dir".into(),
+                name: "./d/".into(),
+                mode: 0o755,
+                ..Default::default()
+            },
+        ];
+        let mut patched = Vec::new();
+        for headers in [
+            crate::LocalHeaders::from_tar_split(data).unwrap_or_default(),
+            crate::local_headers::of_blocks(b"a", data),
+        ] {
+            for entry in &listed {
+                if let Some(span) = headers.find(entry, &mut patched) {
+                    let bytes = headers.bytes_in(span, &patched);
+                    let header = strata_tarsplit::header_of(bytes).expect("a guess parses");
+                    assert!(strata_toc::describes(entry, &header));
+                }
+            }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ const MAX_BYTES: usize = 64 << 20;
 pub struct LocalHeaders {
     arena: Vec<u8>,
     by_name: HashMap<u64, Span>,
+    /// How the layer's tar ends: 1 KiB of zeros, then zeros up to a
+    /// multiple of this (512: none). `None` when it ends otherwise.
+    end_record: Option<u32>,
 }
 
 /// Where one entry's header blocks lie: in the local layer's arena, or
@@ -61,10 +64,15 @@ impl LocalHeaders {
         let mut segment = Vec::new();
         // Padding of the payload before: it opens the next segment.
         let mut padding = 0usize;
+        let mut tar_len = 0u64;
         for record in MetadataReader::new(records) {
             match record.map_err(std::io::Error::other)? {
-                SplitEntry::Segment(bytes) => segment.extend_from_slice(&bytes),
+                SplitEntry::Segment(bytes) => {
+                    tar_len += bytes.len() as u64;
+                    segment.extend_from_slice(&bytes);
+                }
                 SplitEntry::File(file) => {
+                    tar_len += file.size.max(0) as u64;
                     let blocks = segment.get(padding..).filter(|_| segment[..padding].iter().all(|&b| b == 0));
                     if let Some(blocks) = blocks {
                         headers.add(&file.name, blocks);
@@ -74,7 +82,20 @@ impl LocalHeaders {
                 }
             }
         }
+        let end = segment.get(padding..).unwrap_or_default();
+        headers.end_record = match end.len() {
+            _ if end.iter().any(|&b| b != 0) => None,
+            1024 => Some(512),
+            n if n > 1024 && tar_len.is_multiple_of(10240) => Some(10240),
+            _ => None,
+        };
         Ok(headers)
+    }
+
+    /// How the layer's tar ends after its last entry: 1 KiB of zeros, then
+    /// zeros up to a multiple of this many bytes.
+    pub(crate) fn end_record(&self) -> Option<u32> {
+        self.end_record
     }
 
     fn add(&mut self, name: &[u8], blocks: &[u8]) {
@@ -145,25 +166,111 @@ impl LocalHeaders {
     }
 }
 
-/// A single ustar or GNU header block with the size and modification time
-/// `listed` gives, each field written in the style it had (width, then
-/// the same terminator), the checksum too. `None` where that cannot be
-/// done faithfully: extension headers, base-256 numbers, a value that
-/// does not fit, sub-second times.
-fn patch(bytes: &[u8], listed: &Entry) -> Option<[u8; 512]> {
-    let mut block: [u8; 512] = bytes.try_into().ok()?;
+/// The header blocks of an entry whose size or modification time changed,
+/// rewritten to what `listed` gives in the style they had: a single ustar
+/// or GNU block, or a PAX extended header (as GNU tar's `--format=pax`
+/// writes them, the time as a record) and its block. `None` where that
+/// cannot be done faithfully: other extension headers, base-256 numbers,
+/// a value that does not fit.
+fn patch(bytes: &[u8], listed: &Entry) -> Option<Vec<u8>> {
     let (secs, nanos) = strata_toc::toc_time(&listed.mod_time).unwrap_or((0, 0));
-    if nanos != 0 || secs < 0 || listed.size < 0 {
+    if secs < 0 || listed.size < 0 {
         return None;
     }
-    rewrite_octal(&mut block[124..136], listed.size as u64)?;
-    rewrite_octal(&mut block[136..148], secs as u64)?;
+    let size = listed.size as u64;
+    if bytes.len() == 512 {
+        if nanos != 0 {
+            return None;
+        }
+        let mut block: [u8; 512] = bytes.try_into().ok()?;
+        rewrite_octal(&mut block[124..136], size)?;
+        rewrite_octal(&mut block[136..148], secs as u64)?;
+        seal(&mut block)?;
+        return Some(block.to_vec());
+    }
+    // An extended header, its records, then the entry's block.
+    let (first, rest) = bytes.split_at(512);
+    let (records_blocks, last) = rest.split_at(rest.len() - 512);
+    if first[156] != b'x' {
+        return None;
+    }
+    let records_len = usize::try_from(octal(&first[124..136])?).ok()?;
+    if records_blocks.len() != records_len.next_multiple_of(512) {
+        return None;
+    }
+    let records = strata_tarsplit::parse_pax_records(&records_blocks[..records_len]).ok()?;
+    let mut out_records = Vec::new();
+    for (key, value) in records {
+        let value = match key.as_slice() {
+            b"mtime" => pax_time(&value, secs, nanos)?,
+            b"size" => size.to_string().into_bytes(),
+            // What the TOC does not record cannot be brought up to date.
+            b"atime" | b"ctime" => return None,
+            _ => value,
+        };
+        out_records.extend_from_slice(&pax_record(&key, &value));
+    }
+    let mut entry: [u8; 512] = last.try_into().ok()?;
+    let mut ext: [u8; 512] = first.try_into().ok()?;
+    // GNU tar gives the extended header the entry's time.
+    let same_time = ext[136..148] == entry[136..148];
+    rewrite_octal(&mut entry[124..136], if size >= 1 << 33 { 0 } else { size })?;
+    rewrite_octal(&mut entry[136..148], secs as u64)?;
+    seal(&mut entry)?;
+    rewrite_octal(&mut ext[124..136], out_records.len() as u64)?;
+    if same_time {
+        rewrite_octal(&mut ext[136..148], secs as u64)?;
+    }
+    seal(&mut ext)?;
+    let mut out = ext.to_vec();
+    let padded = out_records.len().next_multiple_of(512);
+    out.extend_from_slice(&out_records);
+    out.resize(512 + padded, 0);
+    out.extend_from_slice(&entry);
+    Some(out)
+}
+
+/// A PAX time in the style of `old`: seconds, then the nanoseconds with
+/// trailing zeros dropped (GNU tar), or nine digits when `old` kept them.
+fn pax_time(old: &[u8], secs: i64, nanos: u32) -> Option<Vec<u8>> {
+    let fixed = old.iter().position(|&b| b == b'.').is_some_and(|dot| old.len() - dot - 1 == 9 && old.ends_with(b"0"));
+    if nanos == 0 {
+        // Whether the writer would have kept a record is not known.
+        return None;
+    }
+    let digits = format!("{nanos:09}");
+    let fraction = if fixed { digits.as_str() } else { digits.trim_end_matches('0') };
+    Some(format!("{secs}.{fraction}").into_bytes())
+}
+
+/// `"%d %s=%s\n"`, the length counting itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut out = format!("{len} ").into_bytes();
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
+/// An octal field's value (digits, then NULs or spaces).
+fn octal(field: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(field).ok()?.trim_matches(|c| c == ' ' || c == '\0');
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// Rewrites a header block's checksum in the style it had.
+fn seal(block: &mut [u8; 512]) -> Option<()> {
     let old_sum = block[148..156].to_vec();
     block[148..156].fill(b' ');
     let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
     block[148..156].copy_from_slice(&old_sum);
-    rewrite_octal(&mut block[148..156], sum)?;
-    Some(block)
+    rewrite_octal(&mut block[148..156], sum)
 }
 
 /// Rewrites the octal digits that open `field` (leading zeros included),
@@ -179,6 +286,13 @@ fn rewrite_octal(field: &mut [u8], value: u64) -> Option<()> {
     }
     field[..digits].copy_from_slice(text.as_bytes());
     Some(())
+}
+
+/// Headers knowing one entry, `name`, with `blocks` as its headers.
+pub(crate) fn of_blocks(name: &[u8], blocks: &[u8]) -> LocalHeaders {
+    let mut headers = LocalHeaders::default();
+    headers.add(name, &blocks[..blocks.len() / 512 * 512]);
+    headers
 }
 
 /// Bytes of padding after a payload of `size` bytes.
@@ -273,6 +387,46 @@ mod tests {
         let mut sub_second = later;
         sub_second.mod_time = "2023-11-14T22:13:21.5Z".into();
         assert_eq!(headers.find(&sub_second, &mut patched), None);
+    }
+
+    /// GNU tar's `--format=pax` headers (an extended header with the time
+    /// to the nanosecond, then the ustar block) are patched to exactly what
+    /// GNU tar writes for the changed file.
+    #[test]
+    fn gnu_tar_pax_headers_are_patched_as_gnu_tar_writes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+        let gnu_tar = |content: &str, at: &str| {
+            std::fs::write(tree.join("d/f"), content).expect("write");
+            let touched = std::process::Command::new("touch").args(["-d", at]).arg(tree.join("d/f")).status().expect("touch");
+            assert!(touched.success());
+            let out = std::process::Command::new("tar")
+                .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
+                .arg(&tree)
+                .args(["-cf", "-", "d"])
+                .output()
+                .expect("GNU tar");
+            assert!(out.status.success());
+            out.stdout
+        };
+        let v1 = gnu_tar("hello", "2024-01-02 03:04:05.123456789");
+        let v2 = gnu_tar("hello, and more", "2024-02-03 04:05:06.5");
+        let entry_of = |tar: &[u8]| {
+            let mut blob = Vec::new();
+            strata_toc::write_zstd_chunked(tar, &mut blob, &strata_toc::WriteOptions::default()).expect("zstd:chunked");
+            let toc = strata_toc::read_zstd_chunked(&blob[..], None).expect("TOC");
+            toc.toc.entries.into_iter().find(|e| e.name.ends_with("d/f")).expect("d/f")
+        };
+        let listed = entry_of(&v2);
+        let old = LocalHeaders::from_tar_split(&tar_split_of(&v1)[..]).expect("v1 headers");
+        let new = LocalHeaders::from_tar_split(&tar_split_of(&v2)[..]).expect("v2 headers");
+        let mut patched = Vec::new();
+        let span = old.find(&listed, &mut patched).expect("patched");
+        assert!(span.patched);
+        let want = new.find_plain(&listed).expect("v2 knows its own");
+        assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own header for v2's file");
+        assert_eq!(old.bytes_in(span, &patched).len(), 1536);
     }
 
     #[test]

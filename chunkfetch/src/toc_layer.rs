@@ -103,6 +103,9 @@ enum Before {
     /// Zeros (the padding of the payload before), then headers a local
     /// layer has.
     Local { padding: u16, headers: Box<[Span]> },
+    /// The same, then the end of the archive as the local layer's ends:
+    /// 1 KiB of zeros and zeros up to a multiple of `record` bytes.
+    LocalEnd { padding: u16, headers: Box<[Span]>, record: u32 },
 }
 
 /// Which bytes of a layer come from where.
@@ -489,8 +492,19 @@ impl<'c> LayerPlanner<'c> {
                 what: "the TOC".into(),
                 reason: format!("its offset {end} leaves no room for the tar"),
             })?;
-            // The tar's end is always fetched: its length is the writer's
-            // choice (Go ends with 1 KiB of zeros, GNU tar pads to 10 KiB).
+            // The tar's end is the writer's choice (Go ends with 1 KiB of
+            // zeros, GNU tar pads to 10 KiB): guessed as the local layer's,
+            // else fetched.
+            let record = self.plan.local_headers.as_ref().and_then(|l| l.end_record());
+            if let (Some(record), Some(run)) = (record, self.local_run.take()) {
+                self.plan.stats.headers_local += 1;
+                self.plan.tail = Before::LocalEnd {
+                    padding: std::mem::take(&mut self.padding) as u16,
+                    headers: run.into(),
+                    record,
+                };
+                return Ok(self.plan);
+            }
             self.local_run = None;
             self.plan.tail = self.add_headers(frames_end, "the tar's end")?;
             return Ok(self.plan);
@@ -735,6 +749,24 @@ pub struct TocGetter {
     patched: Vec<u8>,
 }
 
+/// Counts what passes to `inner`.
+struct CountingWrite<'a> {
+    inner: &'a mut dyn Write,
+    count: &'a mut u64,
+}
+
+impl Write for CountingWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Told of each file taken whole from a local one: its name in the tar,
 /// its size, and where it lies.
 pub type WholeLocal = Box<dyn FnMut(&[u8], u64, &Found) + Send>;
@@ -778,14 +810,23 @@ impl TocGetter {
     /// turn. Whatever the fetched headers say is checked by the tar's
     /// digest (the diffID) downstream.
     pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let mut written = 0u64;
+        let mut out = CountingWrite { inner: out, count: &mut written };
         while let Some(mut file) = self.files.pop_front() {
             let before = std::mem::replace(&mut file.headers_before, Before::Nothing);
-            self.write_before(before, out)?;
+            self.write_before(before, &mut out)?;
             let name = file.name.take().unwrap_or_default();
-            io::copy(&mut self.reader(file, &name), out)?;
+            io::copy(&mut self.reader(file, &name), &mut out)?;
         }
         let tail = std::mem::replace(&mut self.tail, Before::Nothing);
-        self.write_before(tail, out)?;
+        if let Before::LocalEnd { padding, headers, record } = tail {
+            self.write_before(Before::Local { padding, headers }, &mut out)?;
+            let end = *out.count + 1024;
+            let zeros = 1024 + (u64::from(record) - end % u64::from(record)) % u64::from(record);
+            io::copy(&mut io::repeat(0).take(zeros), &mut out)?;
+        } else {
+            self.write_before(tail, &mut out)?;
+        }
         out.write_all(&std::mem::take(&mut self.tar_end))
     }
 
@@ -794,7 +835,7 @@ impl TocGetter {
         match before {
             Before::Nothing => Ok(()),
             Before::Fetched => self.copy_headers(out),
-            Before::Local { padding, headers } => {
+            Before::Local { padding, headers } | Before::LocalEnd { padding, headers, .. } => {
                 out.write_all(&[0u8; 512][..padding as usize])?;
                 let local = self.local_headers.as_ref().ok_or_else(|| io::Error::other("local headers went missing"))?;
                 for span in headers {

@@ -10,7 +10,7 @@ use crate::output::{AtomicFile, BoxError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The target format (only `zstd:chunked`).
+    /// The target format: `zstd:chunked` or `estargz`.
     #[arg(long, default_value = "zstd:chunked")]
     to: String,
     /// A layer tar: plain, gzip or zstd (detected).
@@ -18,9 +18,9 @@ pub struct Args {
     /// Where to write the blob.
     #[arg(short, long)]
     output: PathBuf,
-    /// zstd compression level.
-    #[arg(long, default_value_t = 3)]
-    level: i32,
+    /// Compression level (zstd; for eStargz, gzip's 0–9, default 6).
+    #[arg(long)]
+    level: Option<i32>,
     /// Also write the legacy `io.containers.` annotation keys (podman 4.3).
     #[arg(long)]
     legacy_annotations: bool,
@@ -45,9 +45,9 @@ fn open_layer(path: &PathBuf) -> Result<Box<dyn Read>, BoxError> {
 }
 
 pub fn run(args: Args) -> Result<(), BoxError> {
-    if args.to != "zstd:chunked" {
+    if !matches!(args.to.as_str(), "zstd:chunked" | "estargz") {
         return Err(format!(
-            "unsupported target format {:?} (supported: zstd:chunked)",
+            "unsupported target format {:?} (supported: zstd:chunked, estargz)",
             args.to
         )
         .into());
@@ -55,8 +55,29 @@ pub fn run(args: Args) -> Result<(), BoxError> {
     let input = open_layer(&args.input)?;
     let mut dest = AtomicFile::create(&args.output)
         .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+    if args.to == "estargz" {
+        let options = strata_toc::estargz::EstargzOptions {
+            level: args.level.map_or(6, |l| l.clamp(0, 9) as u32),
+            ..Default::default()
+        };
+        let written = strata_toc::estargz::write_estargz(
+            input,
+            std::io::BufWriter::with_capacity(1 << 20, dest.file()),
+            &options,
+        )
+        .map_err(|e| format!("{}: {e}", args.input.display()))?;
+        dest.commit()?;
+        return print_report(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": written.blob_digest,
+            "size": written.blob_size,
+            "annotations": written.annotations,
+            "diffID": written.diff_id,
+            "uncompressedSize": written.uncompressed_size,
+        }));
+    }
     let options = WriteOptions {
-        level: args.level,
+        level: args.level.unwrap_or(3),
         legacy_annotations: args.legacy_annotations,
         threads: args.threads.unwrap_or(WriteOptions::default().threads),
     };
@@ -75,6 +96,10 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         "diffID": written.diff_id,
         "uncompressedSize": written.uncompressed_size,
     });
+    print_report(report)
+}
+
+fn print_report(report: serde_json::Value) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;

@@ -22,6 +22,7 @@ use crate::known::{KnownContent, KnownFile};
 use crate::lower::LowerView;
 use crate::meta;
 use crate::options::XattrNamespace;
+use crate::writers::{FileMeta, FileWriters, PIECE};
 use crate::{Error, Result};
 
 /// What OCI whiteouts turn into.
@@ -115,6 +116,9 @@ pub struct Extractor {
     known: Option<KnownContent>,
     /// The owners the tar names, as stored on disk.
     ids: IdMapping,
+    /// Threads writing regular files (0: the extracting thread does).
+    writer_threads: usize,
+    writers: Option<FileWriters>,
 }
 
 impl Extractor {
@@ -134,7 +138,17 @@ impl Extractor {
             lowers: None,
             known: None,
             ids: IdMapping::default(),
+            writer_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            writers: None,
         }
+    }
+
+    /// How many threads write regular files' contents and metadata while
+    /// the tar is read (default: one per core, at most 4); 0 writes them
+    /// on the extracting thread.
+    pub fn file_writers(mut self, threads: usize) -> Self {
+        self.writer_threads = threads;
+        self
     }
 
     /// Stores the tar's owners under other IDs (a user namespace's); an
@@ -181,6 +195,10 @@ impl Extractor {
     /// number of entries applied.
     pub fn finish(mut self) -> Result<u64> {
         self.cached = None;
+        // Every file is closed before its directory's time is set.
+        if let Some(writers) = self.writers.take() {
+            writers.join()?;
+        }
         for (path, mtime) in std::mem::take(&mut self.dir_times).iter().rev() {
             let parts = components(path)?;
             match parts.split_last() {
@@ -390,6 +408,9 @@ impl Extractor {
     }
 
     fn apply(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> Result<()> {
+        if let Some(e) = self.writers.as_ref().and_then(FileWriters::failed) {
+            return Err(e);
+        }
         let path = header.name.as_slice();
         let parts = components(path)?;
         self.entries += 1;
@@ -494,6 +515,12 @@ impl Extractor {
                 if let Some(payload) = payload
                     && !cloned
                 {
+                    if self.writer_threads > 0 {
+                        let meta = self.file_meta(header, path, new_gid)?;
+                        self.hand_over(file, payload, meta, path)?;
+                        self.created.insert(clean);
+                        return Ok(());
+                    }
                     copy_payload(payload, &mut file).map_err(|e| io_err(path, e))?;
                 }
                 self.file_metadata(&file, &parent, name, header, path, new_gid)?;
@@ -597,6 +624,56 @@ impl Extractor {
             && i64::from(st.st_mode & 0o7777) == header.mode & 0o7777
             && (st.st_mtime, st.st_mtime_nsec as i64) == (header.mtime.secs, i64::from(header.mtime.nanos))
             && xattrs_are(src, header)
+    }
+
+    /// Hands a new file and its payload to the writing threads.
+    fn hand_over(&mut self, file: std::fs::File, payload: &mut Payload<'_>, meta: FileMeta, path: &[u8]) -> Result<()> {
+        if self.writers.is_none() {
+            let writers = FileWriters::new(self.writer_threads).map_err(|e| io_err(path, e))?;
+            self.writers = Some(writers);
+        }
+        let writers = self.writers.as_mut().expect("made above");
+        writers.start(file, path)?;
+        let mut offset = 0u64;
+        let mut piece = Vec::with_capacity(PIECE.min(usize::try_from(payload.len()).unwrap_or(PIECE)));
+        loop {
+            let chunk = payload.fill_buf().map_err(|e| io_err(path, e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len().min(PIECE - piece.len());
+            piece.extend_from_slice(&chunk[..n]);
+            payload.consume(n);
+            if piece.len() == PIECE {
+                let len = piece.len() as u64;
+                writers.data(offset, std::mem::replace(&mut piece, Vec::with_capacity(PIECE)))?;
+                offset += len;
+            }
+        }
+        if !piece.is_empty() {
+            writers.data(offset, piece)?;
+        }
+        writers.finish(meta)
+    }
+
+    /// What a new regular file must get once written: owner, xattrs, mode
+    /// (when creating it did not give it that one), time.
+    fn file_meta(&self, header: &HeaderInfo, path: &[u8], new_gid: u32) -> Result<FileMeta> {
+        let mode = (header.mode & 0o7777) as u32;
+        Ok(FileMeta {
+            size: u64::try_from(header.size).unwrap_or(0),
+            owner: self.owner_to_set(header, path, Some(new_gid))?,
+            xattrs: header
+                .xattrs
+                .iter()
+                .filter(|(n, _)| meta::exported_xattr(n.as_bytes()))
+                .cloned()
+                .collect(),
+            // Set-ID bits are not given at creation (and chown clears them);
+            // the umask may have taken bits away.
+            mode: (mode & 0o7000 != 0 || umask().is_none_or(|m| mode & m != 0)).then_some(mode),
+            mtime: header.mtime,
+        })
     }
 
     /// Owner, xattrs, mode and times of a regular file just written, through
@@ -729,14 +806,9 @@ impl SplitSink for Extractor {
     }
 }
 
-/// Filesystem blocks of zeros are skipped, not written: they become holes
-/// (a new file reads zeros there), as zero chunks do in containers-storage.
-const HOLE_BLOCK: u64 = 4096;
-
 /// Writes a payload into a new, empty file; blocks of zeros are left as
 /// holes.
 fn copy_payload(payload: &mut Payload<'_>, out: &mut std::fs::File) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let mut pos = 0u64;
     let mut written_end = 0u64;
     loop {
@@ -745,30 +817,7 @@ fn copy_payload(payload: &mut Payload<'_>, out: &mut std::fs::File) -> io::Resul
             break;
         }
         let n = chunk.len();
-        // Segments end at block boundaries; a run of segments holding data
-        // goes out in one write, and zeros are never written: a new file
-        // reads zeros wherever nothing was (whole blocks become holes).
-        let mut run: Option<usize> = None;
-        let mut start = 0;
-        while start < n {
-            let offset = pos + start as u64;
-            let len = ((HOLE_BLOCK - offset % HOLE_BLOCK) as usize).min(n - start);
-            let zeros = chunk[start..start + len].iter().all(|&b| b == 0);
-            match (zeros, run) {
-                (true, Some(from)) => {
-                    out.write_all_at(&chunk[from..start], pos + from as u64)?;
-                    written_end = offset;
-                    run = None;
-                }
-                (false, None) => run = Some(start),
-                _ => {}
-            }
-            start += len;
-        }
-        if let Some(from) = run {
-            out.write_all_at(&chunk[from..n], pos + from as u64)?;
-            written_end = pos + n as u64;
-        }
+        written_end = crate::writers::write_skipping_zeros(out, pos, chunk, written_end)?;
         pos += n as u64;
         payload.consume(n);
     }

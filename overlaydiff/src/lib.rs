@@ -11,6 +11,7 @@ mod mount;
 pub mod options;
 mod upper;
 mod walk;
+mod writers;
 
 use std::ffi::OsString;
 

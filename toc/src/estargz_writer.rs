@@ -47,6 +47,8 @@ pub struct EstargzWritten {
     pub uncompressed_size: u64,
     /// Bytes of the blob.
     pub blob_size: u64,
+    /// `sha256:` of the blob.
+    pub blob_digest: String,
     /// The layer descriptor's annotations.
     pub annotations: BTreeMap<String, String>,
 }
@@ -58,12 +60,14 @@ const DROPPED: [&str; 3] = [TOC_NAME, ".prefetch.landmark", ".no.prefetch.landma
 struct Counting<W> {
     inner: W,
     count: u64,
+    hash: Sha256,
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.count += n as u64;
+        self.hash.update(&buf[..n]);
         Ok(n)
     }
 
@@ -271,7 +275,11 @@ pub fn write_estargz<R: Read, W: Write>(input: R, out: W, options: &EstargzOptio
     }
     let mut sink = EstargzSink {
         member: None,
-        out: Some(Counting { inner: out, count: 0 }),
+        out: Some(Counting {
+            inner: out,
+            count: 0,
+            hash: Sha256::new(),
+        }),
         level: Compression::new(options.level.min(9)),
         chunk_size: options.chunk_size,
         diff: Sha256::new(),
@@ -318,6 +326,7 @@ pub fn write_estargz<R: Read, W: Write>(input: R, out: W, options: &EstargzOptio
         diff_id,
         uncompressed_size: sink.diff_len,
         blob_size: out.count,
+        blob_digest: hex(&out.hash.finalize()),
         annotations,
     })
 }
@@ -356,6 +365,7 @@ mod tests {
         };
         let written = write_estargz(&input[..], &mut blob, &options).expect("write");
         assert_eq!(written.blob_size, blob.len() as u64);
+        assert_eq!(written.blob_digest, sha(&blob));
         let mut tar = Vec::new();
         flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut tar).expect("gunzip");
         assert_eq!(written.diff_id, sha(&tar));
