@@ -21,7 +21,7 @@ pub use layout::{LayoutWriter, OciLayout, WrittenBlob};
 pub use plan::{FetchStats, Planner};
 pub use reference::Reference;
 pub use registry::{FetchedManifest, Registry, RegistryBlob, RegistryOptions};
-pub use toc_layer::{Frames, LayerPlan, LayerPlanner, PieceNeed, PlanStats, SourceReadAt, TocGetter, WholeLocal, fetch_pieces, plan_layer};
+pub use toc_layer::{FileDone, Frames, LayerPlan, LayerPlanner, PieceNeed, PlanStats, SourceReadAt, TocGetter, WholeLocal, fetch_pieces, plan_layer};
 
 /// `length` bytes of a blob from `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -747,7 +747,13 @@ pub struct TocGetter {
     tar_end: Vec<u8>,
     local_headers: Option<Arc<LocalHeaders>>,
     patched: Vec<u8>,
+    files_done: u64,
+    on_file_done: Option<FileDone>,
 }
+
+/// Told, each time a file's content has been served whole and its digest
+/// checked, how many files are done.
+pub type FileDone = Box<dyn FnMut(u64) + Send>;
 
 /// Counts what passes to `inner`.
 struct CountingWrite<'a> {
@@ -789,7 +795,15 @@ impl TocGetter {
             tar_end: plan.tar_end,
             local_headers: plan.local_headers,
             patched: plan.patched,
+            files_done: 0,
+            on_file_done: None,
         }
+    }
+
+    /// Calls `tell` with the number of files done as each one is.
+    pub fn on_file_done(mut self, tell: FileDone) -> TocGetter {
+        self.on_file_done = Some(tell);
+        self
     }
 
     /// Calls `tell` for each file taken whole from a local file, before its
@@ -918,6 +932,7 @@ impl TocGetter {
             parts: file.parts.into(),
             current: None,
             hash: fetched.then(Sha256::new),
+            done: false,
         }
     }
 }
@@ -935,6 +950,7 @@ struct FileReader<'a> {
     parts: VecDeque<Part>,
     current: Option<Current>,
     hash: Option<Sha256>,
+    done: bool,
 }
 
 impl FileReader<'_> {
@@ -970,13 +986,22 @@ impl Read for FileReader<'_> {
                         continue;
                     }
                     None => {
-                        let Some(hash) = self.hash.take() else { return Ok(0) };
-                        let actual: [u8; 32] = hash.finalize().into();
-                        if actual != self.digest {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{}: content digest {}, the TOC says {}", self.name, hex(&actual), hex(&self.digest)),
-                            ));
+                        if let Some(hash) = self.hash.take() {
+                            let actual: [u8; 32] = hash.finalize().into();
+                            if actual != self.digest {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    format!("{}: content digest {}, the TOC says {}", self.name, hex(&actual), hex(&self.digest)),
+                                ));
+                            }
+                        }
+                        if !self.done {
+                            self.done = true;
+                            self.getter.files_done += 1;
+                            let done = self.getter.files_done;
+                            if let Some(tell) = &mut self.getter.on_file_done {
+                                tell(done);
+                            }
                         }
                         return Ok(0);
                     }

@@ -15,7 +15,7 @@ fn short(digest: &str) -> &str {
 fn bar(length: Option<u64>, prefix: String) -> ProgressBar {
     let bar = match length {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         ),
@@ -49,6 +49,13 @@ pub(crate) fn pull(line: Option<fn(&LayerReport) -> String>) -> strata::Progress
                         bar.set_length(bytes);
                     }
                     bar.set_position(bytes);
+                }
+            }
+            PullEvent::FilesDone { done, files, .. } => {
+                if let Some(bar) = current.as_ref()
+                    && (done == files || done.is_multiple_of(64))
+                {
+                    bar.set_message(format!("{done}/{files} files"));
                 }
             }
             PullEvent::Layer(report) => {

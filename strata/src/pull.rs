@@ -70,6 +70,9 @@ pub enum PullEvent<'a> {
     Fetching { digest: &'a str, expected: u64, partial: bool },
     /// `bytes` of that layer have arrived so far.
     Fetched { digest: &'a str, bytes: u64 },
+    /// In a partial pull, `done` of the layer's `files` files with content
+    /// are written and checked against their digests.
+    FilesDone { digest: &'a str, done: u64, files: u64 },
     /// A layer is in the store (fetched, or there already).
     Layer(&'a LayerReport),
 }
@@ -833,7 +836,19 @@ fn pull_partial(
     // extractor when it can, as their bytes pass by for the diffID.
     let known = KnownContent::new(options.hard_links);
     let announce = known.clone();
-    let getter = TocGetter::new(plan, rx).on_whole_local(Box::new(move |name, size, found| {
+    let files = plan.stats.files;
+    let mut getter = TocGetter::new(plan, rx);
+    if let Some(progress) = options.progress.clone() {
+        let digest = desc.digest.clone();
+        getter = getter.on_file_done(Box::new(move |done| {
+            progress(PullEvent::FilesDone {
+                digest: &digest,
+                done,
+                files,
+            })
+        }));
+    }
+    let getter = getter.on_whole_local(Box::new(move |name, size, found| {
         if announce.wanted() {
             let file = KnownFile {
                 root: found.root.clone(),

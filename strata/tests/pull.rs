@@ -128,6 +128,7 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
         let what = match e {
             PullEvent::Fetching { expected, partial, .. } => format!("fetching {expected} partial={partial}"),
             PullEvent::Fetched { bytes, .. } => format!("fetched {bytes}"),
+            PullEvent::FilesDone { done, files, .. } => format!("files {done}/{files}"),
             PullEvent::Layer(l) => format!("layer {:?}", l.how),
         };
         seen.lock().expect("lock").push(what);
@@ -139,6 +140,11 @@ fn v2_from_an_oci_layout_reuses_what_v1_brought() {
     assert_eq!(events.first().map(String::as_str), Some("layer Present"), "{events:?}");
     assert!(events[1].starts_with("fetching ") && events[1].ends_with(" partial=true"), "{events:?}");
     assert_eq!(events.last().map(String::as_str), Some("layer Partial"), "{events:?}");
+    // Files done count up to all of the layer's files with content.
+    let files: Vec<&String> = events.iter().filter(|e| e.starts_with("files ")).collect();
+    assert_eq!(files.first().map(|s| s.as_str()), Some("files 1/151"), "{events:?}");
+    assert_eq!(files.last().map(|s| s.as_str()), Some("files 151/151"), "{events:?}");
+    assert_eq!(files.len(), 151);
     let counts: Vec<u64> = events.iter().filter_map(|e| e.strip_prefix("fetched ")?.parse().ok()).collect();
     assert!(!counts.is_empty() && counts.windows(2).all(|w| w[0] <= w[1]), "{events:?}");
     assert!(counts.last().is_some_and(|&n| n > 0 && n <= r2.layers[1].bytes_fetched), "{events:?}");
