@@ -273,14 +273,34 @@ fn repository_of(name: &str) -> &str {
     }
 }
 
+/// A repository without its registry (`HOST[:PORT]/` when the first
+/// component names one), so that a mirror's copy matches.
+fn path_of(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => path,
+        _ => repository,
+    }
+}
+
 /// The layers (bottom first) of the images the store has of the same
-/// repositories as `names`: the versions an update most likely follows.
+/// repositories as `names` (first those from the same registry, then from
+/// others): the versions an update most likely follows.
 fn previous_versions(store: &Store, names: &[String]) -> Vec<Vec<String>> {
     let wanted: Vec<&str> = names.iter().map(|n| repository_of(n)).collect();
     let Ok(images) = store.images() else { return Vec::new() };
-    images
-        .iter()
-        .filter(|image| image.names.iter().any(|n| wanted.contains(&repository_of(n))))
+    let wanted = &wanted;
+    let same = |exact: bool| {
+        images.iter().filter(move |image| {
+            image.names.iter().any(|n| {
+                let repository = repository_of(n);
+                wanted.iter().any(|w| if exact { *w == repository } else { path_of(w) == path_of(repository) })
+            })
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    same(true)
+        .chain(same(false))
+        .filter(|image| seen.insert(image.id.clone()))
         .filter_map(|image| store.image_layers(&image.id).ok())
         .map(|mut chain| {
             chain.reverse();
@@ -1064,5 +1084,21 @@ impl strata_toc::ReadAt for BlobTail {
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "outside the kept tail of the blob"))?;
         buf.copy_from_slice(&self.bytes[from..from + buf.len()]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_and_their_paths() {
+        assert_eq!(repository_of("127.0.0.1:5000/bench:v1"), "127.0.0.1:5000/bench");
+        assert_eq!(repository_of("docker.io/library/debian@sha256:ab"), "docker.io/library/debian");
+        assert_eq!(repository_of("localhost:5000/app"), "localhost:5000/app");
+        assert_eq!(path_of("127.0.0.1:5000/bench"), "bench");
+        assert_eq!(path_of("docker.io/library/debian"), "library/debian");
+        assert_eq!(path_of("localhost/layout"), "layout");
+        assert_eq!(path_of("library/debian"), "library/debian");
     }
 }

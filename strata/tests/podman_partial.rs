@@ -121,3 +121,85 @@ fn strata_reuses_the_files_of_a_layer_podman_pulled_partially() {
     let _ = podman(dir.path()).args(["system", "reset", "--force"]).output();
     let _ = Command::new("umount").arg("-l").arg(graph.join("overlay")).output();
 }
+
+/// An eStargz blob written by strata.
+fn estargz(tar: &[u8]) -> LayerBlob {
+    let mut blob = Vec::new();
+    let options = strata::toc::estargz::EstargzOptions { chunk_size: 16 << 10, ..Default::default() };
+    let written = strata::toc::estargz::write_estargz(tar, &mut blob, &options).expect("eStargz");
+    LayerBlob {
+        blob,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        annotations: written.annotations.into_iter().collect(),
+        diff_id: written.diff_id,
+    }
+}
+
+/// The other direction: podman 4.3 (containers-storage 1.43, partial
+/// pulls on) reads the eStargz blobs strata writes by their TOC, pulls v1
+/// and then v2 partially, and its layers hold the right files; strata then
+/// reads podman's layers from the shared store.
+#[test]
+fn podman_pulls_estargz_written_by_strata_partially() {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root || !strata::layerstore::overlay_supported() {
+        eprintln!("SKIPPED: podman's overlay store needs root and overlayfs");
+        return;
+    }
+    if !tools_or_skip(&["podman", "skopeo", "docker-registry"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (graph, run) = (dir.path().join("graph"), dir.path().join("run"));
+    std::fs::write(
+        dir.path().join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\npull_options = {{enable_partial_images = \"true\", use_hard_links = \"false\"}}\n",
+            graph.display(),
+            run.display()
+        ),
+    )
+    .expect("storage.conf");
+    let changed = [5, 60, 61];
+    let layout = dir.path().join("layout");
+    add_image(&layout, "v1", &[estargz(&layer_tar(&[]))]);
+    add_image(&layout, "v2", &[estargz(&layer_tar(&changed))]);
+    let server = RegistryServer::start();
+    for tag in ["v1", "v2"] {
+        skopeo_copy(&format!("oci:{}:{tag}", layout.display()), &format!("docker://{}/app:{tag}", server.addr));
+    }
+    let _ = std::fs::remove_dir_all("/var/lib/containers/cache");
+    for tag in ["v1", "v2"] {
+        let pulled = podman(dir.path())
+            .args(["pull", "--quiet", "--tls-verify=false"])
+            .arg(format!("{}/app:{tag}", server.addr))
+            .output()
+            .expect("podman pull");
+        assert!(pulled.status.success(), "podman pull {tag}: {}", String::from_utf8_lossy(&pulled.stderr));
+    }
+    let mut options = StoreOptions::new(&graph, &run);
+    options.driver = Some(Driver::Overlay);
+    let store = Store::open(&options).expect("strata opens podman's store");
+    let layers = store.layers().expect("layers");
+    let partial: Vec<_> = layers.iter().filter(|l| l.big_data_names.iter().any(|n| n == "zstd-chunked-manifest")).collect();
+    assert_eq!(partial.len(), 2, "podman pulled both eStargz layers by their TOC: {layers:?}");
+    // Each of podman's layers holds its version's files.
+    for version in [&[][..], &changed[..]] {
+        let expected = layer_tar(version);
+        let found = partial.iter().any(|layer| {
+            let Ok(files) = store.layer_files(&layer.id) else { return false };
+            let mut archive = tar::Archive::new(&expected[..]);
+            archive.entries().expect("entries").all(|e| {
+                let mut e = e.expect("entry");
+                let path = e.path().expect("path").into_owned();
+                let mut want = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut want).expect("read");
+                files.read(&path).is_ok_and(|have| have == want)
+            })
+        });
+        assert!(found, "a layer of podman's holds the files of the version changing {version:?}");
+    }
+    drop(store);
+    let _ = podman(dir.path()).args(["system", "reset", "--force"]).output();
+    let _ = Command::new("umount").arg("-l").arg(graph.join("overlay")).output();
+}
