@@ -525,7 +525,7 @@ impl Extractor {
                     }
                     copy_payload(payload, &mut file).map_err(|e| io_err(path, e))?;
                 }
-                self.file_metadata(&file, &parent, name, header, path, new_gid)?;
+                self.file_metadata(&file, header, path, new_gid)?;
                 self.created.insert(clean);
                 return Ok(());
             }
@@ -681,43 +681,9 @@ impl Extractor {
     /// Owner, xattrs, mode and times of a regular file just written, through
     /// its descriptor; a file created with the owner and mode it must have
     /// needs neither chown nor chmod.
-    fn file_metadata(
-        &self,
-        file: &std::fs::File,
-        dir: &Dir,
-        name: &OsStr,
-        header: &HeaderInfo,
-        path: &[u8],
-        new_gid: u32,
-    ) -> Result<()> {
-        let fail = |e: rustix::io::Errno| io_err(path, e.into());
-        if let Some((uid, gid)) = self.owner_to_set(header, path, Some(new_gid))? {
-            rustix::fs::fchown(
-                file,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )
-            .map_err(fail)?;
-        }
-        set_xattrs(dir, name, header, path)?;
-        let mode = (header.mode & 0o7777) as u32;
-        // Set-ID bits are not given at creation (and chown clears them);
-        // the umask may have taken bits away.
-        if mode & 0o7000 != 0 || umask().is_none_or(|m| mode & m != 0) {
-            rustix::fs::fchmod(file, Mode::from_raw_mode(mode)).map_err(fail)?;
-        }
-        let t = rustix::fs::Timespec {
-            tv_sec: header.mtime.secs,
-            tv_nsec: header.mtime.nanos.into(),
-        };
-        rustix::fs::futimens(
-            file,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-        )
-        .map_err(fail)
+    fn file_metadata(&self, file: &std::fs::File, header: &HeaderInfo, path: &[u8], new_gid: u32) -> Result<()> {
+        let meta = self.file_meta(header, path, new_gid)?;
+        crate::writers::finish_file(file, meta.size, &meta).map_err(|e| io_err(path, e))
     }
 }
 
