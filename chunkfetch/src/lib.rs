@@ -139,10 +139,16 @@ pub mod fuzzing {
             crate::local_headers::of_blocks(b"a", data),
         ] {
             for entry in &listed {
-                if let Some(span) = headers.find(entry, &mut patched) {
-                    let bytes = headers.bytes_in(span, &patched);
-                    let header = strata_tarsplit::header_of(bytes).expect("a guess parses");
-                    assert!(strata_toc::describes(entry, &header));
+                for to_the_second in [false, true] {
+                    if let Some(span) = headers.find(entry, &mut patched, to_the_second) {
+                        let bytes = headers.bytes_in(span, &patched);
+                        let header = strata_tarsplit::header_of(bytes).expect("a guess parses");
+                        assert!(if to_the_second {
+                            strata_toc::describes_to_the_second(entry, &header)
+                        } else {
+                            strata_toc::describes(entry, &header)
+                        });
+                    }
                 }
             }
         }

@@ -131,15 +131,22 @@ impl LocalHeaders {
     /// exactly what the TOC says of `listed`; or, for a file whose size or
     /// time changed, a copy of its single header block with those fields
     /// rewritten in the same style, appended to `patched`.
-    pub(crate) fn find(&self, listed: &Entry, patched: &mut Vec<u8>) -> Option<Span> {
+    ///
+    /// `to_the_second`: the TOC records times to the second only (eStargz).
+    pub(crate) fn find(&self, listed: &Entry, patched: &mut Vec<u8>, to_the_second: bool) -> Option<Span> {
         let span = *self.by_name.get(&name_hash(listed.name.as_bytes()))?;
         if span == AMBIGUOUS {
             return None;
         }
         let bytes = self.bytes(span);
         let header = header_of(bytes)?;
-        if strata_toc::describes(listed, &header) {
+        let same = if to_the_second { strata_toc::describes_to_the_second } else { strata_toc::describes };
+        if same(listed, &header) {
             return Some(span);
+        }
+        if to_the_second {
+            // A changed entry's time to the nanosecond is not known.
+            return None;
         }
         let block = patch(bytes, listed)?;
         let fits = header_of(&block).is_some_and(|h| strata_toc::describes(listed, &h));
@@ -306,7 +313,7 @@ mod tests {
 
     impl LocalHeaders {
         fn find_plain(&self, listed: &Entry) -> Option<Span> {
-            self.find(listed, &mut Vec::new()).filter(|s| !s.patched)
+            self.find(listed, &mut Vec::new(), false).filter(|s| !s.patched)
         }
     }
 
@@ -377,16 +384,16 @@ mod tests {
         let mut later = listed("a", 6, 0o644);
         later.mod_time = "2023-11-14T22:13:21Z".into();
         let mut patched = Vec::new();
-        let span = headers.find(&later, &mut patched).expect("patched");
+        let span = headers.find(&later, &mut patched, false).expect("patched");
         assert!(span.patched);
         assert_eq!(headers.bytes_in(span, &patched), grown.as_bytes(), "the header the writer would have written");
         // What a header cannot be patched to say is not guessed.
         let mut other_mode = later.clone();
         other_mode.mode = 0o600;
-        assert_eq!(headers.find(&other_mode, &mut patched), None);
+        assert_eq!(headers.find(&other_mode, &mut patched, false), None);
         let mut sub_second = later;
         sub_second.mod_time = "2023-11-14T22:13:21.5Z".into();
-        assert_eq!(headers.find(&sub_second, &mut patched), None);
+        assert_eq!(headers.find(&sub_second, &mut patched, false), None);
     }
 
     /// GNU tar's `--format=pax` headers (an extended header with the time
@@ -422,7 +429,7 @@ mod tests {
         let old = LocalHeaders::from_tar_split(&tar_split_of(&v1)[..]).expect("v1 headers");
         let new = LocalHeaders::from_tar_split(&tar_split_of(&v2)[..]).expect("v2 headers");
         let mut patched = Vec::new();
-        let span = old.find(&listed, &mut patched).expect("patched");
+        let span = old.find(&listed, &mut patched, false).expect("patched");
         assert!(span.patched);
         let want = new.find_plain(&listed).expect("v2 knows its own");
         assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own header for v2's file");

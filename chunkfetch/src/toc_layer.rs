@@ -260,7 +260,7 @@ impl<'c> LayerPlanner<'c> {
     /// Notes the headers of one more entry in the run ahead of a payload.
     fn note_headers(&mut self, entry: &strata_toc::Entry) {
         let found = match (&self.plan.local_headers, &self.local_run) {
-            (Some(local), Some(_)) => local.find(entry, &mut self.plan.patched),
+            (Some(local), Some(_)) => local.find(entry, &mut self.plan.patched, self.frames == Frames::Gzip),
             _ => None,
         };
         match (found, &mut self.local_run) {

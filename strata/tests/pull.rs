@@ -314,6 +314,58 @@ fn estargz_v2_is_pulled_partially_with_its_diff_id_checked() {
     assert!(served_v2[1] <= served_v2[0] + v2_size + 8_000, "{served_v2:?} for a {v2_size}-byte blob");
 }
 
+/// GNU tar's `--format=pax` tar of `tree`, names sorted.
+fn gnu_pax_tar(tree: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
+        .arg(tree)
+        .args(["-cf", "-", "."])
+        .output()
+        .expect("GNU tar");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// eStargz records times to the second; GNU tar's PAX headers keep the
+/// nanoseconds. The unchanged entries' headers are still taken from v1.
+#[test]
+fn estargz_of_gnu_tar_layers_takes_v1_headers_to_the_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+    for i in 0..40 {
+        std::fs::write(tree.join(format!("d/f{i:02}")), noise(i, 3000 + i as usize * 400)).expect("write");
+    }
+    let touch = |name: &str, at: &str| {
+        let done = std::process::Command::new("touch").args(["-d", at]).arg(tree.join(name)).status().expect("touch");
+        assert!(done.success());
+    };
+    for i in 0..40 {
+        touch(&format!("d/f{i:02}"), "2024-01-02 03:04:05.123456789");
+    }
+    touch("d", "2024-01-02 03:04:05.5");
+    let v1 = gnu_pax_tar(&tree);
+    std::fs::write(tree.join("d/f07"), noise(1007, 5000)).expect("write");
+    touch("d/f07", "2024-05-06 07:08:09.987654321");
+    touch("d", "2024-01-02 03:04:05.5");
+    let v2 = gnu_pax_tar(&tree);
+    let layout = dir.path().join("layout");
+    let (v1_blob, _) = estargz(&v1);
+    let (v2_blob, _) = estargz(&v2);
+    let v2_tar = gunzipped(&v2_blob.blob);
+    add_image(&layout, "v1", &[v1_blob]);
+    add_image(&layout, "v2", &[v2_blob]);
+    let store = store(dir.path());
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+    pull(&at("v1"), &store, &PullOptions::default()).expect("pull v1");
+    let r2 = pull(&at("v2"), &store, &PullOptions::default()).expect("pull v2");
+    let layer = &r2.layers[0];
+    assert_eq!(layer.how, How::Partial, "{layer:?}");
+    let note = layer.note.clone().unwrap_or_default();
+    assert!(note.contains("headers came from layer"), "{note}");
+    assert_eq!(diff(&store, &layer.layer_id), v2_tar);
+}
+
 /// The regular files of a vfs layer, by path below it.
 fn layer_files(graph: &Path, id: &str) -> Vec<std::path::PathBuf> {
     let root = graph.join("vfs/dir").join(id);

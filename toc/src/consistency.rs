@@ -133,6 +133,18 @@ pub fn describes(listed: &Entry, header: &strata_tarsplit::HeaderInfo) -> bool {
     matches!((comparable(listed), comparable(&from_tar)), (Ok(a), Ok(b)) if a == b)
 }
 
+/// [`describes`] for an eStargz TOC, which records the modification time
+/// to the second and no access or change time.
+pub fn describes_to_the_second(listed: &Entry, header: &strata_tarsplit::HeaderInfo) -> bool {
+    let Ok(from_tar) = entry_from_header(header) else {
+        return false;
+    };
+    match (comparable(listed), comparable(&from_tar)) {
+        (Ok((a, ta)), Ok((b, tb))) => a == b && ta[0].map(|t| t.0) == tb[0].map(|t| t.0),
+        _ => false,
+    }
+}
+
 /// What the tar-split says about one entry, ready to compare: the fields
 /// containers-storage compares (the name cleaned).
 struct TarSide {

@@ -15,7 +15,7 @@ mod toc;
 mod writer;
 mod zstd_chunked;
 
-pub use consistency::{describes, toc_time};
+pub use consistency::{describes, describes_to_the_second, toc_time};
 pub use error::{Error, Result};
 pub use read_at::ReadAt;
 pub use toc::{EMPTY_DIGEST, Entry, Piece, Toc, TocHeader, TocItem, stream_items};
