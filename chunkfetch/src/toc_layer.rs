@@ -552,30 +552,8 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
             return send_headers(need, compressed, tx);
         }
         let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
-        let mut left = need.length;
-        let mut hash = need.digest.as_ref().map(|_| Sha256::new());
-        while left > 0 {
-            let want = BLOCK.min(usize::try_from(left).unwrap_or(BLOCK));
-            // read_to_end fills the capacity without zeroing it first.
-            let mut block = Vec::with_capacity(want);
-            (&mut decoder).take(want as u64).read_to_end(&mut block).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the piece at blob offset {} does not decompress: {e}", need.range.offset),
-                )
-            })?;
-            if block.len() < want {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the piece at blob offset {} decompresses to {} bytes too few", need.range.offset, left - block.len() as u64),
-                ));
-            }
-            if let Some(h) = &mut hash {
-                h.update(&block);
-            }
-            left -= block.len() as u64;
-            tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
-        }
+        let what = piece_error(need.range.offset);
+        let hash = send_piece(&mut decoder, need, &what, tx)?;
         // A frame that holds more than the TOC says is a lie too: its
         // bytes would belong to another piece.
         let mut more = [0u8; 1];
@@ -594,22 +572,41 @@ pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Pla
                 ),
             ));
         }
-        if let (Some(h), Some(expected)) = (hash, &need.digest) {
-            let actual: [u8; 32] = h.finalize().into();
-            if actual != *expected {
-                let (actual, expected) = (hex(&actual), hex(expected));
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the piece at blob offset {} has digest {actual}, the TOC says {expected}", need.range.offset),
-                ));
-            }
-        }
-        Ok(())
+        check_digest(hash, need, &what)
     });
     if let Err(e) = &result {
         let _ = tx.send(Err(e.to_string()));
     }
     result
+}
+
+/// Errors about the piece at blob offset `offset`.
+fn piece_error(offset: u64) -> impl Fn(String) -> io::Error {
+    move |reason| io::Error::new(io::ErrorKind::InvalidData, format!("the piece at blob offset {offset} {reason}"))
+}
+
+/// Sends a piece's `length` decompressed bytes on, hashing them when the
+/// TOC gives their digest.
+fn send_piece(decoder: &mut dyn Read, need: &PieceNeed, what: &dyn Fn(String) -> io::Error, tx: &SyncSender<PieceMessage>) -> io::Result<Option<Sha256>> {
+    let mut hash = need.digest.as_ref().map(|_| Sha256::new());
+    read_exactly(decoder, need.length, what, &mut |block| {
+        if let Some(h) = &mut hash {
+            h.update(&block);
+        }
+        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))
+    })?;
+    Ok(hash)
+}
+
+/// The piece's bytes, hashed by [`send_piece`], against the TOC's digest.
+fn check_digest(hash: Option<Sha256>, need: &PieceNeed, what: &dyn Fn(String) -> io::Error) -> io::Result<()> {
+    if let (Some(h), Some(expected)) = (hash, &need.digest) {
+        let actual: [u8; 32] = h.finalize().into();
+        if actual != *expected {
+            return Err(what(format!("has digest {}, the TOC says {}", hex(&actual), hex(expected))));
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `want` decompressed bytes into blocks of at most
@@ -664,20 +661,9 @@ fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceM
         io::copy(&mut (&mut decoder).take(need.skip), &mut io::sink()).map_err(|e| what(format!("do not decompress: {e}")))?;
         return send_rest_as_headers(&mut decoder, need.length, &what, tx);
     }
-    let what = |reason: String| io::Error::new(io::ErrorKind::InvalidData, format!("the piece at blob offset {offset} {reason}"));
-    let mut hash = need.digest.as_ref().map(|_| Sha256::new());
-    read_exactly(&mut decoder, need.length, &what, &mut |block| {
-        if let Some(h) = &mut hash {
-            h.update(&block);
-        }
-        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))
-    })?;
-    if let (Some(h), Some(expected)) = (hash, &need.digest) {
-        let actual: [u8; 32] = h.finalize().into();
-        if actual != *expected {
-            return Err(what(format!("has digest {}, the TOC says {}", hex(&actual), hex(expected))));
-        }
-    }
+    let what = piece_error(offset);
+    let hash = send_piece(&mut decoder, need, &what, tx)?;
+    check_digest(hash, need, &what)?;
     match need.trailing_headers {
         Some(room) => {
             let what = |reason: String| {
@@ -695,23 +681,7 @@ fn send_headers(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<Pie
         io::Error::new(io::ErrorKind::InvalidData, format!("the tar headers at blob offset {} {reason}", need.range.offset))
     };
     let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
-    let mut total = 0u64;
-    loop {
-        let mut block = Vec::with_capacity(BLOCK);
-        (&mut decoder)
-            .take(BLOCK as u64)
-            .read_to_end(&mut block)
-            .map_err(|e| bad(format!("do not decompress: {e}")))?;
-        if block.is_empty() {
-            break;
-        }
-        total += block.len() as u64;
-        if total > need.length {
-            return Err(bad(format!("decompress to more than the {} bytes the entries there can take", need.length)));
-        }
-        tx.send(Ok(block)).map_err(|_| io::Error::other(ReceiverGone))?;
-    }
-    tx.send(Ok(Vec::new())).map_err(|_| io::Error::other(ReceiverGone))
+    send_rest_as_headers(&mut decoder, need.length, &bad, tx)
 }
 
 /// The assembly stopped taking pieces (it failed, or the TOC lists content

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use strata_tarsplit::{HeaderInfo, MetadataWriter, Payload, SplitSink, Time};
 
@@ -331,7 +332,6 @@ pub fn write_estargz<R: Read, W: Write>(input: R, out: W, options: &EstargzOptio
     })
 }
 
-use serde::Serialize;
 
 #[cfg(test)]
 mod tests {
