@@ -225,7 +225,12 @@ impl SplitSink for LayerSink {
     }
 }
 
-const CHUNK: usize = 256 << 10;
+/// The size of the blocks passed between the threads. Each block costs
+/// a wakeup or two per thread, and on two cores the threads preempt each
+/// other at every one: `cargo xtask bench apply` ran 8 % faster with 1 MiB
+/// blocks than with 256 KiB (9 000 context switches fewer), and no faster
+/// with 2 MiB. At most about 30 blocks are in flight.
+const CHUNK: usize = 1 << 20;
 
 /// Hands the uncompressed tar to the extractor in `CHUNK`-sized buffers,
 /// and to a hashing thread (the diffID).
