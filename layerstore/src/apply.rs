@@ -322,75 +322,66 @@ where
     })
 }
 
-/// Reads `input` in `CHUNK`s on a thread of its own, handing them to a
-/// hashing thread (the blob digest) while the caller decompresses and
-/// hashes the tar: reading, both SHA-256 passes and the decompression then
-/// spread over the cores.
-fn read_ahead<R: Read>(mut input: R, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<([u8; 32], u64)> {
+/// Reads up to one `CHUNK` of `input`.
+fn read_block(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    // read_to_end fills the capacity without zeroing it first.
+    let mut buf = Vec::with_capacity(CHUNK);
+    input.take(CHUNK as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Sends `first`, then the rest of `input` in `CHUNK`s, to `tx`, handing
+/// each block to a hashing thread too: returns the digest and size of
+/// all. A read error goes to `tx`, whose reader reports it.
+fn read_ahead<R: Read>(first: Vec<u8>, mut input: R, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<([u8; 32], u64)> {
     std::thread::scope(|scope| {
         let hash = HashThread::spawn(scope);
+        let mut block = Ok(first);
         loop {
-            // read_to_end fills the capacity without zeroing it first.
-            let mut buf = Vec::with_capacity(CHUNK);
-            if let Err(e) = input.by_ref().take(CHUNK as u64).read_to_end(&mut buf) {
-                let _ = tx.send(Err(e));
-                break;
-            }
+            let buf = match block {
+                Ok(buf) => buf,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            };
             if buf.is_empty() {
                 break;
             }
-            let block = Arc::new(buf);
-            hash.feed(&block);
-            if tx.send(Ok(block)).is_err() {
+            let buf = Arc::new(buf);
+            hash.feed(&buf);
+            if tx.send(Ok(buf)).is_err() {
                 // The consumer stopped; its error says why.
                 break;
             }
+            block = read_block(&mut input);
         }
         hash.finish()
     })
 }
 
-/// Sends an uncompressed blob's blocks on without copying them: first what
-/// the reader peeked at, then every block as the reading thread sent it.
-fn forward_plain(mut peeked: BufReader<ChannelReader>, tx: &mpsc::SyncSender<io::Result<Block>>) -> io::Result<()> {
-    let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped");
-    let head = peeked.buffer().to_vec();
-    peeked.consume(head.len());
-    let ChannelReader { rx, buf, pos } = peeked.into_inner();
-    for block in [head, buf[pos.min(buf.len())..].to_vec()] {
-        if !block.is_empty() {
-            tx.send(Ok(Arc::new(block))).map_err(|_| stopped())?;
-        }
-    }
-    for block in rx {
-        let block = block?;
-        tx.send(Ok(block)).map_err(|_| stopped())?;
-    }
-    Ok(())
-}
-
 /// Decompresses and hashes `input`, sending the tar stream to `tx`.
 /// Returns the compressed and uncompressed digests and sizes.
-fn produce<R: Read + Send>(input: R, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<Produced> {
+fn produce<R: Read + Send>(mut input: R, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<Produced> {
+    let first = read_block(&mut input)?;
+    let compression = Compression::detect(&first);
+    if compression == Compression::None {
+        // A plain tar: this thread reads it and hands the blocks to the
+        // extractor as they are; their digest is the diffID. (A thread
+        // forwarding them cost a wakeup per block.)
+        let (blob, size) = read_ahead(first, input, tx)?;
+        return Ok((compression, blob, size, blob, size));
+    }
     std::thread::scope(|scope| {
+        // Reading (and hashing the blob) on a thread of its own, while
+        // this one decompresses and hashes the tar: reading, both SHA-256
+        // passes and the decompression then spread over the cores.
         let (raw_tx, raw_rx) = mpsc::sync_channel(4);
-        let reader = scope.spawn(move || read_ahead(input, raw_tx));
+        let reader = scope.spawn(move || read_ahead(first, input, raw_tx));
         let join_reader = |reader: std::thread::ScopedJoinHandle<'_, io::Result<([u8; 32], u64)>>| {
             reader.join().map_err(|_| io::Error::other("the reading thread panicked"))?
         };
         let mut compressed = BufReader::with_capacity(CHUNK, ChannelReader::new(raw_rx));
-        let compression = match compressed.fill_buf() {
-            Ok(head) => Compression::detect(head),
-            Err(e) => return Err(e),
-        };
-        if compression == Compression::None {
-            // A plain tar: the blocks read go to the extractor as they are,
-            // and their digest, from the reading thread, is the diffID.
-            let forwarded = forward_plain(compressed, &tx);
-            let (blob, blob_size) = join_reader(reader)?;
-            forwarded?;
-            return Ok((compression, blob, blob_size, blob, blob_size));
-        }
         let hash = HashThread::spawn(scope);
         let produced = (|| {
             let mut decoder: Box<dyn Read + '_> = match compression {
