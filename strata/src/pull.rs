@@ -322,6 +322,13 @@ fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
     }
 }
 
+/// TOC items go to the planner in batches (a channel operation per item
+/// would cost as much as planning it), and this many batches, each of a
+/// few hundred bytes per item, may wait while it reads an earlier
+/// version's headers.
+const PLAN_BATCH: usize = 128;
+const PLANNED_AHEAD: usize = 128;
+
 /// Pulls `reference` into `store`.
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
     let source = ImageSource::open(reference, &options.registry)?;
@@ -472,7 +479,8 @@ fn pull_layer(
         // Headers an earlier version of the layer has stand in for the
         // blob's: neither its tar-split nor its header frames are fetched
         // for the entries that did not change.
-        let local = predecessor.filter(|p| *p != id).and_then(|p| local_headers(store, p));
+        let predecessor = predecessor.filter(|p| *p != id);
+        let predicting = predecessor.is_some();
         // The TOC streams by once: each item goes into the dedup index and
         // the plan, and nothing else of it is kept.
         let mut index = LayerIndex::default();
@@ -480,37 +488,52 @@ fn pull_layer(
         // write none) the tar's headers come from the blob's frames between
         // payloads, so the original tar and its diffID can still be rebuilt.
         let headers_from_blob = location.tar_split.is_none();
-        let predicting = local.is_some();
-        let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, cache);
-        if headers_from_blob || predicting {
-            planner = planner.fetching_headers();
-        }
-        if let Some(local) = local {
-            planner = planner.predicting(local);
-        }
-        let mut plan_error = None;
-        let visit = |item: strata_toc::TocItem| {
-            index.push_toc_item(&item);
-            if plan_error.is_none()
-                && let Err(e) = planner.add(&item)
-            {
-                plan_error = Some(e);
-            }
-            Ok(())
-        };
-        let read = if predicting {
-            strata_toc::read_zstd_chunked_toc_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
-        } else {
-            strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
-        }
-        .map_err(|e| Error::Toc {
+        let shared_cache: &DiskCache = cache;
+        // Three things at once, as each took a third of the time before
+        // the first byte was fetched: this thread fetches and parses the
+        // TOC, another reads the earlier version's headers, and a third
+        // plans with them, item by item as the TOC hands them over.
+        let (read, plan) = std::thread::scope(|scope| {
+            let local = predecessor.map(|p| scope.spawn(move || local_headers(store, p)));
+            let (items, planned_items) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
+            let planning = scope.spawn(move || {
+                let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, shared_cache);
+                if headers_from_blob || predicting {
+                    planner = planner.fetching_headers();
+                }
+                if let Some(local) = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
+                    planner = planner.predicting(local);
+                }
+                for item in planned_items.iter().flatten() {
+                    planner.add(&item)?;
+                }
+                planner.finish()
+            });
+            let mut batch = Vec::with_capacity(PLAN_BATCH);
+            let visit = |item: strata_toc::TocItem| {
+                index.push_toc_item(&item);
+                batch.push(item);
+                if batch.len() == PLAN_BATCH {
+                    // A planner that stopped has its error to tell.
+                    let _ = items.send(std::mem::replace(&mut batch, Vec::with_capacity(PLAN_BATCH)));
+                }
+                Ok(())
+            };
+            let read = if predicting {
+                strata_toc::read_zstd_chunked_toc_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
+            } else {
+                strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
+            };
+            // The end of the items: the planner finishes.
+            let _ = items.send(batch);
+            drop(items);
+            let plan = planning.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (read, plan)
+        });
+        let read = read.map_err(|e| Error::Toc {
             digest: desc.digest.clone(),
             source: e,
         })?;
-        let plan = match plan_error {
-            None => planner.finish(),
-            Some(e) => Err(e),
-        };
         let toc_bytes = read.location.toc_compressed_len;
         let plan = match plan {
             Ok(plan) => Some(plan),
@@ -700,7 +723,14 @@ fn pull_estargz(
     blob: &Blob,
 ) -> Result<Estargz> {
     let Target { store, id, diff_id, .. } = *layer;
-    let toc = match strata_toc::estargz::read_estargz(&SourceReadAt(blob), Some(&desc.annotations)) {
+    // The earlier version's headers are read while the TOC is fetched.
+    let (toc, local) = std::thread::scope(|scope| {
+        let local = predecessor.filter(|p| *p != id).map(|p| scope.spawn(move || local_headers(store, p)));
+        let toc = strata_toc::estargz::read_estargz(&SourceReadAt(blob), Some(&desc.annotations));
+        let local = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (toc, local)
+    });
+    let toc = match toc {
         Ok(toc) => toc,
         Err(e @ strata_toc::Error::DigestMismatch { .. }) => {
             return Err(Error::Toc {
@@ -711,7 +741,6 @@ fn pull_estargz(
         Err(e) => return Ok(Estargz::Whole(format!("its eStargz TOC cannot be used ({e}): fetched whole"))),
     };
     let toc_bytes = desc.size.saturating_sub(toc.toc_offset);
-    let local = predecessor.filter(|p| *p != id).and_then(|p| local_headers(store, p));
     let guessing = local.is_some();
     let mut index = LayerIndex::default();
     let mut planner = strata_chunkfetch::LayerPlanner::new(toc.toc_offset, cache).gzip_members();

@@ -127,22 +127,94 @@ pub fn toc_time(text: &str) -> Option<(i64, u32)> {
 /// lists as `listed`, in every field the two are compared on when a pull
 /// checks a TOC against its tar-split.
 pub fn describes(listed: &Entry, header: &strata_tarsplit::HeaderInfo) -> bool {
-    let Ok(from_tar) = entry_from_header(header) else {
-        return false;
-    };
-    matches!((comparable(listed), comparable(&from_tar)), (Ok(a), Ok(b)) if a == b)
+    same_fields(listed, header, false).unwrap_or_else(|| describes_by_entry(listed, header, false))
 }
 
 /// [`describes`] for an eStargz TOC, which records the modification time
 /// to the second and no access or change time.
 pub fn describes_to_the_second(listed: &Entry, header: &strata_tarsplit::HeaderInfo) -> bool {
+    same_fields(listed, header, true).unwrap_or_else(|| describes_by_entry(listed, header, true))
+}
+
+/// The comparison by definition: the header made into a TOC entry, both
+/// made comparable.
+fn describes_by_entry(listed: &Entry, header: &strata_tarsplit::HeaderInfo, to_the_second: bool) -> bool {
     let Ok(from_tar) = entry_from_header(header) else {
         return false;
     };
     match (comparable(listed), comparable(&from_tar)) {
-        (Ok((a, ta)), Ok((b, tb))) => a == b && ta[0].map(|t| t.0) == tb[0].map(|t| t.0),
+        (Ok((a, ta)), Ok((b, tb))) if to_the_second => a == b && ta[0].map(|t| t.0) == tb[0].map(|t| t.0),
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// [`describes_by_entry`] field by field, without building an entry: a
+/// pull asks it once per TOC entry. `None` for what only the full
+/// comparison decides (non-UTF-8 or `..` in a name, xattrs, times outside
+/// the years 1 to 9999).
+fn same_fields(listed: &Entry, h: &strata_tarsplit::HeaderInfo, to_the_second: bool) -> Option<bool> {
+    let Some(kind) = crate::writer::kind_of(h.typeflag) else {
+        return Some(false);
+    };
+    if !h.xattrs.is_empty() || !listed.xattrs.is_empty() {
+        return None;
+    }
+    let device = if matches!(kind, "char" | "block") { (h.dev_major, h.dev_minor) } else { (0, 0) };
+    if listed.kind != kind
+        || (listed.mode, listed.size, listed.uid, listed.gid) != (h.mode, h.size, h.uid, h.gid)
+        || (listed.dev_major, listed.dev_minor) != device
+        || listed.link_name.as_bytes() != h.link_name
+    {
+        // Names and link names compared as bytes: a non-UTF-8 one differs
+        // from any TOC string as it would after a lossy conversion, unless
+        // the TOC holds the replacement characters, which is left to the
+        // full comparison below.
+        return if std::str::from_utf8(&h.link_name).is_ok() { Some(false) } else { None };
+    }
+    let name = std::str::from_utf8(&h.name).ok()?;
+    if !name_parts(&listed.name)?.eq(name_parts(name)?) {
+        return Some(false);
+    }
+    let listed_times = [
+        instant(&listed.mod_time),
+        instant(&listed.access_time),
+        instant(&listed.change_time),
+    ];
+    let Ok(listed_times) = listed_times.into_iter().collect::<Result<Vec<_>, _>>() else {
+        return Some(false);
+    };
+    let header_times = [
+        header_instant(Some(h.mtime))?,
+        header_instant(h.atime)?,
+        header_instant(h.ctime)?,
+    ];
+    Some(if to_the_second {
+        listed_times[0].map(|t| t.0) == header_times[0].map(|t| t.0)
+    } else {
+        listed_times[..] == header_times[..]
+    })
+}
+
+/// The components [`clean`] keeps of a name without `..`.
+fn name_parts(name: &str) -> Option<impl Iterator<Item = &str>> {
+    if name.split('/').any(|p| p == "..") {
+        return None;
+    }
+    Some(name.split('/').filter(|p| !p.is_empty() && *p != "."))
+}
+
+/// What [`instant`] makes of a header time written out as RFC 3339 (the
+/// zero time and the first 100 s of the year 1 being unset); `None` where
+/// the text would not be plain RFC 3339.
+fn header_instant(t: Option<strata_tarsplit::Time>) -> Option<Instant> {
+    const YEAR_1: i64 = -62_135_596_800;
+    const YEAR_10000: i64 = 253_402_300_800;
+    let Some(t) = t else { return Some(None) };
+    if !(YEAR_1..YEAR_10000).contains(&t.secs) || t.nanos >= 1_000_000_000 {
+        return None;
+    }
+    Some(((t.secs, t.nanos) != (0, 0) && t.secs >= YEAR_1 + 100).then_some((t.secs, t.nanos)))
 }
 
 /// What the tar-split says about one entry, ready to compare: the fields
@@ -299,6 +371,101 @@ mod tests {
         assert_eq!(instant("0001-01-01T00:00:00Z"), Ok(None));
         assert_eq!(instant(""), Ok(None));
         assert!(instant("yesterday").is_err());
+    }
+
+    use proptest::prelude::*;
+    use strata_tarsplit::{HeaderInfo, Time};
+
+    fn header() -> impl Strategy<Value = HeaderInfo> {
+        let name = prop::sample::select(vec!["a", "./a", "a/", "b/../a", "/a//b", "a/b", "caf\u{e9}", ".."]);
+        let bytes = prop_oneof![name.prop_map(|n| n.as_bytes().to_vec()), Just(vec![b'a', 0xff])];
+        let time = prop_oneof![
+            Just(Time { secs: 0, nanos: 0 }),
+            Just(Time { secs: -62_135_596_800, nanos: 5 }),
+            Just(Time { secs: -62_135_596_650, nanos: 0 }),
+            Just(Time { secs: 253_402_300_800, nanos: 0 }),
+            (0i64..3, prop::sample::select(vec![0u32, 1, 500_000_000, 999_999_999]))
+                .prop_map(|(s, n)| Time { secs: 1_700_000_000 + s, nanos: n }),
+        ];
+        (
+            prop::sample::select(vec![b'0', b'1', b'2', b'3', b'5', b'7', b'x']),
+            bytes.clone(),
+            bytes,
+            (0i64..2, 0i64..2, 0i64..2),
+            (time.clone(), prop::option::of(time.clone()), prop::option::of(time)),
+            (0i64..2, 0i64..2),
+            prop::option::of(Just(("user.a".to_owned(), vec![1u8, 2]))),
+        )
+            .prop_map(|(typeflag, name, link_name, (size, mode, uid), (mtime, atime, ctime), (dev_major, dev_minor), xattr)| HeaderInfo {
+                typeflag,
+                name,
+                link_name,
+                size,
+                mode,
+                uid,
+                gid: 0,
+                mtime,
+                atime,
+                ctime,
+                dev_major,
+                dev_minor,
+                xattrs: xattr.into_iter().collect(),
+            })
+    }
+
+    proptest! {
+        /// The quick comparison agrees with the comparison by definition,
+        /// between a header and the entry of the same header with at most
+        /// one field taken from another.
+        #[test]
+        fn same_fields_agrees_with_the_full_comparison(
+            a in header(),
+            other in header(),
+            which in 0..12usize,
+            time_text in prop::option::of(prop::sample::select(vec!["", "garbage", "2023-11-14T22:13:20+01:00", "1970-01-01T00:00:00Z"])),
+        ) {
+            let mut b = a.clone();
+            match which {
+                0 => b.typeflag = other.typeflag,
+                1 => b.name = other.name,
+                2 => b.link_name = other.link_name,
+                3 => b.size = other.size,
+                4 => b.mode = other.mode,
+                5 => b.uid = other.uid,
+                6 => b.mtime = other.mtime,
+                7 => b.atime = other.atime,
+                8 => b.ctime = other.ctime,
+                9 => (b.dev_major, b.dev_minor) = (other.dev_major, other.dev_minor),
+                10 => b.xattrs = other.xattrs,
+                _ => {}
+            }
+            let Ok(mut listed) = entry_from_header(&b) else { return Ok(()) };
+            if let Some(t) = time_text.filter(|_| which == 11) {
+                listed.mod_time = t.to_owned();
+            }
+            for to_the_second in [false, true] {
+                let full = describes_by_entry(&listed, &a, to_the_second);
+                if let Some(quick) = same_fields(&listed, &a, to_the_second) {
+                    prop_assert_eq!(quick, full, "{:?} vs {:?}", listed, a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_fields_decides_plain_entries() {
+        let h = HeaderInfo {
+            typeflag: b'0',
+            name: b"./usr/bin/ls".to_vec(),
+            size: 10,
+            mode: 0o755,
+            mtime: Time { secs: 1_700_000_000, nanos: 5 },
+            ..HeaderInfo::default()
+        };
+        let entry = entry_from_header(&h).expect("a regular file has an entry");
+        assert_eq!(same_fields(&entry, &h, false), Some(true));
+        let other = HeaderInfo { mode: 0o644, ..h.clone() };
+        assert_eq!(same_fields(&entry, &other, false), Some(false));
     }
 
     #[test]

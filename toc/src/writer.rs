@@ -104,7 +104,7 @@ pub(crate) fn rfc3339(t: Time) -> String {
     s
 }
 
-fn kind_of(typeflag: u8) -> Option<&'static str> {
+pub(crate) fn kind_of(typeflag: u8) -> Option<&'static str> {
     Some(match typeflag {
         b'0' | 0 | b'7' => "reg",
         b'1' => "hardlink",
