@@ -30,6 +30,22 @@ pub struct LocalHeaders {
     /// How the layer's tar ends: 1 KiB of zeros, then zeros up to a
     /// multiple of this (512: none). `None` when it ends otherwise.
     end_record: Option<u32>,
+    /// How the layer's writer gives an entry its time to the nanosecond,
+    /// learned from an entry that has one.
+    time_header: Option<TimeHeaderStyle>,
+}
+
+/// A PAX extended header that carries only the entry's time, in GNU tar's
+/// `--format=pax` style: named `DIR/PaxHeaders/BASE` after its entry, with
+/// the entry's time (to the second), everything else fixed. Learned from
+/// an entry of the layer, so that a file whose time gains a fraction of a
+/// second gets the extended header its writer would have given it.
+#[derive(Clone, Debug)]
+struct TimeHeaderStyle {
+    /// The learned extended header block (its fixed fields).
+    block: [u8; 512],
+    /// The time record's value as it was written (for its digits).
+    time: Vec<u8>,
 }
 
 /// Where one entry's header blocks lie: in the local layer's arena, or
@@ -76,6 +92,9 @@ impl LocalHeaders {
                     let blocks = segment.get(padding..).filter(|_| segment[..padding].iter().all(|&b| b == 0));
                     if let Some(blocks) = blocks {
                         headers.add(&file.name, blocks);
+                        if headers.time_header.is_none() {
+                            headers.time_header = TimeHeaderStyle::learn(blocks);
+                        }
                     }
                     segment.clear();
                     padding = pad(file.size.max(0) as u64) as usize;
@@ -148,7 +167,7 @@ impl LocalHeaders {
             // A changed entry's time to the nanosecond is not known.
             return None;
         }
-        let block = patch(bytes, listed)?;
+        let block = patch(bytes, listed, self.time_header.as_ref())?;
         let fits = header_of(&block).is_some_and(|h| strata_toc::describes(listed, &h));
         if !fits || patched.len() + block.len() > MAX_BYTES {
             return None;
@@ -176,24 +195,28 @@ impl LocalHeaders {
 /// The header blocks of an entry whose size or modification time changed,
 /// rewritten to what `listed` gives in the style they had: a single ustar
 /// or GNU block, or a PAX extended header (as GNU tar's `--format=pax`
-/// writes them, the time as a record) and its block. `None` where that
-/// cannot be done faithfully: other extension headers, base-256 numbers,
-/// a value that does not fit.
-fn patch(bytes: &[u8], listed: &Entry) -> Option<Vec<u8>> {
+/// writes them, the time as a record) and its block. A single block whose
+/// time gains a fraction of a second gets the extended header `style`
+/// says the layer's writer gives such entries. `None` where that cannot
+/// be done faithfully: other extension headers, base-256 numbers, a value
+/// that does not fit, a fraction and no style.
+fn patch(bytes: &[u8], listed: &Entry, style: Option<&TimeHeaderStyle>) -> Option<Vec<u8>> {
     let (secs, nanos) = strata_toc::toc_time(&listed.mod_time).unwrap_or((0, 0));
     if secs < 0 || listed.size < 0 {
         return None;
     }
     let size = listed.size as u64;
     if bytes.len() == 512 {
-        if nanos != 0 {
-            return None;
-        }
         let mut block: [u8; 512] = bytes.try_into().ok()?;
         rewrite_octal(&mut block[124..136], size)?;
         rewrite_octal(&mut block[136..148], secs as u64)?;
         seal(&mut block)?;
-        return Some(block.to_vec());
+        if nanos == 0 {
+            return Some(block.to_vec());
+        }
+        let mut out = style?.header_for(&block, secs, nanos)?;
+        out.extend_from_slice(&block);
+        return Some(out);
     }
     // An extended header, its records, then the entry's block.
     let (first, rest) = bytes.split_at(512);
@@ -235,6 +258,93 @@ fn patch(bytes: &[u8], listed: &Entry) -> Option<Vec<u8>> {
     out.resize(512 + padded, 0);
     out.extend_from_slice(&entry);
     Some(out)
+}
+
+impl TimeHeaderStyle {
+    /// The style of `blocks` (one entry's headers) when they are an
+    /// extended header holding only a time record, named and timed after
+    /// the entry as GNU tar does, then the entry's block.
+    fn learn(blocks: &[u8]) -> Option<TimeHeaderStyle> {
+        if blocks.len() != 3 * 512 || blocks[156] != b'x' {
+            return None;
+        }
+        let ext: [u8; 512] = blocks[..512].try_into().ok()?;
+        let entry: [u8; 512] = blocks[1024..].try_into().ok()?;
+        let records_len = usize::try_from(octal(&ext[124..136])?).ok()?;
+        if records_len > 512 || blocks[512 + records_len..1024].iter().any(|&b| b != 0) {
+            return None;
+        }
+        let records = strata_tarsplit::parse_pax_records(&blocks[512..512 + records_len]).ok()?;
+        let [(key, time)] = &records[..] else { return None };
+        let style = TimeHeaderStyle {
+            block: ext,
+            time: time.clone(),
+        };
+        // It must be what this style makes for its own entry.
+        let (secs, nanos) = parse_pax_time(time)?;
+        let remade = style.header_for(&entry, secs, nanos)?;
+        (key == b"mtime" && remade == blocks[..1024]).then_some(style)
+    }
+
+    /// The extended header (block and records) for the entry `block`
+    /// (already bearing its new size and time) with this time.
+    fn header_for(&self, block: &[u8; 512], secs: i64, nanos: u32) -> Option<Vec<u8>> {
+        let entry_name = &block[..100];
+        let entry_name = &entry_name[..entry_name.iter().position(|&b| b == 0).unwrap_or(100)];
+        // A name split into the prefix field, or a long name: GNU tar's
+        // naming of these is not followed here.
+        if block[345] != 0 || entry_name.len() >= 100 {
+            return None;
+        }
+        let name = pax_header_name(entry_name)?;
+        if name.len() > 100 {
+            return None;
+        }
+        let records = pax_record(b"mtime", &pax_time(&self.time, secs, nanos)?);
+        let mut ext = self.block;
+        ext[..100].fill(0);
+        ext[..name.len()].copy_from_slice(&name);
+        rewrite_octal(&mut ext[124..136], records.len() as u64)?;
+        rewrite_octal(&mut ext[136..148], secs as u64)?;
+        seal(&mut ext)?;
+        let mut out = ext.to_vec();
+        out.extend_from_slice(&records);
+        out.resize(1024, 0);
+        Some(out)
+    }
+}
+
+/// GNU tar's name for an entry's extended header: `%d/PaxHeaders/%f`, the
+/// directory and base name of the entry's (a directory's trailing slash
+/// dropped first).
+fn pax_header_name(name: &[u8]) -> Option<Vec<u8>> {
+    let trimmed = match name.iter().rposition(|&b| b != b'/') {
+        Some(last) => &name[..=last],
+        None => return None,
+    };
+    let (dir, base) = match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (&trimmed[..slash], &trimmed[slash + 1..]),
+        None => (&b"."[..], trimmed),
+    };
+    if dir.is_empty() || base.is_empty() {
+        // An absolute name: how GNU tar joins "/" is not followed here.
+        return None;
+    }
+    let mut out = dir.to_vec();
+    out.extend_from_slice(b"/PaxHeaders/");
+    out.extend_from_slice(base);
+    Some(out)
+}
+
+/// `secs.fraction` of a PAX time record.
+fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = format!("{fraction:0<9}").parse().ok()?;
+    Some((secs.parse().ok()?, nanos))
 }
 
 /// A PAX time in the style of `old`: seconds, then the nanoseconds with
@@ -434,6 +544,63 @@ mod tests {
         let want = new.find_plain(&listed).expect("v2 knows its own");
         assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own header for v2's file");
         assert_eq!(old.bytes_in(span, &patched).len(), 1536);
+    }
+
+    /// A file whose time gains a fraction of a second gets, from GNU tar
+    /// `--format=pax`, an extended header it had not: made in the style
+    /// learned from another entry of the layer (here its directory's).
+    #[test]
+    fn a_time_header_is_added_as_gnu_tar_adds_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("some/dir")).expect("mkdir");
+        let gnu_tar = |content: &str, at: &str| {
+            let file = tree.join("some/dir/file.txt");
+            std::fs::write(&file, content).expect("write");
+            for (path, when) in [(file.as_path(), at), (tree.join("some/dir").as_path(), "2024-01-01 00:00:00.25")] {
+                let touched = std::process::Command::new("touch").args(["-d", when]).arg(path).status().expect("touch");
+                assert!(touched.success());
+            }
+            let out = std::process::Command::new("tar")
+                .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
+                .arg(&tree)
+                .args(["-cf", "-", "./some"])
+                .output()
+                .expect("GNU tar");
+            assert!(out.status.success());
+            out.stdout
+        };
+        let v1 = gnu_tar("hello", "2024-01-02 03:04:05");
+        let v2 = gnu_tar("hello, and more", "2024-02-03 04:05:06.123");
+        let file_entry = |tar: &[u8]| {
+            let mut blob = Vec::new();
+            strata_toc::write_zstd_chunked(tar, &mut blob, &strata_toc::WriteOptions::default()).expect("zstd:chunked");
+            let toc = strata_toc::read_zstd_chunked(&blob[..], None).expect("TOC");
+            toc.toc.entries.into_iter().find(|e| e.name.ends_with("file.txt")).expect("the file")
+        };
+        let listed = file_entry(&v2);
+        let old = LocalHeaders::from_tar_split(&tar_split_of(&v1)[..]).expect("v1 headers");
+        assert!(old.time_header.is_some(), "the directory's extended header teaches the style");
+        let new = LocalHeaders::from_tar_split(&tar_split_of(&v2)[..]).expect("v2 headers");
+        let mut patched = Vec::new();
+        let span = old.find(&listed, &mut patched, false).expect("patched");
+        let want = new.find_plain(&listed).expect("v2 knows its own");
+        assert_eq!(new.bytes(want).len(), 1536, "GNU tar added an extended header");
+        assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own headers for v2's file");
+        // Without a style learned, no guess.
+        let v1_file = old.find_plain(&file_entry(&v1)).expect("v1's file");
+        let unlearned = of_blocks(b"./some/dir/file.txt", old.bytes(v1_file));
+        assert!(unlearned.time_header.is_none());
+        assert_eq!(unlearned.find(&listed, &mut patched, false), None);
+    }
+
+    #[test]
+    fn pax_header_names_follow_gnu_tar() {
+        assert_eq!(pax_header_name(b"./etc/x.conf").as_deref(), Some(&b"./etc/PaxHeaders/x.conf"[..]));
+        assert_eq!(pax_header_name(b"./usr/").as_deref(), Some(&b"./PaxHeaders/usr"[..]));
+        assert_eq!(pax_header_name(b"./").as_deref(), Some(&b"./PaxHeaders/."[..]));
+        assert_eq!(pax_header_name(b"x").as_deref(), Some(&b"./PaxHeaders/x"[..]));
+        assert_eq!(pax_header_name(b"/x"), None);
     }
 
     #[test]
