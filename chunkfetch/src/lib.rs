@@ -137,6 +137,7 @@ pub mod fuzzing {
         for headers in [
             crate::LocalHeaders::from_tar_split(data).unwrap_or_default(),
             crate::local_headers::of_blocks(b"a", data),
+            crate::local_headers::of_blocks_styled(b"a", data),
         ] {
             for entry in &listed {
                 for to_the_second in [false, true] {

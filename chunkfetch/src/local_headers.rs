@@ -412,6 +412,15 @@ pub(crate) fn of_blocks(name: &[u8], blocks: &[u8]) -> LocalHeaders {
     headers
 }
 
+/// [`of_blocks`] for what follows the first three blocks of `data`, with
+/// the time header style those teach (for fuzzing).
+pub(crate) fn of_blocks_styled(name: &[u8], data: &[u8]) -> LocalHeaders {
+    let (style, blocks) = data.split_at(data.len().min(3 * 512));
+    let mut headers = of_blocks(name, blocks);
+    headers.time_header = TimeHeaderStyle::learn(style);
+    headers
+}
+
 /// Bytes of padding after a payload of `size` bytes.
 pub(crate) fn pad(size: u64) -> u64 {
     (512 - size % 512) % 512
@@ -592,6 +601,39 @@ mod tests {
         let unlearned = of_blocks(b"./some/dir/file.txt", old.bytes(v1_file));
         assert!(unlearned.time_header.is_none());
         assert_eq!(unlearned.find(&listed, &mut patched, false), None);
+    }
+
+    /// The blocks `cargo xtask fuzz` seeds `guessed_headers` with: a
+    /// style is learned from them, and "a" gets an extended header.
+    #[test]
+    fn the_fuzz_seed_teaches_a_style() {
+        let block = |path: &str, kind: tar::EntryType, size: u64, mode: u32| {
+            let mut h = tar::Header::new_ustar();
+            // Raw: the tar crate would drop the leading "./".
+            h.as_mut_bytes()[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_mtime(1_704_164_645);
+            h.set_cksum();
+            h.as_bytes().to_vec()
+        };
+        let record = b"30 mtime=1704164645.123456789\n";
+        let mut seed = block("./PaxHeaders/d", tar::EntryType::XHeader, record.len() as u64, 0o644);
+        seed.extend_from_slice(record);
+        seed.resize(1024, 0);
+        seed.extend(block("./d/", tar::EntryType::Directory, 0, 0o755));
+        seed.extend(block("a", tar::EntryType::Regular, 5, 0o644));
+        let headers = of_blocks_styled(b"a", &seed);
+        assert!(headers.time_header.is_some());
+        let mut later = listed("a", 7, 0o644);
+        later.mod_time = "2024-01-02T03:04:05.5Z".into();
+        let mut patched = Vec::new();
+        let span = headers.find(&later, &mut patched, false).expect("patched");
+        let bytes = headers.bytes_in(span, &patched);
+        assert_eq!(bytes.len(), 1536);
+        assert_eq!(&bytes[..14], b"./PaxHeaders/a");
+        assert!(bytes[512..1024].starts_with(b"22 mtime=1704164645.5\n"));
     }
 
     #[test]

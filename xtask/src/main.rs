@@ -230,6 +230,30 @@ fn bench_apply(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// For `guessed_headers`' styled headers: a directory's headers as GNU tar
+/// `--format=pax` writes them (an extended header with its time to the
+/// nanosecond), then a plain block for the entry "a".
+fn time_header_style_seed() -> Result<Vec<u8>, Error> {
+    let block = |path: &str, kind: tar::EntryType, size: u64, mode: u32| -> Result<Vec<u8>, Error> {
+        let mut h = tar::Header::new_ustar();
+        // Raw: the tar crate would drop the leading "./".
+        h.as_mut_bytes()[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_704_164_645);
+        h.set_cksum();
+        Ok(h.as_bytes().to_vec())
+    };
+    let record = b"30 mtime=1704164645.123456789\n";
+    let mut seed = block("./PaxHeaders/d", tar::EntryType::XHeader, record.len() as u64, 0o644)?;
+    seed.extend_from_slice(record);
+    seed.resize(1024, 0);
+    seed.extend(block("./d/", tar::EntryType::Directory, 0, 0o755)?);
+    seed.extend(block("a", tar::EntryType::Regular, 5, 0o644)?);
+    Ok(seed)
+}
+
 /// Runs a command once (its stdout dropped) and returns how long it took.
 fn timed(cmd: &mut Command) -> Result<Duration, Error> {
     cmd.stdout(Stdio::null());
@@ -862,6 +886,7 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
         return Ok(());
     }
     if dir == "chunkfetch" && target == "guessed_headers" {
+        std::fs::write(corpus.join("time_header_style"), time_header_style_seed()?)?;
         // Falls through to the tar-split of a sample tar.
     } else if dir == "chunkfetch" {
         let seed = "--B\r\nContent-Range: bytes 0-4/10\r\n\r\nhello\r\n--B--\r\n";
