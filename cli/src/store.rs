@@ -75,6 +75,10 @@ pub enum LayersCommand {
         /// Fail unless the uncompressed tar has this digest.
         #[arg(long)]
         diff_id: Option<String>,
+        /// Return only once the layer's files are on disk (syncfs), so that
+        /// a power loss right after cannot leave it listed without its data.
+        #[arg(long)]
+        sync: bool,
         /// The layer tar; stdin when `-`.
         tar: PathBuf,
     },
@@ -204,6 +208,7 @@ pub fn run_layers(args: &StoreArgs, cmd: LayersCommand) -> Result<(), BoxError> 
             names,
             id,
             diff_id,
+            sync,
             tar,
         } => {
             let options = LayerOptions {
@@ -211,6 +216,7 @@ pub fn run_layers(args: &StoreArgs, cmd: LayersCommand) -> Result<(), BoxError> 
                 parent,
                 names,
                 expected_diff_id: diff_id,
+                sync,
                 ..Default::default()
             };
             let layer = store.put_layer(&options, input(&tar)?)?;

@@ -85,6 +85,13 @@ pub struct LayerOptions {
     /// tar's writer (see [`strata_overlaydiff::KnownContent`]): cloned or
     /// hard-linked instead of written.
     pub known_content: Option<strata_overlaydiff::KnownContent>,
+    /// Have the layer's files on disk before its record says it is
+    /// complete (one `syncfs` of the filesystem it is staged on). Without
+    /// it, as with GNU tar and containers-storage, a layer survives its
+    /// writer being killed at any moment, but a power loss within the
+    /// kernel's writeback delay (30 s by default) can leave it listed with
+    /// files that lost their data; `fsck --digests` finds such a layer.
+    pub sync: bool,
 }
 
 /// A layer blob's identity, for [`LayerOptions::source_blob`].

@@ -642,6 +642,15 @@ impl Store {
             None => None,
         };
         let _cleanup = SideFile(&self.layers_dir, &split_tmp);
+        if options.sync {
+            // Before the lock: a sync of a gigabyte takes seconds.
+            // Through a descriptor of its own: the staged tree's may be
+            // an O_PATH one, which syncfs refuses.
+            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+            rustix::fs::openat(&staged.tree, ".", flags, rustix::fs::Mode::empty())
+                .and_then(|dir| rustix::fs::syncfs(&dir))
+                .map_err(|e| Error::io(&staged.path, e.into()))?;
+        }
         if let Some(a) = &applied {
             check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
             let blob_digest = options.source_blob.as_ref().map(|b| b.digest.as_str());

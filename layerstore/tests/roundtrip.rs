@@ -184,6 +184,26 @@ fn a_three_layer_chain_mounts_to_what_gnu_tar_extracts() {
     }
 }
 
+/// `sync`: the layer's data is on the device when the apply returns (and
+/// not 30 s later, when the kernel would write it back).
+#[test]
+fn a_synced_apply_is_on_disk_when_it_returns() {
+    let Some(fs) = strata_test_support::LoopFs::new("ext4", 256) else {
+        return;
+    };
+    let store = open(&fs.path(), Driver::Vfs);
+    let payload = "x".repeat(8 << 20);
+    let tar = layer_tar(&[("big", payload.as_str())]);
+    let before = fs.written_kib();
+    let options = LayerOptions {
+        sync: true,
+        ..Default::default()
+    };
+    store.put_layer(&options, &tar[..]).expect("apply");
+    let written = fs.written_kib() - before;
+    assert!(written >= 8 << 10, "only {written} KiB reached the device");
+}
+
 #[test]
 fn mounts_are_counted() {
     for driver in drivers() {

@@ -561,6 +561,17 @@ impl LoopFs {
         self.dir.path().join("mnt")
     }
 
+    /// KiB written to the device since the mount, as ext4 counts them
+    /// (`/sys/fs/ext4/DEV/session_write_kbytes`).
+    pub fn written_kib(&self) -> u64 {
+        let out = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(self.path()).output().expect("findmnt");
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let device = source.rsplit('/').next().expect("a device name");
+        let counter = format!("/sys/fs/ext4/{device}/session_write_kbytes");
+        let text = std::fs::read_to_string(&counter).unwrap_or_else(|e| panic!("{counter}: {e}"));
+        text.trim().parse().expect("a number")
+    }
+
     /// Free bytes, as statvfs counts them.
     pub fn free_bytes(&self) -> u64 {
         let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(self.path()).output().expect("stat -f");
