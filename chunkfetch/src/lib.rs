@@ -143,7 +143,7 @@ pub mod fuzzing {
                 for to_the_second in [false, true] {
                     if let Some(span) = headers.find(entry, &mut patched, to_the_second) {
                         let bytes = headers.bytes_in(span, &patched);
-                        let header = strata_tarsplit::header_of(bytes).expect("a guess parses");
+                        let header = strata_tarsplit::header_of(&bytes).expect("a guess parses");
                         assert!(if to_the_second {
                             strata_toc::describes_to_the_second(entry, &header)
                         } else {

@@ -2,7 +2,8 @@
 //! test layer is 2 GB of tar with 200 000 files, zstd:chunked: its TOC
 //! and tar-split (hundreds of MB decompressed) are streamed, not held.
 //! Pulled rebuilt from its TOC (every piece fetched, from an OCI layout)
-//! and fetched whole, each in a fresh store. Set KEEP_LAYOUT=DIR to keep
+//! and fetched whole, each in a fresh store; then a second version (one
+//! file in 50 changed) pulled partially over the first. Set KEEP_LAYOUT=DIR to keep
 //! the generated layout there between runs.
 
 // wait4 is the one way to learn a child's own peak RSS; std has no safe
@@ -22,6 +23,8 @@ const LIMIT: u64 = 256 << 20;
 
 /// A tar of `FILES` files of 4 to 16 KiB (2 GB in all), made as it is read.
 struct GeneratedTar {
+    /// 1, or 2 for the update: every 50th file differs.
+    version: usize,
     next: usize,
     pool: Vec<u8>,
     buf: Vec<u8>,
@@ -30,7 +33,7 @@ struct GeneratedTar {
 }
 
 impl GeneratedTar {
-    fn new() -> Self {
+    fn new(version: usize) -> Self {
         // Text-like bytes that compress about 3:1, as real files do.
         let words: Vec<&[u8]> = [&b"layer "[..], b"chunk ", b"table ", b"of ", b"contents ", b"zstd ", b"store\n", b"pull "]
             .to_vec();
@@ -44,6 +47,7 @@ impl GeneratedTar {
             pool.push(b'a' + (x >> 8) as u8 % 26);
         }
         GeneratedTar {
+            version,
             next: 0,
             pool,
             buf: Vec::with_capacity(64 << 10),
@@ -80,7 +84,11 @@ impl GeneratedTar {
         let size = 4096 + (i * 7919) % 12_288;
         self.header(&format!("d{}/f{i}", i / PER_DIR), tar::EntryType::Regular, size as u64);
         let start = (i * 104_729) % (self.pool.len() - size);
-        let unique = format!("file {i}\n");
+        let unique = if self.version > 1 && i.is_multiple_of(50) {
+            format!("file {i}, version {}\n", self.version)
+        } else {
+            format!("file {i}\n")
+        };
         self.buf.extend_from_slice(unique.as_bytes());
         self.buf.extend_from_slice(&self.pool[start..start + size - unique.len()]);
         self.buf.resize(self.buf.len().next_multiple_of(512), 0);
@@ -102,6 +110,12 @@ impl Read for GeneratedTar {
 
 fn write_layout(dir: &Path) {
     let layout = LayoutWriter::create(dir).expect("layout");
+    for (version, tag) in [(1, "big"), (2, "big2")] {
+        write_image(&layout, version, tag);
+    }
+}
+
+fn write_image(layout: &LayoutWriter, version: usize, tag: &str) {
     let mut written = None;
     let blob = layout
         .put_blob_with(|out| {
@@ -110,7 +124,7 @@ fn write_layout(dir: &Path) {
                 legacy_annotations: false,
                 ..Default::default()
             };
-            written = Some(strata_toc::write_zstd_chunked(GeneratedTar::new(), out, &options).map_err(io::Error::other)?);
+            written = Some(strata_toc::write_zstd_chunked(GeneratedTar::new(version), out, &options).map_err(io::Error::other)?);
             Ok(())
         })
         .expect("write the blob");
@@ -143,7 +157,7 @@ fn write_layout(dir: &Path) {
                 size: manifest.size,
                 ..Descriptor::default()
             },
-            Some("big"),
+            Some(tag),
         )
         .expect("tag");
 }
@@ -151,7 +165,7 @@ fn write_layout(dir: &Path) {
 /// Runs `strata pull` and returns its report and its peak RSS in bytes.
 // Reaped by wait4 below, which std's wait would not let us do.
 #[allow(clippy::zombie_processes)]
-fn pull(root: &Path, layout: &Path, extra: &[&str]) -> (serde_json::Value, u64) {
+fn pull(root: &Path, layout: &Path, tag: &str, extra: &[&str]) -> (serde_json::Value, u64) {
     let child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("--root")
         .arg(root.join("graph"))
@@ -159,7 +173,7 @@ fn pull(root: &Path, layout: &Path, extra: &[&str]) -> (serde_json::Value, u64) 
         .arg(root.join("run"))
         .args(["--driver", "vfs", "pull", "--json"])
         .args(extra)
-        .arg(format!("oci:{}:big", layout.display()))
+        .arg(format!("oci:{}:{tag}", layout.display()))
         .stdout(Stdio::piped())
         .spawn()
         .expect("strata");
@@ -179,6 +193,23 @@ fn pull(root: &Path, layout: &Path, extra: &[&str]) -> (serde_json::Value, u64) 
 }
 
 const TEST: &str = "a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib";
+const UPDATE_TEST: &str = "an_update_of_200_000_files_is_pulled_in_under_256_mib";
+
+/// The test layout (KEEP_LAYOUT, or under `dir`), written by another run
+/// of the test `test` when it is not there yet.
+fn layout(dir: &Path, test: &str) -> std::path::PathBuf {
+    let layout = match std::env::var_os("KEEP_LAYOUT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => dir.join("layout"),
+    };
+    if !layout.join("index.json").exists() {
+        let mut run = Command::new(std::env::current_exe().expect("this test"));
+        run.args([test, "--exact", "--nocapture", "--include-ignored"]);
+        let status = run.env("PULL_MEMORY_WRITE_LAYOUT", &layout).status().expect("write the layout");
+        assert!(status.success() && layout.join("index.json").exists(), "writing the layout failed");
+    }
+    layout
+}
 
 #[test]
 fn a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib() {
@@ -190,21 +221,10 @@ fn a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = match std::env::var_os("KEEP_LAYOUT") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => dir.path().join("layout"),
-    };
-    if !layout.join("index.json").exists() {
-        let status = Command::new(std::env::current_exe().expect("this test"))
-            .args([TEST, "--exact", "--nocapture"])
-            .env("PULL_MEMORY_WRITE_LAYOUT", &layout)
-            .status()
-            .expect("write the layout");
-        assert!(status.success() && layout.join("index.json").exists(), "writing the layout failed");
-    }
+    let layout = layout(dir.path(), TEST);
     for (how, extra) in [("partial", &["--fetch-whole-at", "2"][..]), ("full", &[][..])] {
         let root = dir.path().join(how);
-        let (report, rss) = pull(&root, &layout, extra);
+        let (report, rss) = pull(&root, &layout, "big", extra);
         let layer = &report["layers"][0];
         eprintln!("{how}: peak RSS {} MiB; {layer}", rss >> 20);
         assert_eq!(layer["how"], how, "{layer}");
@@ -213,4 +233,27 @@ fn a_2_gb_layer_of_200_000_files_is_pulled_in_under_256_mib() {
         // Each store costs 2 GB of disk: one at a time.
         std::fs::remove_dir_all(&root).expect("remove the store");
     }
+}
+
+/// An update with the first version in the store: its dedup index and its
+/// tar-split's headers (standing in for the blob's) are held too. Known
+/// to fail: it peaks at 310 to 330 MiB (the two layers' dedup indexes hold
+/// some 80 MB each); run it with `--ignored`.
+#[test]
+#[ignore = "an update of 200 000 files over its first version peaks at 310 to 330 MiB"]
+fn an_update_of_200_000_files_is_pulled_in_under_256_mib() {
+    if let Some(dir) = std::env::var_os("PULL_MEMORY_WRITE_LAYOUT") {
+        write_layout(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = layout(dir.path(), UPDATE_TEST);
+    let root = dir.path().join("update");
+    pull(&root, &layout, "big", &[]);
+    let (report, rss) = pull(&root, &layout, "big2", &["--fetch-whole-at", "2"]);
+    let layer = &report["layers"][0];
+    eprintln!("update: peak RSS {} MiB; {layer}", rss >> 20);
+    assert_eq!(layer["how"], "partial", "{layer}");
+    assert_eq!(layer["files_reused"].as_u64(), Some((FILES - FILES / 50) as u64), "{layer}");
+    assert!(rss < LIMIT, "update: peak RSS {} MiB, the limit is {} MiB", rss >> 20, LIMIT >> 20);
 }

@@ -45,8 +45,17 @@ impl ChunkCache for NoCache {
 #[derive(Debug, Default)]
 pub struct DiskCache {
     layers: Vec<(Arc<Dir>, LayerIndex)>,
-    files: HashMap<[u8; 32], (u32, u32)>,
-    chunks: HashMap<[u8; 32], (u32, u32)>,
+    /// Keyed by the digest's first 8 bytes: the entry holds the whole
+    /// digest, which a lookup compares. Two digests alike in those bytes
+    /// (found on purpose, at 2^32 tries) only cost the second its reuse.
+    files: HashMap<u64, (u32, u32)>,
+    chunks: HashMap<u64, (u32, u32)>,
+}
+
+fn short_key(digest: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 impl DiskCache {
@@ -60,7 +69,7 @@ impl DiskCache {
                 Kind::File => &mut self.files,
                 Kind::Chunk => &mut self.chunks,
             };
-            map.entry(e.digest).or_insert(at);
+            map.entry(short_key(&e.digest)).or_insert(at);
         }
         self.layers.push((root, index));
     }
@@ -74,11 +83,11 @@ impl DiskCache {
         self.len() == 0
     }
 
-    fn lookup(&self, map: &HashMap<[u8; 32], (u32, u32)>, digest: &str) -> Option<Found> {
+    fn lookup(&self, map: &HashMap<u64, (u32, u32)>, digest: &str) -> Option<Found> {
         let key = index::parse_digest(digest)?;
-        let &(layer, entry) = map.get(&key)?;
+        let &(layer, entry) = map.get(&short_key(&key))?;
         let (root, index) = self.layers.get(layer as usize)?;
-        let e = index.entries().get(entry as usize)?;
+        let e = index.entries().get(entry as usize).filter(|e| e.digest == key)?;
         Some(Found {
             root: root.clone(),
             path: e.path.clone(),
@@ -113,5 +122,27 @@ impl<T: ChunkCache + ?Sized> ChunkCache for Arc<T> {
     }
     fn chunk(&self, digest: &str) -> Option<Found> {
         (**self).chunk(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digests alike in their first 8 bytes share a map slot: the second
+    /// is not found (a missed reuse), and never answered with the first.
+    #[test]
+    fn a_digest_sharing_the_short_key_is_not_mistaken() {
+        let dir = Arc::new(Dir::open_ambient_dir("/", cap_std::ambient_authority()).expect("root"));
+        let first = format!("sha256:{}{}", "ab".repeat(8), "01".repeat(24));
+        let second = format!("sha256:{}{}", "ab".repeat(8), "02".repeat(24));
+        let mut index = LayerIndex::default();
+        index.push(Kind::File, &first, "one", 0, 1).expect("push");
+        index.push(Kind::File, &second, "two", 0, 1).expect("push");
+        let mut cache = DiskCache::default();
+        cache.add_layer(dir, index);
+        assert_eq!(cache.file(&first).map(|f| f.path), Some("one".to_owned()));
+        assert_eq!(cache.file(&second).map(|f| f.path), None);
+        assert!(cache.chunk(&second).is_none());
     }
 }

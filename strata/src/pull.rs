@@ -327,7 +327,7 @@ fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
 /// few hundred bytes per item, may wait while it reads an earlier
 /// version's headers.
 const PLAN_BATCH: usize = 128;
-const PLANNED_AHEAD: usize = 128;
+const PLANNED_AHEAD: usize = 32;
 
 /// Pulls `reference` into `store`.
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
