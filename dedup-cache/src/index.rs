@@ -36,19 +36,24 @@ pub enum Kind {
     Chunk,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndexEntry {
+/// One file or chunk of a layer, as its index holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry<'a> {
     pub kind: Kind,
-    pub digest: [u8; 32],
-    pub path: String,
+    pub digest: &'a [u8; 32],
+    pub path: &'a str,
     pub offset: u64,
     pub length: u64,
 }
 
-/// The files and chunks of one layer.
+/// The files and chunks of one layer, kept as they are stored (the
+/// entries' bytes one after the other, and where each starts): about
+/// 65 bytes an entry, where a vector of owned entries took twice that,
+/// and a pull holds two layers' worth of 600 000 entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LayerIndex {
-    entries: Vec<IndexEntry>,
+    data: Vec<u8>,
+    starts: Vec<u32>,
 }
 
 pub(crate) fn parse_digest(digest: &str) -> Option<[u8; 32]> {
@@ -79,23 +84,62 @@ fn clean_path(name: &str) -> Option<String> {
 }
 
 impl LayerIndex {
-    pub fn entries(&self) -> &[IndexEntry] {
-        &self.entries
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The entry at `i`.
+    pub fn get(&self, i: usize) -> Option<IndexEntry<'_>> {
+        let start = *self.starts.get(i)? as usize;
+        let fixed = self.data.get(start..start + ENTRY_FIXED)?;
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&fixed[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let path_len = usize::from(u16::from_le_bytes([fixed[49], fixed[50]]));
+        let path = self.data.get(start + ENTRY_FIXED..start + ENTRY_FIXED + path_len)?;
+        Some(IndexEntry {
+            kind: if fixed[0] == 0 { Kind::File } else { Kind::Chunk },
+            digest: fixed[1..33].try_into().ok()?,
+            path: std::str::from_utf8(path).ok()?,
+            offset: u64_at(33),
+            length: u64_at(41),
+        })
+    }
+
+    /// Its entries in order.
+    pub fn entries(&self) -> impl Iterator<Item = IndexEntry<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
     }
 
     pub fn push(&mut self, kind: Kind, digest: &str, path: &str, offset: u64, length: u64) -> Result<(), Error> {
         let digest = parse_digest(digest).ok_or_else(|| Error::Invalid(format!("{digest:?} is not a sha256 digest")))?;
         let path = clean_path(path).ok_or_else(|| Error::Invalid(format!("{path:?} is not a path inside a layer")))?;
+        self.push_clean(kind, &digest, &path, offset, length)
+    }
+
+    /// Appends an entry whose digest is parsed and path cleaned.
+    fn push_clean(&mut self, kind: Kind, digest: &[u8; 32], path: &str, offset: u64, length: u64) -> Result<(), Error> {
         if path.len() > MAX_PATH {
             return Err(Error::Invalid(format!("path of {} bytes", path.len())));
         }
-        self.entries.push(IndexEntry {
-            kind,
-            digest,
-            path,
-            offset,
-            length,
+        let start = u32::try_from(self.data.len()).map_err(|_| Error::Invalid("an index of 4 GiB".into()))?;
+        self.starts.push(start);
+        self.data.push(match kind {
+            Kind::File => 0,
+            Kind::Chunk => 1,
         });
+        self.data.extend_from_slice(digest);
+        self.data.extend_from_slice(&offset.to_le_bytes());
+        self.data.extend_from_slice(&length.to_le_bytes());
+        self.data.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        self.data.extend_from_slice(path.as_bytes());
         Ok(())
     }
 
@@ -189,23 +233,11 @@ impl LayerIndex {
                     if size > 0 {
                         let digest: [u8; 32] = hash.finalize().into();
                         let found = pieces.map(ChunkHasher::finish).unwrap_or_default();
-                        index.entries.push(IndexEntry {
-                            kind: Kind::File,
-                            digest,
-                            path: path.clone(),
-                            offset: 0,
-                            length: size,
-                        });
+                        index.push_clean(Kind::File, &digest, &path, 0, size)?;
                         // A file of one chunk is found as a file.
                         if found.len() > 1 {
                             for (offset, length, digest) in found {
-                                index.entries.push(IndexEntry {
-                                    kind: Kind::Chunk,
-                                    digest,
-                                    path: path.clone(),
-                                    offset,
-                                    length,
-                                });
+                                index.push_clean(Kind::Chunk, &digest, &path, offset, length)?;
                             }
                         }
                     }
@@ -216,21 +248,11 @@ impl LayerIndex {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries.iter().map(|e| ENTRY_FIXED + e.path.len()).sum::<usize>());
+        let mut out = Vec::with_capacity(16 + self.data.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for e in &self.entries {
-            out.push(match e.kind {
-                Kind::File => 0,
-                Kind::Chunk => 1,
-            });
-            out.extend_from_slice(&e.digest);
-            out.extend_from_slice(&e.offset.to_le_bytes());
-            out.extend_from_slice(&e.length.to_le_bytes());
-            out.extend_from_slice(&(e.path.len() as u16).to_le_bytes());
-            out.extend_from_slice(e.path.as_bytes());
-        }
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.data);
         out
     }
 
@@ -250,17 +272,13 @@ impl LayerIndex {
         if count > (bytes.len() - 16) / ENTRY_FIXED {
             return Err(Error::Corrupt(format!("{count} entries cannot fit in {} bytes", bytes.len())));
         }
-        let mut entries = Vec::with_capacity(count);
+        let mut starts = Vec::with_capacity(count);
         let mut pos = 16;
         for i in 0..count {
             let fixed = bytes.get(pos..pos + ENTRY_FIXED).ok_or_else(|| Error::Corrupt(format!("entry {i} is cut short")))?;
-            let kind = match fixed[0] {
-                0 => Kind::File,
-                1 => Kind::Chunk,
-                k => return Err(Error::Corrupt(format!("entry {i} has kind {k}"))),
-            };
-            let mut digest = [0u8; 32];
-            digest.copy_from_slice(&fixed[1..33]);
+            if fixed[0] > 1 {
+                return Err(Error::Corrupt(format!("entry {i} has kind {}", fixed[0])));
+            }
             let u64_at = |at: usize| {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&fixed[at..at + 8]);
@@ -278,19 +296,16 @@ impl LayerIndex {
             if offset.checked_add(length).is_none() {
                 return Err(Error::Corrupt(format!("entry {i}'s offset and length overflow")));
             }
+            starts.push(u32::try_from(pos - ENTRY_FIXED - 16).map_err(|_| corrupt("larger than 4 GiB"))?);
             pos += path_len;
-            entries.push(IndexEntry {
-                kind,
-                digest,
-                path: path.to_owned(),
-                offset,
-                length,
-            });
         }
         if pos != bytes.len() {
             return Err(Error::Corrupt(format!("{} bytes after the last entry", bytes.len() - pos)));
         }
-        Ok(LayerIndex { entries })
+        Ok(LayerIndex {
+            data: bytes[16..].to_vec(),
+            starts,
+        })
     }
 }
 

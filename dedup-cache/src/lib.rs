@@ -63,13 +63,13 @@ impl DiskCache {
     /// several hold the same content.
     pub fn add_layer(&mut self, root: Arc<Dir>, index: LayerIndex) {
         let layer = u32::try_from(self.layers.len()).unwrap_or(u32::MAX);
-        for (i, e) in index.entries().iter().enumerate() {
+        for (i, e) in index.entries().enumerate() {
             let at = (layer, u32::try_from(i).unwrap_or(u32::MAX));
             let map = match e.kind {
                 Kind::File => &mut self.files,
                 Kind::Chunk => &mut self.chunks,
             };
-            map.entry(short_key(&e.digest)).or_insert(at);
+            map.entry(short_key(e.digest)).or_insert(at);
         }
         self.layers.push((root, index));
     }
@@ -87,10 +87,10 @@ impl DiskCache {
         let key = index::parse_digest(digest)?;
         let &(layer, entry) = map.get(&short_key(&key))?;
         let (root, index) = self.layers.get(layer as usize)?;
-        let e = index.entries().get(entry as usize).filter(|e| e.digest == key)?;
+        let e = index.get(entry as usize).filter(|e| *e.digest == key)?;
         Some(Found {
             root: root.clone(),
-            path: e.path.clone(),
+            path: e.path.to_owned(),
             offset: e.offset,
             length: e.length,
         })

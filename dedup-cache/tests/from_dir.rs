@@ -50,7 +50,6 @@ fn chunks_from_files_are_the_writers_chunks() {
     let index = LayerIndex::from_dir_with(&root, true).expect("index");
     let chunks: BTreeSet<(u64, u64, String)> = index
         .entries()
-        .iter()
         .filter(|e| e.kind == Kind::Chunk && e.path == "usr/big")
         .map(|e| (e.offset, e.length, format!("sha256:{}", e.digest.iter().map(|b| format!("{b:02x}")).collect::<String>())))
         .collect();
@@ -59,9 +58,9 @@ fn chunks_from_files_are_the_writers_chunks() {
     let strip = |s: &BTreeSet<(u64, u64, String)>| s.iter().map(|(o, _, d)| (*o, d.clone())).collect::<BTreeSet<_>>();
     assert_eq!(strip(&chunks), strip(&from_toc));
     assert!(
-        index.entries().iter().filter(|e| e.path == "small").all(|e| e.kind == Kind::File),
+        index.entries().filter(|e| e.path == "small").all(|e| e.kind == Kind::File),
         "a file of one chunk is indexed as a file"
     );
     let plain = LayerIndex::from_dir(&root).expect("index");
-    assert!(plain.entries().iter().all(|e| e.kind == Kind::File), "no chunks unless asked");
+    assert!(plain.entries().all(|e| e.kind == Kind::File), "no chunks unless asked");
 }
