@@ -8,5 +8,6 @@ use strata_dedup_cache::LayerIndex;
 fuzz_target!(|data: &[u8]| {
     if let Ok(index) = LayerIndex::from_bytes(data) {
         assert_eq!(index.to_bytes(), data);
+        assert_eq!(index.entries().count(), index.len(), "every entry reads back");
     }
 });
