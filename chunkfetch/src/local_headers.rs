@@ -554,6 +554,32 @@ mod tests {
         assert_eq!(headers.find(&sub_second, &mut patched, false), None);
     }
 
+    /// GNU tar `--format=pax` (no access or change times) of `member`
+    /// under `tree`, after each `(path, time)` is touched to that time.
+    fn gnu_pax_tar(tree: &std::path::Path, member: &str, touch: &[(&std::path::Path, &str)]) -> Vec<u8> {
+        for (path, when) in touch {
+            let touched = std::process::Command::new("touch").args(["-d", when]).arg(path).status().expect("touch");
+            assert!(touched.success());
+        }
+        let out = std::process::Command::new("tar")
+            .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
+            .arg(tree)
+            .args(["-cf", "-", member])
+            .output()
+            .expect("GNU tar");
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    /// The TOC entry, once `tar` is written as zstd:chunked, whose name
+    /// ends with `suffix`.
+    fn toc_entry(tar: &[u8], suffix: &str) -> Entry {
+        let mut blob = Vec::new();
+        strata_toc::write_zstd_chunked(tar, &mut blob, &strata_toc::WriteOptions::default()).expect("zstd:chunked");
+        let toc = strata_toc::read_zstd_chunked(&blob[..], None).expect("TOC");
+        toc.toc.entries.into_iter().find(|e| e.name.ends_with(suffix)).expect("the entry")
+    }
+
     /// GNU tar's `--format=pax` headers (an extended header with the time
     /// to the nanosecond, then the ustar block) are patched to exactly what
     /// GNU tar writes for the changed file.
@@ -562,28 +588,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+        let file = tree.join("d/f");
         let gnu_tar = |content: &str, at: &str| {
-            std::fs::write(tree.join("d/f"), content).expect("write");
-            let touched = std::process::Command::new("touch").args(["-d", at]).arg(tree.join("d/f")).status().expect("touch");
-            assert!(touched.success());
-            let out = std::process::Command::new("tar")
-                .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
-                .arg(&tree)
-                .args(["-cf", "-", "d"])
-                .output()
-                .expect("GNU tar");
-            assert!(out.status.success());
-            out.stdout
+            std::fs::write(&file, content).expect("write");
+            gnu_pax_tar(&tree, "d", &[(&file, at)])
         };
         let v1 = gnu_tar("hello", "2024-01-02 03:04:05.123456789");
         let v2 = gnu_tar("hello, and more", "2024-02-03 04:05:06.5");
-        let entry_of = |tar: &[u8]| {
-            let mut blob = Vec::new();
-            strata_toc::write_zstd_chunked(tar, &mut blob, &strata_toc::WriteOptions::default()).expect("zstd:chunked");
-            let toc = strata_toc::read_zstd_chunked(&blob[..], None).expect("TOC");
-            toc.toc.entries.into_iter().find(|e| e.name.ends_with("d/f")).expect("d/f")
-        };
-        let listed = entry_of(&v2);
+        let listed = toc_entry(&v2, "d/f");
         let old = LocalHeaders::from_tar_split(&tar_split_of(&v1)[..]).expect("v1 headers");
         let new = LocalHeaders::from_tar_split(&tar_split_of(&v2)[..]).expect("v2 headers");
         let mut patched = Vec::new();
@@ -602,30 +614,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("some/dir")).expect("mkdir");
+        let (file, dir_path) = (tree.join("some/dir/file.txt"), tree.join("some/dir"));
         let gnu_tar = |content: &str, at: &str| {
-            let file = tree.join("some/dir/file.txt");
             std::fs::write(&file, content).expect("write");
-            for (path, when) in [(file.as_path(), at), (tree.join("some/dir").as_path(), "2024-01-01 00:00:00.25")] {
-                let touched = std::process::Command::new("touch").args(["-d", when]).arg(path).status().expect("touch");
-                assert!(touched.success());
-            }
-            let out = std::process::Command::new("tar")
-                .args(["--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime", "-C"])
-                .arg(&tree)
-                .args(["-cf", "-", "./some"])
-                .output()
-                .expect("GNU tar");
-            assert!(out.status.success());
-            out.stdout
+            gnu_pax_tar(&tree, "./some", &[(&file, at), (&dir_path, "2024-01-01 00:00:00.25")])
         };
         let v1 = gnu_tar("hello", "2024-01-02 03:04:05");
         let v2 = gnu_tar("hello, and more", "2024-02-03 04:05:06.123");
-        let file_entry = |tar: &[u8]| {
-            let mut blob = Vec::new();
-            strata_toc::write_zstd_chunked(tar, &mut blob, &strata_toc::WriteOptions::default()).expect("zstd:chunked");
-            let toc = strata_toc::read_zstd_chunked(&blob[..], None).expect("TOC");
-            toc.toc.entries.into_iter().find(|e| e.name.ends_with("file.txt")).expect("the file")
-        };
+        let file_entry = |tar: &[u8]| toc_entry(tar, "file.txt");
         let listed = file_entry(&v2);
         let old = LocalHeaders::from_tar_split(&tar_split_of(&v1)[..]).expect("v1 headers");
         assert!(old.time_header.is_some(), "the directory's extended header teaches the style");
