@@ -123,6 +123,9 @@ pub enum ImagesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete an image, and its layers that no other image or layer uses
+    /// (as `podman rmi` does); prints the IDs of the deleted layers.
+    Delete { image: String },
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +289,11 @@ pub fn run_images(args: &StoreArgs, cmd: ImagesCommand) -> Result<(), BoxError> 
                 for i in images {
                     writeln!(out, "{:<64}  {:<64}  {}", i.id, i.layer, i.names.join(","))?;
                 }
+            }
+        }
+        ImagesCommand::Delete { image } => {
+            for layer in store.delete_image_and_layers(&image)? {
+                writeln!(out, "{layer}")?;
             }
         }
     }

@@ -151,6 +151,27 @@ impl Store {
         }
     }
 
+    /// Deletes an image, then each of its layers, top first, that no other
+    /// image or layer builds on, as `podman rmi` does. Returns the IDs of
+    /// the layers deleted. A layer another process starts using meanwhile
+    /// stays: [`delete_layer`](Self::delete_layer) checks under the lock.
+    pub fn delete_image_and_layers(&self, key: &str) -> Result<Vec<String>> {
+        let image = self.image(key)?;
+        self.delete_image(&image.id)?;
+        let mut deleted = Vec::new();
+        let mut next = Some(image.layer).filter(|l| !l.is_empty());
+        while let Some(id) = next {
+            let parent = self.layer(&id)?.parent;
+            match self.delete_layer(&id) {
+                Ok(()) => deleted.push(id),
+                Err(Error::InUse(_)) => break,
+                Err(e) => return Err(e),
+            }
+            next = Some(parent).filter(|p| !p.is_empty());
+        }
+        Ok(deleted)
+    }
+
     /// Adds names to an image (in front; a name another image had moves).
     pub fn add_image_names(&self, key: &str, names: &[String]) -> Result<ImageRecord> {
         let (guard, mut loaded) = self.images_write()?;

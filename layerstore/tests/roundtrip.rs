@@ -248,6 +248,43 @@ fn a_deleted_layer_leaves_nothing_and_its_sibling_stays() {
     }
 }
 
+/// Deleting an image deletes its layers down to the first that another
+/// image still uses, and no further (as `podman rmi` does).
+#[test]
+fn a_deleted_image_takes_only_its_own_layers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(tmp.path(), Driver::Vfs);
+    let base_tar = layer_tar(&[("base", "shared")]);
+    let base = store.put_layer(&LayerOptions::default(), &base_tar[..]).expect("apply");
+    let on_base = |content: &str| {
+        let options = LayerOptions { parent: Some(base.id.clone()), ..LayerOptions::default() };
+        store.put_layer(&options, &layer_tar(&[("top", content)])[..]).expect("apply").id
+    };
+    let (one, two) = (on_base("one"), on_base("two"));
+    let image = |name: &str, top: &str| {
+        let options = strata_layerstore::ImageOptions {
+            names: vec![name.to_owned()],
+            top_layer: Some(top.to_owned()),
+            ..Default::default()
+        };
+        store.create_image(&options).expect("image").id
+    };
+    image("localhost/one:1", &one);
+    image("localhost/two:1", &two);
+    assert_eq!(store.delete_image_and_layers("localhost/one:1").expect("delete"), vec![one]);
+    let left: Vec<String> = store.layers().expect("layers").into_iter().map(|l| l.id).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&base.id) && left.contains(&two));
+    assert_eq!(diff(&store, &base.id), base_tar, "the shared layer is whole");
+    let mut deleted = store.delete_image_and_layers("localhost/two:1").expect("delete");
+    deleted.sort();
+    let mut expected = vec![two, base.id];
+    expected.sort();
+    assert_eq!(deleted, expected, "the last image takes the shared layer with it");
+    assert!(store.layers().expect("layers").is_empty() && store.images().expect("images").is_empty());
+    assert!(store.garbage_collect().expect("gc").is_empty());
+}
+
 /// A tar with these (path, uid, gid) entries: directories end in `/`.
 fn owned_tar(entries: &[(&str, u64, u64)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
