@@ -77,8 +77,63 @@ pub struct PlanStats {
 
 enum Part {
     Zeros(u64),
-    Local(Found),
+    Local(LocalPart),
     Fetch(u64),
+}
+
+/// `length` bytes at `offset` of a local file: its layer root and path
+/// are kept once per plan (see [`Places`]), not with every part.
+#[derive(Clone, Copy, Debug)]
+struct LocalPart {
+    root: u32,
+    path_start: u32,
+    path_len: u32,
+    offset: u64,
+    length: u64,
+}
+
+/// The local layers and file paths a plan's parts point into: 200 000
+/// reused files cost their paths' bytes here, where each owned `Found`
+/// cost a root handle, a path allocation and a vector of parts.
+#[derive(Default)]
+struct Places {
+    roots: Vec<Arc<cap_std::fs::Dir>>,
+    paths: String,
+}
+
+impl Places {
+    fn add(&mut self, found: Found) -> Result<LocalPart> {
+        let root = match self.roots.iter().rposition(|r| Arc::ptr_eq(r, &found.root)) {
+            Some(i) => i,
+            None => {
+                self.roots.push(found.root);
+                self.roots.len() - 1
+            }
+        };
+        let too_many = || Error::Invalid {
+            what: "the TOC".into(),
+            reason: "it reuses more than 4 GiB of local paths".into(),
+        };
+        let path_start = u32::try_from(self.paths.len()).map_err(|_| too_many())?;
+        let path_len = u32::try_from(found.path.len()).map_err(|_| too_many())?;
+        path_start.checked_add(path_len).ok_or_else(too_many)?;
+        self.paths.push_str(&found.path);
+        Ok(LocalPart {
+            root: root as u32,
+            path_start,
+            path_len,
+            offset: found.offset,
+            length: found.length,
+        })
+    }
+
+    fn root(&self, part: &LocalPart) -> &Arc<cap_std::fs::Dir> {
+        &self.roots[part.root as usize]
+    }
+
+    fn path(&self, part: &LocalPart) -> &str {
+        &self.paths[part.path_start as usize..(part.path_start + part.path_len) as usize]
+    }
 }
 
 /// A file to rebuild, in TOC order: files come to the assembly in the
@@ -89,7 +144,8 @@ struct PlannedFile {
     name_hash: u64,
     name: Option<Box<[u8]>>,
     digest: [u8; 32],
-    parts: Vec<Part>,
+    /// How many of the plan's parts, in order, are this file's.
+    parts: u32,
     /// What comes before it when the tar is rebuilt without tar-split.
     headers_before: Before,
 }
@@ -111,6 +167,9 @@ enum Before {
 /// Which bytes of a layer come from where.
 pub struct LayerPlan {
     files: VecDeque<PlannedFile>,
+    /// The files' parts, one after the other.
+    parts: VecDeque<Part>,
+    places: Places,
     pub needs: Vec<PieceNeed>,
     pub stats: PlanStats,
     /// What follows the last file.
@@ -220,6 +279,8 @@ impl<'c> LayerPlanner<'c> {
             data_end,
             plan: LayerPlan {
                 files: VecDeque::new(),
+                parts: VecDeque::new(),
+                places: Places::default(),
                 needs: Vec::new(),
                 stats: PlanStats::default(),
                 tail: Before::Nothing,
@@ -412,23 +473,25 @@ impl<'c> LayerPlanner<'c> {
         let size = e.size as u64;
         let digest_text = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST } else { e.digest.as_str() };
         let digest = digest_bytes(digest_text).ok_or_else(|| invalid(format!("digest {digest_text:?}")))?;
-        let mut parts = Vec::new();
+        let parts_before = self.plan.parts.len();
         let pieces = item.pieces().map_err(invalid)?;
         let mut last_need = None;
         if let Some(found) = self.cache.file(digest_text).filter(|f| f.length == size && f.offset == 0) {
             self.plan.stats.files_reused += 1;
             self.plan.stats.bytes_reused += size;
-            parts.push(Part::Local(found));
+            let local = self.plan.places.add(found)?;
+            self.plan.parts.push_back(Part::Local(local));
         } else {
             for (k, p) in pieces.iter().enumerate() {
                 if p.zeros {
                     self.plan.stats.bytes_zero += p.len;
-                    parts.push(Part::Zeros(p.len));
+                    self.plan.parts.push_back(Part::Zeros(p.len));
                     continue;
                 }
                 if let Some(found) = p.digest.as_deref().and_then(|d| self.cache.chunk(d)).filter(|f| f.length == p.len) {
                     self.plan.stats.bytes_reused += p.len;
-                    parts.push(Part::Local(found));
+                    let local = self.plan.places.add(found)?;
+                    self.plan.parts.push_back(Part::Local(local));
                     continue;
                 }
                 if p.offset < self.last_end || self.open.is_some() {
@@ -460,7 +523,7 @@ impl<'c> LayerPlanner<'c> {
                 if let Some(end) = end {
                     self.close_open(end, &e.name)?;
                 }
-                parts.push(Part::Fetch(p.len));
+                self.plan.parts.push_back(Part::Fetch(p.len));
             }
         }
         if self.headers_from.is_some() {
@@ -474,7 +537,7 @@ impl<'c> LayerPlanner<'c> {
             name_hash: name_hash(e.name.as_bytes()),
             name: self.headers_from.map(|_| e.name.as_bytes().into()),
             digest,
-            parts,
+            parts: u32::try_from(self.plan.parts.len() - parts_before).map_err(|_| invalid("more than 2^32 chunks".into()))?,
             headers_before,
         });
         Ok(())
@@ -709,6 +772,8 @@ fn hex(digest: &[u8; 32]) -> String {
 /// and the fetched pieces, checking each file's digest.
 pub struct TocGetter {
     files: VecDeque<PlannedFile>,
+    parts: VecDeque<Part>,
+    places: Places,
     rx: Receiver<PieceMessage>,
     pending: Vec<u8>,
     pos: usize,
@@ -757,6 +822,8 @@ impl TocGetter {
     pub fn new(plan: LayerPlan, rx: Receiver<PieceMessage>) -> TocGetter {
         TocGetter {
             files: plan.files,
+            parts: plan.parts,
+            places: plan.places,
             rx,
             pending: Vec::new(),
             pos: 0,
@@ -889,17 +956,24 @@ impl TocGetter {
         // Fetched bytes are checked against the TOC here. Bytes reused from
         // local layers are not hashed again: the assembly checks each file
         // against the tar-split's CRC-64, and the store checks the diffID.
-        if let (Some(tell), [Part::Local(found)]) = (&mut self.whole_local, file.parts.as_slice())
-            && found.offset == 0
+        let count = file.parts as usize;
+        if let (Some(tell), 1, Some(Part::Local(local))) = (&mut self.whole_local, count, self.parts.front())
+            && local.offset == 0
         {
-            tell(name, found.length, found);
+            let found = Found {
+                root: self.places.root(local).clone(),
+                path: self.places.path(local).to_owned(),
+                offset: 0,
+                length: local.length,
+            };
+            tell(name, local.length, &found);
         }
-        let fetched = file.parts.iter().any(|p| matches!(p, Part::Fetch(_)));
+        let fetched = self.parts.iter().take(count).any(|p| matches!(p, Part::Fetch(_)));
         FileReader {
             getter: self,
             digest: file.digest,
             name: String::from_utf8_lossy(name).into_owned(),
-            parts: file.parts.into(),
+            parts_left: file.parts,
             current: None,
             hash: fetched.then(Sha256::new),
             done: false,
@@ -917,21 +991,37 @@ struct FileReader<'a> {
     getter: &'a mut TocGetter,
     name: String,
     digest: [u8; 32],
-    parts: VecDeque<Part>,
+    /// How many of the getter's next parts are still this file's.
+    parts_left: u32,
     current: Option<Current>,
     hash: Option<Sha256>,
     done: bool,
 }
 
 impl FileReader<'_> {
-    fn open_local(&self, found: &Found) -> io::Result<Current> {
-        let mut file = found
-            .root
-            .open(&found.path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: reusing {}: {e}", self.name, found.path)))?
+    fn open_local(&self, local: &LocalPart) -> io::Result<Current> {
+        let places = &self.getter.places;
+        let path = places.path(local);
+        let mut file = places
+            .root(local)
+            .open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: reusing {path}: {e}", self.name)))?
             .into_std();
-        file.seek(SeekFrom::Start(found.offset))?;
-        Ok(Current::Local(file.take(found.length)))
+        file.seek(SeekFrom::Start(local.offset))?;
+        Ok(Current::Local(file.take(local.length)))
+    }
+
+    fn next_part(&mut self) -> Option<Part> {
+        self.parts_left = self.parts_left.checked_sub(1)?;
+        self.getter.parts.pop_front()
+    }
+}
+
+impl Drop for FileReader<'_> {
+    /// The next file's parts follow this one's: a reader left early (on
+    /// an error) still takes its own off the queue.
+    fn drop(&mut self) {
+        while self.next_part().is_some() {}
     }
 }
 
@@ -942,13 +1032,13 @@ impl Read for FileReader<'_> {
         }
         loop {
             let n = match &mut self.current {
-                None => match self.parts.pop_front() {
+                None => match self.next_part() {
                     Some(Part::Zeros(n)) => {
                         self.current = Some(Current::Zeros(n));
                         continue;
                     }
-                    Some(Part::Local(found)) => {
-                        self.current = Some(self.open_local(&found)?);
+                    Some(Part::Local(local)) => {
+                        self.current = Some(self.open_local(&local)?);
                         continue;
                     }
                     Some(Part::Fetch(n)) => {
