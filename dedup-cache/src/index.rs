@@ -46,14 +46,26 @@ pub struct IndexEntry<'a> {
     pub length: u64,
 }
 
-/// The files and chunks of one layer, kept as they are stored (the
-/// entries' bytes one after the other, and where each starts): about
-/// 65 bytes an entry, where a vector of owned entries took twice that,
-/// and a pull holds two layers' worth of 600 000 entries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The files and chunks of one layer, kept as they are stored (header,
+/// then the entries' bytes one after the other, and where each starts):
+/// about 65 bytes an entry, where a vector of owned entries took twice
+/// that, and a pull holds two layers' worth of 600 000 entries. Neither
+/// loading nor storing it copies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerIndex {
+    /// The stored form, its count kept current.
     data: Vec<u8>,
     starts: Vec<u32>,
+}
+
+impl Default for LayerIndex {
+    fn default() -> Self {
+        let mut data = Vec::with_capacity(16);
+        data.extend_from_slice(MAGIC);
+        data.extend_from_slice(&VERSION.to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        LayerIndex { data, starts: Vec::new() }
+    }
 }
 
 pub(crate) fn parse_digest(digest: &str) -> Option<[u8; 32]> {
@@ -129,7 +141,10 @@ impl LayerIndex {
         if path.len() > MAX_PATH {
             return Err(Error::Invalid(format!("path of {} bytes", path.len())));
         }
-        let start = u32::try_from(self.data.len()).map_err(|_| Error::Invalid("an index of 4 GiB".into()))?;
+        let start = u32::try_from(self.data.len())
+            .ok()
+            .filter(|_| self.starts.len() < u32::MAX as usize)
+            .ok_or_else(|| Error::Invalid("an index of 4 GiB".into()))?;
         self.starts.push(start);
         self.data.push(match kind {
             Kind::File => 0,
@@ -140,6 +155,8 @@ impl LayerIndex {
         self.data.extend_from_slice(&length.to_le_bytes());
         self.data.extend_from_slice(&(path.len() as u16).to_le_bytes());
         self.data.extend_from_slice(path.as_bytes());
+        let count = (self.starts.len() as u32).to_le_bytes();
+        self.data[12..16].copy_from_slice(&count);
         Ok(())
     }
 
@@ -247,16 +264,32 @@ impl LayerIndex {
         Ok(index)
     }
 
+    /// Its stored form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.data.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.data);
-        out
+        self.data.clone()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<LayerIndex, Error> {
+        let starts = LayerIndex::parse(bytes)?;
+        Ok(LayerIndex {
+            data: bytes.to_vec(),
+            starts,
+        })
+    }
+
+    /// [`from_bytes`](Self::from_bytes), keeping `bytes` as the index's
+    /// own: loading a layer's index needs no second copy of it.
+    pub fn from_vec(bytes: Vec<u8>) -> Result<LayerIndex, Error> {
+        let starts = LayerIndex::parse(&bytes)?;
+        Ok(LayerIndex { data: bytes, starts })
+    }
+
+    /// Checks a stored index and returns where each entry starts.
+    fn parse(bytes: &[u8]) -> Result<Vec<u32>, Error> {
         let corrupt = |what: &str| Error::Corrupt(what.to_owned());
         let header = bytes.get(..16).ok_or_else(|| corrupt("shorter than its header"))?;
         if &header[..8] != MAGIC {
@@ -296,16 +329,13 @@ impl LayerIndex {
             if offset.checked_add(length).is_none() {
                 return Err(Error::Corrupt(format!("entry {i}'s offset and length overflow")));
             }
-            starts.push(u32::try_from(pos - ENTRY_FIXED - 16).map_err(|_| corrupt("larger than 4 GiB"))?);
+            starts.push(u32::try_from(pos - ENTRY_FIXED).map_err(|_| corrupt("larger than 4 GiB"))?);
             pos += path_len;
         }
         if pos != bytes.len() {
             return Err(Error::Corrupt(format!("{} bytes after the last entry", bytes.len() - pos)));
         }
-        Ok(LayerIndex {
-            data: bytes[16..].to_vec(),
-            starts,
-        })
+        Ok(starts)
     }
 }
 
@@ -350,7 +380,8 @@ mod tests {
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
                 index.push(if chunk { Kind::Chunk } else { Kind::File }, &format!("sha256:{hex}"), &path, offset, length).expect("push");
             }
-            proptest::prop_assert_eq!(LayerIndex::from_bytes(&index.to_bytes()).expect("read"), index);
+            proptest::prop_assert_eq!(&LayerIndex::from_bytes(&index.to_bytes()).expect("read"), &index);
+            proptest::prop_assert_eq!(LayerIndex::from_vec(index.to_bytes()).expect("read"), index);
         }
 
         #[test]

@@ -227,7 +227,7 @@ fn load_cache(store: &Store) -> Result<DiskCache> {
             continue;
         };
         if has(DEDUP_INDEX) {
-            match store.layer_big_data(&layer.id, DEDUP_INDEX).map(|b| LayerIndex::from_bytes(&b)) {
+            match store.layer_big_data(&layer.id, DEDUP_INDEX).map(LayerIndex::from_vec) {
                 Ok(Ok(index)) => cache.add_layer(Arc::new(root), index),
                 Ok(Err(e)) => tracing::warn!(layer = %layer.id, "ignoring its dedup index: {e}"),
                 Err(e) => tracing::warn!(layer = %layer.id, "cannot read its dedup index: {e}"),
@@ -239,7 +239,7 @@ fn load_cache(store: &Store) -> Result<DiskCache> {
             // written; an additional store is only read).
             match index_from_stored_toc(store, &layer.id) {
                 Ok(index) => {
-                    let _ = store.set_layer_big_data(&layer.id, DEDUP_INDEX, &index.to_bytes());
+                    let _ = store.set_layer_big_data(&layer.id, DEDUP_INDEX, index.as_bytes());
                     cache.add_layer(Arc::new(root), index);
                 }
                 Err(e) => tracing::warn!(layer = %layer.id, "ignoring the TOC containers-storage kept: {e}"),
@@ -839,7 +839,7 @@ fn retry_unpredicted(
 
 /// Stores a layer's dedup index and makes it visible to the rest of the pull.
 fn save_index(store: &Store, id: &str, index: LayerIndex, cache: &mut DiskCache) {
-    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, &index.to_bytes()) {
+    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, index.as_bytes()) {
         tracing::warn!(layer = %id, "could not store its dedup index: {e}");
     }
     if let Ok(root) = store.layer_files(id) {
