@@ -175,7 +175,7 @@ pub struct LayerPlan {
     /// What follows the last file.
     tail: Before,
     /// The tar's last bytes, known already (eStargz: the TOC's member).
-    tar_end: Vec<u8>,
+    tar_end: Option<Box<dyn Read + Send>>,
     /// Where `Before::Local` headers lie.
     local_headers: Option<Arc<LocalHeaders>>,
     /// Headers of local entries rewritten to fit changed ones.
@@ -200,9 +200,9 @@ impl LayerPlan {
     }
 
     /// Bytes the rebuilt tar ends with, after the last headers (an eStargz
-    /// blob's TOC member, decompressed).
-    pub fn set_tar_end(&mut self, bytes: Vec<u8>) {
-        self.tar_end = bytes;
+    /// blob's TOC member, decompressed), read when the rest is written.
+    pub fn set_tar_end(&mut self, bytes: impl Read + Send + 'static) {
+        self.tar_end = Some(Box::new(bytes));
     }
 }
 
@@ -284,7 +284,7 @@ impl<'c> LayerPlanner<'c> {
                 needs: Vec::new(),
                 stats: PlanStats::default(),
                 tail: Before::Nothing,
-                tar_end: Vec::new(),
+                tar_end: None,
                 local_headers: None,
                 patched: Vec::new(),
             },
@@ -301,8 +301,9 @@ impl<'c> LayerPlanner<'c> {
 
     /// For an eStargz blob (implies [`fetching_headers`](Self::fetching_headers)):
     /// payloads are gzip members, and the headers after a payload lie in
-    /// its last member. Every file with content must have an `endOffset`
-    /// (the next payload's offset, or the TOC's).
+    /// its last member. A file's payload ends at its `endOffset` or, as
+    /// eStargz TOCs leave it out, where the next payload starts (or the
+    /// TOC): the TOC can stream by with no look ahead.
     pub fn gzip_members(mut self) -> Self {
         self.frames = Frames::Gzip;
         self.headers_from = Some(0);
@@ -461,12 +462,19 @@ impl<'c> LayerPlanner<'c> {
         if e.kind != "reg" || e.size <= 0 {
             return Ok(());
         }
+        if self.frames == Frames::Gzip && e.offset > 0 {
+            // The payload before ends where this one starts.
+            self.close_open(e.offset as u64, &e.name)?;
+        }
         let headers_before = match self.headers_from {
             None => Before::Nothing,
+            Some(_) if self.frames == Frames::Gzip && e.offset <= 0 => {
+                return Err(invalid("it has no offset: the tar headers around it cannot be located".into()));
+            }
+            Some(_) if self.frames == Frames::Gzip => self.add_gap(e.offset as u64)?,
             Some(_) if e.end_offset <= 0 || e.offset <= 0 => {
                 return Err(invalid("it has no endOffset: the tar headers around it cannot be located".into()));
             }
-            Some(_) if self.frames == Frames::Gzip => self.add_gap(e.offset as u64)?,
             Some(_) => self.add_headers(e.offset as u64, &format!("TOC entry {:?}", e.name))?,
         };
         self.plan.stats.files += 1;
@@ -527,8 +535,11 @@ impl<'c> LayerPlanner<'c> {
             }
         }
         if self.headers_from.is_some() {
-            // The next header frames start where this payload ends.
-            self.close_open(e.end_offset as u64, &e.name)?;
+            // The next header frames start where this payload ends (when
+            // eStargz leaves that out, at the next payload).
+            if e.end_offset > 0 || self.frames == Frames::Zstd {
+                self.close_open(e.end_offset as u64, &e.name)?;
+            }
             self.headers_from = Some(e.end_offset as u64);
             self.padding = pad(size);
             self.last_piece = pieces.last().map(|p| (p.offset, p.len, last_need));
@@ -543,9 +554,24 @@ impl<'c> LayerPlanner<'c> {
         Ok(())
     }
 
+    /// [`finish`](Self::finish), the payload area ending at `data_end`:
+    /// for an eStargz blob, whose TOC offset is known only once its TOC
+    /// has streamed by (the planner was made with `u64::MAX`).
+    pub fn finish_at(mut self, data_end: u64) -> Result<LayerPlan> {
+        if self.last_end > data_end {
+            return Err(Error::Invalid {
+                what: "the TOC".into(),
+                reason: format!("a payload ends at {}, after the TOC at {data_end}", self.last_end),
+            });
+        }
+        self.data_end = data_end;
+        self.finish()
+    }
+
     pub fn finish(mut self) -> Result<LayerPlan> {
         let end = self.data_end;
         if self.frames == Frames::Gzip {
+            self.close_open(end, "(the last)")?;
             self.plan.tail = self.add_gap(end)?;
             return Ok(self.plan);
         }
@@ -779,7 +805,7 @@ pub struct TocGetter {
     pos: usize,
     whole_local: Option<WholeLocal>,
     tail: Before,
-    tar_end: Vec<u8>,
+    tar_end: Option<Box<dyn Read + Send>>,
     local_headers: Option<Arc<LocalHeaders>>,
     patched: Vec<u8>,
     files_done: u64,
@@ -878,7 +904,10 @@ impl TocGetter {
         } else {
             self.write_before(tail, &mut out)?;
         }
-        out.write_all(&std::mem::take(&mut self.tar_end))
+        match self.tar_end.take() {
+            Some(mut end) => io::copy(&mut end, &mut out).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// The tar's bytes before a payload (or after the last).

@@ -329,6 +329,54 @@ fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
 const PLAN_BATCH: usize = 128;
 const PLANNED_AHEAD: usize = 32;
 
+/// A visitor of TOC items, as the TOC readers of strata-toc take one.
+type VisitItem<'v> = &'v mut dyn FnMut(strata_toc::TocItem) -> strata_toc::Result<()>;
+
+/// Three things at once, as each took a third of the time before the
+/// first byte was fetched: `read` fetches and parses the TOC on this
+/// thread, handing each item to the visitor it is given; another thread
+/// reads the earlier version's headers (of `predecessor`); a third plans
+/// with them, from batches of items, once they are in. Each item also goes
+/// into `index`, and nothing else of it is kept. Returns what `read`
+/// returned and the planner with every item added.
+fn read_while_planning<'c, T>(
+    store: &Store,
+    predecessor: Option<&str>,
+    planner: strata_chunkfetch::LayerPlanner<'c>,
+    index: &mut LayerIndex,
+    read: impl FnOnce(VisitItem<'_>) -> strata_toc::Result<T>,
+) -> (strata_toc::Result<T>, strata_chunkfetch::Result<strata_chunkfetch::LayerPlanner<'c>>) {
+    std::thread::scope(|scope| {
+        let local = predecessor.map(|p| scope.spawn(move || local_headers(store, p)));
+        let (items, planned_items) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
+        let planning = scope.spawn(move || {
+            let mut planner = planner;
+            if let Some(local) = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
+                planner = planner.predicting(local);
+            }
+            for item in planned_items.iter().flatten() {
+                planner.add(&item)?;
+            }
+            Ok(planner)
+        });
+        let mut batch = Vec::with_capacity(PLAN_BATCH);
+        let read = read(&mut |item: strata_toc::TocItem| {
+            index.push_toc_item(&item);
+            batch.push(item);
+            if batch.len() == PLAN_BATCH {
+                // A planner that stopped has its error to tell.
+                let _ = items.send(std::mem::replace(&mut batch, Vec::with_capacity(PLAN_BATCH)));
+            }
+            Ok(())
+        });
+        // The end of the items: the planner finishes.
+        let _ = items.send(batch);
+        drop(items);
+        let planned = planning.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (read, planned)
+    })
+}
+
 /// Pulls `reference` into `store`.
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
     let source = ImageSource::open(reference, &options.registry)?;
@@ -488,48 +536,18 @@ fn pull_layer(
         // write none) the tar's headers come from the blob's frames between
         // payloads, so the original tar and its diffID can still be rebuilt.
         let headers_from_blob = location.tar_split.is_none();
-        let shared_cache: &DiskCache = cache;
-        // Three things at once, as each took a third of the time before
-        // the first byte was fetched: this thread fetches and parses the
-        // TOC, another reads the earlier version's headers, and a third
-        // plans with them, item by item as the TOC hands them over.
-        let (read, plan) = std::thread::scope(|scope| {
-            let local = predecessor.map(|p| scope.spawn(move || local_headers(store, p)));
-            let (items, planned_items) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
-            let planning = scope.spawn(move || {
-                let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, shared_cache);
-                if headers_from_blob || predicting {
-                    planner = planner.fetching_headers();
-                }
-                if let Some(local) = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
-                    planner = planner.predicting(local);
-                }
-                for item in planned_items.iter().flatten() {
-                    planner.add(&item)?;
-                }
-                planner.finish()
-            });
-            let mut batch = Vec::with_capacity(PLAN_BATCH);
-            let visit = |item: strata_toc::TocItem| {
-                index.push_toc_item(&item);
-                batch.push(item);
-                if batch.len() == PLAN_BATCH {
-                    // A planner that stopped has its error to tell.
-                    let _ = items.send(std::mem::replace(&mut batch, Vec::with_capacity(PLAN_BATCH)));
-                }
-                Ok(())
-            };
-            let read = if predicting {
+        let mut planner = strata_chunkfetch::LayerPlanner::new(location.toc_offset, cache);
+        if headers_from_blob || predicting {
+            planner = planner.fetching_headers();
+        }
+        let (read, planned) = read_while_planning(store, predecessor, planner, &mut index, |visit| {
+            if predicting {
                 strata_toc::read_zstd_chunked_toc_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
             } else {
                 strata_toc::read_zstd_chunked_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
-            };
-            // The end of the items: the planner finishes.
-            let _ = items.send(batch);
-            drop(items);
-            let plan = planning.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (read, plan)
+            }
         });
+        let plan = planned.and_then(|p| p.finish());
         let read = read.map_err(|e| Error::Toc {
             digest: desc.digest.clone(),
             source: e,
@@ -723,14 +741,15 @@ fn pull_estargz(
     blob: &Blob,
 ) -> Result<Estargz> {
     let Target { store, id, diff_id, .. } = *layer;
-    // The earlier version's headers are read while the TOC is fetched.
-    let (toc, local) = std::thread::scope(|scope| {
-        let local = predecessor.filter(|p| *p != id).map(|p| scope.spawn(move || local_headers(store, p)));
-        let toc = strata_toc::estargz::read_estargz(&SourceReadAt(blob), Some(&desc.annotations));
-        let local = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        (toc, local)
+    // The TOC's offset is known once it has streamed by: the planner
+    // checks it at the end.
+    let planner = strata_chunkfetch::LayerPlanner::new(u64::MAX, cache).gzip_members();
+    let mut index = LayerIndex::default();
+    let predecessor = predecessor.filter(|p| *p != id);
+    let (read, planned) = read_while_planning(store, predecessor, planner, &mut index, |visit| {
+        strata_toc::estargz::read_estargz_with(&SourceReadAt(blob), Some(&desc.annotations), visit)
     });
-    let toc = match toc {
+    let toc = match read {
         Ok(toc) => toc,
         Err(e @ strata_toc::Error::DigestMismatch { .. }) => {
             return Err(Error::Toc {
@@ -741,25 +760,14 @@ fn pull_estargz(
         Err(e) => return Ok(Estargz::Whole(format!("its eStargz TOC cannot be used ({e}): fetched whole"))),
     };
     let toc_bytes = desc.size.saturating_sub(toc.toc_offset);
-    let guessing = local.is_some();
-    let mut index = LayerIndex::default();
-    let mut planner = strata_chunkfetch::LayerPlanner::new(toc.toc_offset, cache).gzip_members();
-    if let Some(local) = local {
-        planner = planner.predicting(local);
-    }
-    let entries = estargz_items(toc.toc.entries, toc.toc_offset);
-    let mut planned = Ok(());
-    for item in &entries {
-        index.push_toc_item(item);
-        planned = planned.and_then(|()| planner.add(item));
-    }
-    let mut plan = match planned.and_then(|()| planner.finish()) {
+    let guessing = predecessor.is_some();
+    let mut plan = match planned.and_then(|p| p.finish_at(toc.toc_offset)) {
         Ok(plan) => plan,
         Err(e) => return Ok(Estargz::Whole(format!("its eStargz TOC cannot be planned ({e}): fetched whole"))),
     };
-    drop(entries);
-    plan.set_tar_end(toc.tar_end);
-    let share = plan.stats.bytes_to_fetch as f64 / toc.toc_offset.max(1) as f64;
+    let (toc_offset, toc_digest) = (toc.toc_offset, toc.toc_digest.clone());
+    plan.set_tar_end(toc.into_tar_end());
+    let share = plan.stats.bytes_to_fetch as f64 / toc_offset.max(1) as f64;
     if share >= options.full_fetch_share {
         return Ok(Estargz::Whole(format!(
             "local layers hold too little of it ({:.0}% would be fetched): fetched whole, which is faster",
@@ -769,7 +777,7 @@ fn pull_estargz(
     let guessed = plan.stats.headers_local;
     let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
     let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
-    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc.toc_digest, options, &mut report) {
+    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, options, &mut report) {
         // Without the guess, every run of headers is a member to fetch:
         // the blob comes whole (a registry blob counts both fetches).
         Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
@@ -791,31 +799,6 @@ fn pull_estargz(
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
     save_index(store, id, index, cache);
     Ok(Estargz::Pulled(report))
-}
-
-/// An eStargz TOC's entries as items (an entry with its chunks), each file
-/// with the `endOffset` eStargz leaves out: where the next payload's member
-/// starts, or the TOC's.
-fn estargz_items(entries: Vec<strata_toc::Entry>, toc_offset: u64) -> Vec<strata_toc::TocItem> {
-    let mut items: Vec<strata_toc::TocItem> = Vec::new();
-    for (index, entry) in entries.into_iter().enumerate() {
-        match items.last_mut() {
-            Some(item) if entry.kind == "chunk" => item.chunks.push(entry),
-            _ => items.push(strata_toc::TocItem {
-                index,
-                entry,
-                chunks: Vec::new(),
-            }),
-        }
-    }
-    let mut next_start = toc_offset as i64;
-    for item in items.iter_mut().rev() {
-        if item.entry.kind == "reg" && item.entry.size > 0 && item.entry.offset > 0 {
-            item.entry.end_offset = next_start;
-            next_start = item.entry.offset;
-        }
-    }
-    items
 }
 
 /// Pulls a layer again without guessing its headers (the guess failed, or

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::read_at::{ReadAt, read_range};
-use crate::toc::Toc;
+use crate::toc::{Toc, TocHeader, TocItem, check_header, stream_items};
 use crate::zstd_chunked::MAX_TOC;
 
 pub use crate::estargz_writer::{EstargzOptions, EstargzWritten, write_estargz};
@@ -77,11 +77,84 @@ pub struct EstargzToc {
     pub tar_end: Vec<u8>,
 }
 
+/// What [`read_estargz_with`] learned besides the items it handed over.
+#[derive(Clone)]
+pub struct EstargzTocInfo {
+    pub header: TocHeader,
+    /// `sha256:` of the uncompressed TOC JSON.
+    pub toc_digest: String,
+    /// True when the digest matched the layer annotation.
+    pub verified: bool,
+    pub toc_offset: u64,
+    /// The TOC's gzip member as the blob holds it.
+    member: Vec<u8>,
+}
+
+impl std::fmt::Debug for EstargzTocInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EstargzTocInfo")
+            .field("header", &self.header)
+            .field("toc_digest", &self.toc_digest)
+            .field("verified", &self.verified)
+            .field("toc_offset", &self.toc_offset)
+            .field("member", &self.member.len())
+            .finish()
+    }
+}
+
+impl EstargzTocInfo {
+    /// The tar's last bytes (the TOC entry's header, the JSON, its padding
+    /// and the end of the archive), decompressed as they are read: the
+    /// TOC's member is kept compressed, a quarter of their size.
+    pub fn into_tar_end(self) -> impl Read + Send {
+        flate2::read::GzDecoder::new(std::io::Cursor::new(self.member)).take(MAX_TOC + 4096)
+    }
+}
+
 /// Reads and checks the TOC of an eStargz blob.
 pub fn read_estargz<R: ReadAt + ?Sized>(
     blob: &R,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Result<EstargzToc> {
+    let mut entries = Vec::new();
+    let info = read_estargz_with(blob, annotations, |item| {
+        entries.push(item.entry);
+        entries.extend(item.chunks);
+        Ok(())
+    })?;
+    let (toc_digest, verified, toc_offset) = (info.toc_digest.clone(), info.verified, info.toc_offset);
+    let toc = Toc {
+        version: info.header.version,
+        entries,
+        tar_split_digest: info.header.tar_split_digest.clone(),
+    };
+    let mut tar_end = Vec::new();
+    info.into_tar_end().read_to_end(&mut tar_end).map_err(|e| Error::Decompress {
+        what: "eStargz TOC",
+        reason: e.to_string(),
+    })?;
+    Ok(EstargzToc {
+        toc,
+        toc_digest,
+        verified,
+        toc_offset,
+        tar_end,
+    })
+}
+
+/// Reads an eStargz blob's TOC item by item, each validated, handing each
+/// to `visit` as it is parsed: a TOC of 200 000 files is never held whole
+/// (its JSON is about 100 MB, its entries twice that).
+///
+/// The digest covers the whole JSON, so it is checked after the last item:
+/// when this returns an error, what `visit` built from the items must be
+/// dropped. A TOC that fails to parse and also mismatches its annotated
+/// digest is reported as the mismatch.
+pub fn read_estargz_with<R: ReadAt + ?Sized>(
+    blob: &R,
+    annotations: Option<&BTreeMap<String, String>>,
+    mut visit: impl FnMut(TocItem) -> Result<()>,
+) -> Result<EstargzTocInfo> {
     let blob_len = blob.size()?;
     let tail_len = blob_len.min(FOOTER_LEN);
     let mut tail = vec![0u8; tail_len as usize];
@@ -110,12 +183,7 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
         what: "eStargz TOC",
         reason: e.to_string(),
     };
-    let mut tar_end = Vec::new();
-    flate2::read::GzDecoder::new(&member[..])
-        .take(MAX_TOC + 4096)
-        .read_to_end(&mut tar_end)
-        .map_err(decompress_err)?;
-    let mut gz = &tar_end[..];
+    let mut gz = flate2::read::GzDecoder::new(&member[..]);
     let mut header = [0u8; 512];
     gz.read_exact(&mut header).map_err(decompress_err)?;
     let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
@@ -137,14 +205,22 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
             limit: MAX_TOC,
         });
     }
-    let json = gz.get(..json_len as usize).ok_or_else(|| Error::Decompress {
-        what: "eStargz TOC",
-        reason: "the member ends inside the JSON".into(),
-    })?;
-
+    let mut json = Hashing {
+        inner: (&mut gz).take(json_len),
+        hash: Sha256::new(),
+        read: 0,
+    };
+    let parsed = stream_items(&mut json, |item| {
+        item.validate(toc_offset)?;
+        visit(item)
+    });
+    // The digest covers the JSON to its declared end, whitespace after
+    // the object included, and says more than a parse error would.
+    let drained = std::io::copy(&mut json, &mut std::io::sink());
     let digest = format!(
         "sha256:{}",
-        Sha256::digest(json)
+        json.hash
+            .finalize()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
@@ -159,15 +235,38 @@ pub fn read_estargz<R: ReadAt + ?Sized>(
             actual: digest,
         });
     }
-    let toc = Toc::parse(json)?;
-    toc.validate(toc_offset)?;
-    Ok(EstargzToc {
-        toc,
+    drained.map_err(decompress_err)?;
+    if json.read != json_len {
+        return Err(Error::Decompress {
+            what: "eStargz TOC",
+            reason: "the member ends inside the JSON".into(),
+        });
+    }
+    let header = parsed?;
+    check_header(header.version, &header.tar_split_digest)?;
+    Ok(EstargzTocInfo {
+        header,
         toc_digest: digest,
         verified: expected.is_some(),
         toc_offset,
-        tar_end,
+        member,
     })
+}
+
+/// Hashes and counts what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

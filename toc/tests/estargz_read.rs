@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use strata_toc::estargz::{TOC_DIGEST_ANNOTATION, footer, read_estargz};
+use strata_toc::estargz::{TOC_DIGEST_ANNOTATION, footer, read_estargz, read_estargz_with};
 use strata_toc::{Entry, Error, Toc};
 
 fn member(bytes: &[u8]) -> Vec<u8> {
@@ -171,4 +171,43 @@ fn lies_and_truncation() {
         ),
         "overlapping chunks"
     );
+}
+
+/// Streamed, the TOC gives the same entries, item by item, and the same
+/// tar end, decompressed as it is read.
+#[test]
+fn the_streamed_toc_is_the_whole_one() {
+    let (blob, plain, annotations) = build(|_| {});
+    let whole = read_estargz(&blob, Some(&annotations)).expect("whole");
+    let mut entries = Vec::new();
+    let info = read_estargz_with(&blob, Some(&annotations), |item| {
+        entries.push(item.entry);
+        entries.extend(item.chunks);
+        Ok(())
+    })
+    .expect("streamed");
+    assert_eq!(entries, whole.toc.entries);
+    assert_eq!((info.toc_digest.as_str(), info.verified, info.toc_offset), (whole.toc_digest.as_str(), true, whole.toc_offset));
+    let mut tar_end = Vec::new();
+    info.into_tar_end().read_to_end(&mut tar_end).expect("tar end");
+    assert_eq!(tar_end, whole.tar_end);
+    assert!(plain.ends_with(&tar_end));
+}
+
+/// A TOC changed on the way parses badly; its digest says why, and the
+/// items seen before the error are the caller's to drop.
+#[test]
+fn a_changed_toc_is_a_digest_mismatch_even_when_it_does_not_parse() {
+    let (blob, _, annotations) = build(|_| {});
+    let (broken, _, _) = build(|json| *json = json.replacen('}', "!", 2));
+    // The annotation of the good TOC, on the blob of the bad one.
+    assert!(matches!(
+        read_estargz_with(&broken, Some(&annotations), |_| Ok(())),
+        Err(Error::DigestMismatch { .. })
+    ));
+    let unannotated = read_estargz_with(&broken, None, |_| Ok(()));
+    assert!(unannotated.is_err() && !matches!(unannotated, Err(Error::DigestMismatch { .. })), "{unannotated:?}");
+    // The visitor's own error comes back as it was.
+    let stopped = read_estargz_with(&blob, Some(&annotations), |_| Err(Error::InvalidToc("stop".into())));
+    assert!(matches!(&stopped, Err(Error::InvalidToc(m)) if m == "stop"), "{stopped:?}");
 }
