@@ -19,15 +19,18 @@ use strata_toc::Entry;
 use crate::toc_layer::name_hash;
 
 /// How many (encoded) header bytes are kept at most: beyond, entries are
-/// left to the blob's frames. 32 MiB hold about 160 000 ustar headers; a
-/// layer of 200 000 files with PAX headers would otherwise hold 300 MB,
-/// and a pull must stay under 256 MiB.
+/// left to the blob's frames. Encoded, a Debian layer's headers take
+/// about 75 bytes each, so 32 MiB hold about 450 000 of them; a layer of
+/// 200 000 files with PAX headers would hold 300 MB as they are, and a
+/// pull must stay under 256 MiB.
 const MAX_BYTES: usize = 32 << 20;
 
 /// The header blocks of each entry of a local layer, by name.
 #[derive(Default)]
 pub struct LocalHeaders {
     arena: Vec<u8>,
+    /// What the arena's blocks are encoded against: the first block added.
+    template: Option<Box<[u8; 512]>>,
     by_name: HashMap<u64, Span>,
     /// How the layer's tar ends: 1 KiB of zeros, then zeros up to a
     /// multiple of this (512: none). `None` when it ends otherwise.
@@ -120,8 +123,8 @@ impl LocalHeaders {
     }
 
     fn add(&mut self, name: &[u8], blocks: &[u8]) {
-        // Encoded, a block takes at most 3 bytes more.
-        if blocks.is_empty() || !blocks.len().is_multiple_of(512) || self.arena.len() + blocks.len() / 512 * 515 > MAX_BYTES {
+        // Encoded, a block takes at most 8 bytes more.
+        if blocks.is_empty() || !blocks.len().is_multiple_of(512) || self.arena.len() + blocks.len() / 512 * 520 > MAX_BYTES {
             return;
         }
         match self.by_name.entry(name_hash(name)) {
@@ -130,7 +133,8 @@ impl LocalHeaders {
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let offset = self.arena.len();
-                encode_blocks(blocks, &mut self.arena);
+                let template = self.template.get_or_insert_with(|| Box::new(blocks[..512].try_into().expect("a block")));
+                encode_blocks(blocks, template, &mut self.arena);
                 slot.insert(Span {
                     offset: offset as u32,
                     len: (self.arena.len() - offset) as u32,
@@ -190,7 +194,7 @@ impl LocalHeaders {
         if span.patched {
             Cow::Borrowed(&patched[range])
         } else {
-            Cow::Owned(decode_blocks(&self.arena[range]))
+            Cow::Owned(decode_blocks(&self.arena[range], self.template.as_deref().unwrap_or(&[0; 512])))
         }
     }
 
@@ -428,34 +432,70 @@ pub(crate) fn of_blocks_styled(name: &[u8], data: &[u8]) -> LocalHeaders {
     headers
 }
 
-/// Header blocks are kept without the zeros that end their name field and
-/// the rest of the block (most of a ustar block): each block becomes the
-/// name's length (one byte), the rest's length (two), then those bytes.
-/// A layer's headers then take about 40 % of their size.
-fn encode_blocks(blocks: &[u8], out: &mut Vec<u8>) {
+/// Header blocks are kept as their differences from a template block
+/// (the layer's first): a layer's headers share their magic, owners,
+/// modes and most of their times, and differ in names, sizes and
+/// checksums. Each block is a list of runs, each the count of bytes equal
+/// to the template's (one byte), the count of bytes that follow as they
+/// are (one byte), then those; a run of two zeros ends the block, whose
+/// rest is the template's. A Debian layer's headers take about 15 % of
+/// their blocks' size (9 065 entries: 676 KB for 4.6 MB), where dropping
+/// their zeros alone kept 40 %.
+fn encode_blocks(blocks: &[u8], template: &[u8; 512], out: &mut Vec<u8>) {
     for block in blocks.chunks_exact(512) {
-        let (name, rest) = block.split_at(100);
-        let name = &name[..name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)];
-        let rest = &rest[..rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)];
-        out.push(name.len() as u8);
-        out.extend_from_slice(&(rest.len() as u16).to_le_bytes());
-        out.extend_from_slice(name);
-        out.extend_from_slice(rest);
+        let mut at = 0;
+        loop {
+            let same = block[at..].iter().zip(&template[at..]).take_while(|(a, b)| a == b).count();
+            if at + same == 512 {
+                break;
+            }
+            let skip = same.min(255);
+            at += skip;
+            if skip == 255 {
+                out.extend_from_slice(&[255, 0]);
+                continue;
+            }
+            // Bytes that differ, and short equal stretches inside them
+            // (a run costs two bytes).
+            let mut end = at;
+            while end < 512 && end - at < 255 {
+                if block[end] != template[end] {
+                    end += 1;
+                    continue;
+                }
+                let equal = block[end..].iter().zip(&template[end..]).take_while(|(a, b)| a == b).count();
+                if equal > 2 || end + equal == 512 || end + equal - at > 255 {
+                    break;
+                }
+                end += equal;
+            }
+            out.extend_from_slice(&[skip as u8, (end - at) as u8]);
+            out.extend_from_slice(&block[at..end]);
+            at = end;
+        }
+        out.extend_from_slice(&[0, 0]);
     }
 }
 
 /// The blocks [`encode_blocks`] kept.
-fn decode_blocks(mut encoded: &[u8]) -> Vec<u8> {
+fn decode_blocks(mut encoded: &[u8], template: &[u8; 512]) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 * 2);
-    while let [name_len, rest_lo, rest_hi, more @ ..] = encoded {
-        let (name_len, rest_len) = (usize::from(*name_len), usize::from(u16::from_le_bytes([*rest_lo, *rest_hi])));
-        let (name, more) = more.split_at(name_len);
-        let (rest, more) = more.split_at(rest_len);
+    while !encoded.is_empty() {
         let start = out.len();
-        out.resize(start + 512, 0);
-        out[start..start + name_len].copy_from_slice(name);
-        out[start + 100..start + 100 + rest_len].copy_from_slice(rest);
-        encoded = more;
+        out.extend_from_slice(template);
+        let mut at = 0;
+        while let [skip, len, more @ ..] = encoded {
+            let (skip, len) = (usize::from(*skip), usize::from(*len));
+            encoded = more;
+            if skip == 0 && len == 0 {
+                break;
+            }
+            at += skip;
+            let (bytes, more) = encoded.split_at(len);
+            out[start + at..start + at + len].copy_from_slice(bytes);
+            at += len;
+            encoded = more;
+        }
     }
     out
 }
@@ -672,27 +712,35 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Blocks come back from their encoding exactly, and smaller when
-        /// they end in zeros.
+        /// Blocks come back from their encoding exactly: blocks like the
+        /// template in places, and blocks of any bytes at all.
         #[test]
         fn blocks_round_trip_their_encoding(
-            blocks in proptest::collection::vec(
-                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..412), 0..100usize),
+            template in proptest::collection::vec(proptest::prelude::any::<u8>(), 512),
+            edits in proptest::collection::vec(
+                proptest::collection::vec((0..512usize, proptest::prelude::any::<u8>(), 1..300usize), 0..12),
                 1..4,
-            )
+            ),
+            wild in proptest::collection::vec(proptest::prelude::any::<u8>(), 512),
         ) {
+            let template: [u8; 512] = template.try_into().expect("512 bytes");
             let mut raw = Vec::new();
-            for (name, rest, zeros_at) in blocks {
-                let mut block = [0u8; 512];
-                block[..name.len()].copy_from_slice(&name);
-                block[100..100 + rest.len()].copy_from_slice(&rest);
-                block[zeros_at] = 0;
+            for block_edits in edits {
+                let mut block = template;
+                for (at, byte, len) in block_edits {
+                    let end = (at + len).min(512);
+                    block[at..end].fill(byte);
+                }
                 raw.extend_from_slice(&block);
             }
+            raw.extend_from_slice(&wild);
             let mut encoded = Vec::new();
-            encode_blocks(&raw, &mut encoded);
-            proptest::prop_assert_eq!(decode_blocks(&encoded), raw.clone());
-            proptest::prop_assert!(encoded.len() <= raw.len() / 512 * 515);
+            encode_blocks(&raw, &template, &mut encoded);
+            proptest::prop_assert_eq!(decode_blocks(&encoded, &template), raw.clone());
+            proptest::prop_assert!(encoded.len() <= raw.len() / 512 * 520);
+            let mut alone = Vec::new();
+            encode_blocks(&template, &template, &mut alone);
+            proptest::prop_assert_eq!(alone, vec![0, 0]);
         }
     }
 
