@@ -8,7 +8,7 @@
 //! full one.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
@@ -146,6 +146,9 @@ struct PlannedFile {
     digest: [u8; 32],
     /// How many of the plan's parts, in order, are this file's.
     parts: u32,
+    /// Its content is one fetched piece, whose digest (the file's) the
+    /// fetch checks: the assembly need not hash it again.
+    checked_by_fetch: bool,
     /// What comes before it when the tar is rebuilt without tar-split.
     headers_before: Before,
 }
@@ -482,6 +485,7 @@ impl<'c> LayerPlanner<'c> {
         let digest_text = if e.digest.is_empty() { strata_toc::EMPTY_DIGEST } else { e.digest.as_str() };
         let digest = digest_bytes(digest_text).ok_or_else(|| invalid(format!("digest {digest_text:?}")))?;
         let parts_before = self.plan.parts.len();
+        let needs_before = self.plan.needs.len();
         let pieces = item.pieces().map_err(invalid)?;
         let mut last_need = None;
         if let Some(found) = self.cache.file(digest_text).filter(|f| f.length == size && f.offset == 0) {
@@ -549,6 +553,10 @@ impl<'c> LayerPlanner<'c> {
             name: self.headers_from.map(|_| e.name.as_bytes().into()),
             digest,
             parts: u32::try_from(self.plan.parts.len() - parts_before).map_err(|_| invalid("more than 2^32 chunks".into()))?,
+            checked_by_fetch: self.plan.parts.len() == parts_before + 1
+                && self.plan.needs.len() == needs_before + 1
+                && self.plan.needs[needs_before].digest == Some(digest)
+                && self.plan.needs[needs_before].length == size,
             headers_before,
         });
         Ok(())
@@ -632,15 +640,20 @@ const BLOCK: usize = 256 << 10;
 /// digests. On failure the error is also sent, so the reader learns why.
 pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Planner, tx: &SyncSender<PieceMessage>) -> Result<FetchStats> {
     let ranges: Vec<ByteRange> = needs.iter().map(|n| n.range).collect();
+    // One decompression context and input buffer serve every piece: made
+    // per piece (a context is about 100 KiB to zero, the buffer a mapping
+    // of its own), they cost more than decompressing a small file.
+    let mut context = zstd::zstd_safe::DCtx::create();
+    let mut input = vec![0u8; zstd::zstd_safe::DCtx::in_size()];
     let result = planner.fetch(source, &ranges, &mut |i, compressed| {
         let need = &needs[i];
         if need.gzip {
             return send_gzip(need, compressed, tx);
         }
+        let mut decoder = zstd_decoder(&mut context, &mut input, compressed)?;
         if need.headers {
-            return send_headers(need, compressed, tx);
+            return send_headers(need, &mut decoder, tx);
         }
-        let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
         let what = piece_error(need.range.offset);
         let hash = send_piece(&mut decoder, need, &what, tx)?;
         // A frame that holds more than the TOC says is a lie too: its
@@ -765,12 +778,62 @@ fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceM
 }
 
 /// Decompresses header frames, sending their bytes and then an empty block.
-fn send_headers(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+fn send_headers(need: &PieceNeed, decoder: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
     let bad = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("the tar headers at blob offset {} {reason}", need.range.offset))
     };
-    let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
-    send_rest_as_headers(&mut decoder, need.length, &bad, tx)
+    send_rest_as_headers(decoder, need.length, &bad, tx)
+}
+
+/// A decoder of the zstd frames `compressed` holds, on a context and an
+/// input buffer used again for the next piece.
+fn zstd_decoder<'a>(
+    context: &'a mut zstd::zstd_safe::DCtx<'static>,
+    input: &'a mut [u8],
+    compressed: &'a mut dyn Read,
+) -> io::Result<zstd::stream::read::Decoder<'a, Buffered<'a>>> {
+    context
+        .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .map_err(|code| io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+    let buffered = Buffered {
+        inner: compressed,
+        buf: input,
+        pos: 0,
+        filled: 0,
+    };
+    Ok(zstd::stream::read::Decoder::with_context(buffered, context))
+}
+
+/// A reader buffered in a buffer it borrows.
+struct Buffered<'a> {
+    inner: &'a mut dyn Read,
+    buf: &'a mut [u8],
+    pos: usize,
+    filled: usize,
+}
+
+impl Read for Buffered<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Buffered<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.filled {
+            self.filled = self.inner.read(self.buf)?;
+            self.pos = 0;
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.filled);
+    }
 }
 
 /// The assembly stopped taking pieces (it failed, or the TOC lists content
@@ -997,7 +1060,7 @@ impl TocGetter {
             };
             tell(name, local.length, &found);
         }
-        let fetched = self.parts.iter().take(count).any(|p| matches!(p, Part::Fetch(_)));
+        let fetched = !file.checked_by_fetch && self.parts.iter().take(count).any(|p| matches!(p, Part::Fetch(_)));
         FileReader {
             getter: self,
             digest: file.digest,
