@@ -866,6 +866,26 @@ fn fuzz(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A small layer tar of what both TOC formats can list: a directory, a
+/// file of several chunks, a symlink and a hard link.
+fn toc_seed_tar() -> Result<Vec<u8>, Error> {
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    b.append_data(&mut header(tar::EntryType::Directory, 0), "etc/", &[][..])?;
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    b.append_data(&mut header(tar::EntryType::Regular, content.len() as u64), "etc/data", &content[..])?;
+    b.append_link(&mut header(tar::EntryType::Symlink, 0), "etc/link", "data")?;
+    b.append_link(&mut header(tar::EntryType::Link, 0), "etc/same", "etc/data")?;
+    Ok(b.into_inner()?)
+}
+
 /// Starts each corpus from real inputs so the fuzzer begins past the
 /// header checksums.
 fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
@@ -883,6 +903,14 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
     if dir == "toc" {
         let seed = br#"{"version":1,"entries":[{"type":"reg","name":"f","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","offset":10,"endOffset":20}]}"#;
         std::fs::write(corpus.join("toc.json"), seed)?;
+        // Whole blobs, so that the readers get past their footers.
+        let tar = toc_seed_tar()?;
+        let mut blob = Vec::new();
+        strata_toc::write_zstd_chunked(&tar[..], &mut blob, &strata_toc::WriteOptions::default())?;
+        std::fs::write(corpus.join("zstd_chunked"), &blob)?;
+        blob.clear();
+        strata_toc::estargz::write_estargz(&tar[..], &mut blob, &strata_toc::estargz::EstargzOptions::default())?;
+        std::fs::write(corpus.join("estargz"), &blob)?;
         return Ok(());
     }
     if dir == "dedup-cache" {

@@ -1,7 +1,8 @@
 //! `cargo xtask bench pull`: strata and podman (containers-storage 1.43,
 //! partial pulls on) pull v1 (cold) and then v2 (an update) of the same
 //! zstd:chunked image from a local docker-registry, each through its own
-//! counting proxy; v2 changes about 1 % of v1's files. Prints the time and
+//! counting proxy; v2 changes about 1 % of v1's files and adds three
+//! packages' worth of new ones (31 MB of real files). Prints the time and
 //! the bytes the registry served for each, and the ratios. Then strata's
 //! update is timed partial and fetched whole (`--no-partial`), on loopback
 //! and through proxies that limit the link to 1 Gbit/s and 50 Mbit/s: a
@@ -16,11 +17,24 @@ use strata_test_support::{LayerBlob, Mode, Proxy, RegistryServer, add_image, sko
 
 use crate::{Error, flag, require, run, sync, timed, workspace_root};
 
-/// A tree of real files, and a copy where every 97th file changed.
+/// Trees v2 adds, as an upgrade that installs packages would: the host's
+/// perl-base, gconv modules and i18n data (about 31 MB).
+const ADDED: [&str; 3] = ["usr/lib/x86_64-linux-gnu/perl-base", "usr/lib/x86_64-linux-gnu/gconv", "usr/share/i18n"];
+
+/// A tree of real files, and a copy where every 97th file changed and
+/// [`ADDED`] was added. Trees and images made before v2 had its additions
+/// are made again.
 fn make_trees(work: &Path) -> Result<(), Error> {
     let v1 = work.join("v1");
-    if v1.join("usr").exists() {
+    let marker = work.join("v2-has-packages-added");
+    if v1.join("usr").exists() && marker.exists() {
         return Ok(());
+    }
+    let _ = std::fs::remove_file(&marker);
+    for old in ["v1", "v2", "layout"] {
+        if work.join(old).exists() {
+            std::fs::remove_dir_all(work.join(old))?;
+        }
     }
     std::fs::create_dir_all(&v1)?;
     eprintln!("copying /usr/lib/python3.11, /usr/share/doc and /etc into {}", v1.display());
@@ -51,7 +65,15 @@ fn make_trees(work: &Path) -> Result<(), Error> {
             changed += 1;
         }
     }
-    eprintln!("v2 changes {changed} of {} files", files.len());
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -C / -cf - {} 2>/dev/null | tar -C '{}' -xf -", ADDED.join(" "), v2.display()))
+        .status()?;
+    if !status.success() {
+        return Err("adding the packages' trees failed".into());
+    }
+    eprintln!("v2 changes {changed} of {} files and adds {}", files.len(), ADDED.join(", "));
+    std::fs::write(&marker, b"")?;
     Ok(())
 }
 
