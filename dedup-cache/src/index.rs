@@ -95,6 +95,13 @@ fn clean_path(name: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// The fixed part of a stored entry (`ENTRY_FIXED` bytes): its kind
+/// byte, offset, length and path length.
+fn fixed_fields(fixed: &[u8]) -> (u8, u64, u64, usize) {
+    let u64_at = |at: usize| u64::from_le_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
+    (fixed[0], u64_at(33), u64_at(41), usize::from(u16::from_le_bytes([fixed[49], fixed[50]])))
+}
+
 impl LayerIndex {
     /// How many entries it holds.
     pub fn len(&self) -> usize {
@@ -109,19 +116,14 @@ impl LayerIndex {
     pub fn get(&self, i: usize) -> Option<IndexEntry<'_>> {
         let start = *self.starts.get(i)? as usize;
         let fixed = self.data.get(start..start + ENTRY_FIXED)?;
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&fixed[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let path_len = usize::from(u16::from_le_bytes([fixed[49], fixed[50]]));
+        let (kind, offset, length, path_len) = fixed_fields(fixed);
         let path = self.data.get(start + ENTRY_FIXED..start + ENTRY_FIXED + path_len)?;
         Some(IndexEntry {
-            kind: if fixed[0] == 0 { Kind::File } else { Kind::Chunk },
+            kind: if kind == 0 { Kind::File } else { Kind::Chunk },
             digest: fixed[1..33].try_into().ok()?,
             path: std::str::from_utf8(path).ok()?,
-            offset: u64_at(33),
-            length: u64_at(41),
+            offset,
+            length,
         })
     }
 
@@ -270,15 +272,11 @@ impl LayerIndex {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.data.clone()
+        self.as_bytes().to_vec()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<LayerIndex, Error> {
-        let starts = LayerIndex::parse(bytes)?;
-        Ok(LayerIndex {
-            data: bytes.to_vec(),
-            starts,
-        })
+        LayerIndex::from_vec(bytes.to_vec())
     }
 
     /// [`from_bytes`](Self::from_bytes), keeping `bytes` as the index's
@@ -309,17 +307,10 @@ impl LayerIndex {
         let mut pos = 16;
         for i in 0..count {
             let fixed = bytes.get(pos..pos + ENTRY_FIXED).ok_or_else(|| Error::Corrupt(format!("entry {i} is cut short")))?;
-            if fixed[0] > 1 {
-                return Err(Error::Corrupt(format!("entry {i} has kind {}", fixed[0])));
+            let (kind, offset, length, path_len) = fixed_fields(fixed);
+            if kind > 1 {
+                return Err(Error::Corrupt(format!("entry {i} has kind {kind}")));
             }
-            let u64_at = |at: usize| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&fixed[at..at + 8]);
-                u64::from_le_bytes(b)
-            };
-            let offset = u64_at(33);
-            let length = u64_at(41);
-            let path_len = u16::from_le_bytes([fixed[49], fixed[50]]) as usize;
             pos += ENTRY_FIXED;
             let path = bytes.get(pos..pos + path_len).ok_or_else(|| Error::Corrupt(format!("entry {i}'s path is cut short")))?;
             let path = std::str::from_utf8(path).map_err(|_| Error::Corrupt(format!("entry {i}'s path is not UTF-8")))?;

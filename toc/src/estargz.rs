@@ -217,14 +217,7 @@ pub fn read_estargz_with<R: ReadAt + ?Sized>(
     // The digest covers the JSON to its declared end, whitespace after
     // the object included, and says more than a parse error would.
     let drained = std::io::copy(&mut json, &mut std::io::sink());
-    let digest = format!(
-        "sha256:{}",
-        json.hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let digest = crate::writer::sha256_hex(json.hash);
     let expected = annotations.and_then(|a| a.get(TOC_DIGEST_ANNOTATION));
     if let Some(expected) = expected
         && *expected != digest

@@ -57,7 +57,7 @@ pub struct Written {
     pub blob_size: u64,
 }
 
-fn sha256_hex(h: Sha256) -> String {
+pub(crate) fn sha256_hex(h: Sha256) -> String {
     digest_string(&h.finalize().into())
 }
 
