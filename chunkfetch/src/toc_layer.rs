@@ -10,13 +10,13 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest, Sha256};
 use strata_dedup_cache::{ChunkCache, Found};
 use strata_toc::{Toc, TocItem};
 
 use crate::local_headers::{LocalHeaders, Span, pad};
+use crate::pieces::{PieceReceiver, PieceSender};
 use crate::{ByteRange, Error, FetchStats, Planner, RangeSource, Result};
 
 /// A piece of the blob to fetch: compressed `range`, decompressing to
@@ -345,11 +345,11 @@ impl<'c> LayerPlanner<'c> {
 
     /// Plans the header frames from where the last payload ended up to
     /// `end`, covering the headers of `entries` entries.
-    fn add_headers(&mut self, end: u64, what: &str) -> Result<Before> {
+    fn add_headers(&mut self, end: u64, what: &dyn Fn() -> String) -> Result<Before> {
         let Some(from) = self.headers_from else { return Ok(Before::Nothing) };
         if end < from || from < self.last_end {
             return Err(Error::Invalid {
-                what: what.into(),
+                what: what(),
                 reason: format!("its payload at {end} does not follow the one before, which ends at {from}"),
             });
         }
@@ -478,7 +478,7 @@ impl<'c> LayerPlanner<'c> {
             Some(_) if e.end_offset <= 0 || e.offset <= 0 => {
                 return Err(invalid("it has no endOffset: the tar headers around it cannot be located".into()));
             }
-            Some(_) => self.add_headers(e.offset as u64, &format!("TOC entry {:?}", e.name))?,
+            Some(_) => self.add_headers(e.offset as u64, &|| format!("TOC entry {:?}", e.name))?,
         };
         self.plan.stats.files += 1;
         let size = e.size as u64;
@@ -603,7 +603,7 @@ impl<'c> LayerPlanner<'c> {
                 return Ok(self.plan);
             }
             self.local_run = None;
-            self.plan.tail = self.add_headers(frames_end, "the tar's end")?;
+            self.plan.tail = self.add_headers(frames_end, &|| "the tar's end".into())?;
             return Ok(self.plan);
         }
         self.close_open(end, "(the last)")?;
@@ -629,16 +629,12 @@ pub fn plan_layer(toc: &Toc, data_end: u64, cache: &dyn ChunkCache) -> Result<La
     planner.finish()
 }
 
-/// Decompressed piece bytes on their way to the assembly, or why they
-/// will not come.
-pub type PieceMessage = std::result::Result<Vec<u8>, String>;
-
 const BLOCK: usize = 256 << 10;
 
 /// Fetches `needs` from `source` and sends each piece's decompressed bytes
 /// to `tx`, in order, exactly `length` bytes per piece, checking chunk
 /// digests. On failure the error is also sent, so the reader learns why.
-pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Planner, tx: &SyncSender<PieceMessage>) -> Result<FetchStats> {
+pub fn fetch_pieces(source: &dyn RangeSource, needs: &[PieceNeed], planner: &Planner, tx: &PieceSender) -> Result<FetchStats> {
     let ranges: Vec<ByteRange> = needs.iter().map(|n| n.range).collect();
     // One decompression context and input buffer serve every piece: made
     // per piece (a context is about 100 KiB to zero, the buffer a mapping
@@ -689,7 +685,7 @@ fn piece_error(offset: u64) -> impl Fn(String) -> io::Error {
 
 /// Sends a piece's `length` decompressed bytes on, hashing them when the
 /// TOC gives their digest.
-fn send_piece(decoder: &mut dyn Read, need: &PieceNeed, what: &dyn Fn(String) -> io::Error, tx: &SyncSender<PieceMessage>) -> io::Result<Option<Sha256>> {
+fn send_piece(decoder: &mut dyn Read, need: &PieceNeed, what: &dyn Fn(String) -> io::Error, tx: &PieceSender) -> io::Result<Option<Sha256>> {
     let mut hash = need.digest.as_ref().map(|_| Sha256::new());
     read_exactly(decoder, need.length, what, &mut |block| {
         if let Some(h) = &mut hash {
@@ -732,7 +728,7 @@ fn read_exactly(decoder: &mut dyn Read, mut want: u64, what: &dyn Fn(String) -> 
 
 /// Sends what a decoder has left as a run of headers, at most `room`
 /// bytes, then an empty block.
-fn send_rest_as_headers(decoder: &mut dyn Read, room: u64, what: &dyn Fn(String) -> io::Error, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+fn send_rest_as_headers(decoder: &mut dyn Read, room: u64, what: &dyn Fn(String) -> io::Error, tx: &PieceSender) -> io::Result<()> {
     let mut total = 0u64;
     loop {
         let mut block = Vec::with_capacity(BLOCK);
@@ -755,7 +751,7 @@ fn send_rest_as_headers(decoder: &mut dyn Read, room: u64, what: &dyn Fn(String)
 /// A piece of an eStargz blob: gzip members from a payload's start up to
 /// the next payload's. The payload (or, for headers, the `skip` bytes of a
 /// reused one) comes first; what follows it is the next run of headers.
-fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &PieceSender) -> io::Result<()> {
     let offset = need.range.offset;
     let mut decoder = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(BLOCK, compressed));
     if need.headers {
@@ -778,7 +774,7 @@ fn send_gzip(need: &PieceNeed, compressed: &mut dyn Read, tx: &SyncSender<PieceM
 }
 
 /// Decompresses header frames, sending their bytes and then an empty block.
-fn send_headers(need: &PieceNeed, decoder: &mut dyn Read, tx: &SyncSender<PieceMessage>) -> io::Result<()> {
+fn send_headers(need: &PieceNeed, decoder: &mut dyn Read, tx: &PieceSender) -> io::Result<()> {
     let bad = |reason: String| {
         io::Error::new(io::ErrorKind::InvalidData, format!("the tar headers at blob offset {} {reason}", need.range.offset))
     };
@@ -863,7 +859,7 @@ pub struct TocGetter {
     files: VecDeque<PlannedFile>,
     parts: VecDeque<Part>,
     places: Places,
-    rx: Receiver<PieceMessage>,
+    rx: PieceReceiver,
     pending: Vec<u8>,
     pos: usize,
     whole_local: Option<WholeLocal>,
@@ -908,7 +904,7 @@ impl std::fmt::Debug for TocGetter {
 }
 
 impl TocGetter {
-    pub fn new(plan: LayerPlan, rx: Receiver<PieceMessage>) -> TocGetter {
+    pub fn new(plan: LayerPlan, rx: PieceReceiver) -> TocGetter {
         TocGetter {
             files: plan.files,
             parts: plan.parts,
@@ -950,13 +946,16 @@ impl TocGetter {
     /// turn. Whatever the fetched headers say is checked by the tar's
     /// digest (the diffID) downstream.
     pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        // io::copy's 8 KiB would take three reads of a local file where
+        // one does.
+        let mut buf = vec![0u8; COPY_BUFFER];
         let mut written = 0u64;
         let mut out = CountingWrite { inner: out, count: &mut written };
         while let Some(mut file) = self.files.pop_front() {
             let before = std::mem::replace(&mut file.headers_before, Before::Nothing);
             self.write_before(before, &mut out)?;
             let name = file.name.take().unwrap_or_default();
-            io::copy(&mut self.reader(file, &name), &mut out)?;
+            copy_with(&mut self.reader(file, &name), &mut out, &mut buf)?;
         }
         let tail = std::mem::replace(&mut self.tail, Before::Nothing);
         if let Before::LocalEnd { padding, headers, record } = tail {
@@ -996,10 +995,10 @@ impl TocGetter {
         }
         loop {
             match self.rx.recv() {
-                Ok(Ok(block)) if block.is_empty() => return Ok(()),
-                Ok(Ok(block)) => out.write_all(&block)?,
-                Ok(Err(reason)) => return Err(io::Error::other(reason)),
-                Err(_) => return Err(io::Error::other("the fetch ended before the tar headers arrived")),
+                Some(Ok(block)) if block.is_empty() => return Ok(()),
+                Some(Ok(block)) => out.write_all(&block)?,
+                Some(Err(reason)) => return Err(io::Error::other(reason)),
+                None => return Err(io::Error::other("the fetch ended before the tar headers arrived")),
             }
         }
     }
@@ -1007,9 +1006,9 @@ impl TocGetter {
     fn read_fetched(&mut self, buf: &mut [u8], left: u64) -> io::Result<usize> {
         if self.pos == self.pending.len() {
             self.pending = match self.rx.recv() {
-                Ok(Ok(block)) => block,
-                Ok(Err(reason)) => return Err(io::Error::other(reason)),
-                Err(_) => return Err(io::Error::other("the fetch ended before this file's pieces arrived")),
+                Some(Ok(block)) => block,
+                Some(Err(reason)) => return Err(io::Error::other(reason)),
+                None => return Err(io::Error::other("the fetch ended before this file's pieces arrived")),
             };
             self.pos = 0;
         }
@@ -1099,7 +1098,10 @@ impl FileReader<'_> {
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: reusing {path}: {e}", self.name)))?
             .into_std();
-        file.seek(SeekFrom::Start(local.offset))?;
+        // Most parts are whole files: a new descriptor is at 0 already.
+        if local.offset > 0 {
+            file.seek(SeekFrom::Start(local.offset))?;
+        }
         Ok(Current::Local(file.take(local.length)))
     }
 
@@ -1195,6 +1197,20 @@ impl Read for FileReader<'_> {
                 h.update(&buf[..n]);
             }
             return Ok(n);
+        }
+    }
+}
+
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Copies `input` to its end into `out` through `buf`.
+fn copy_with(input: &mut dyn Read, out: &mut dyn Write, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        match input.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

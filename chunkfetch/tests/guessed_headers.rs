@@ -5,10 +5,9 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
 
 use proptest::prelude::*;
-use strata_chunkfetch::{FileSource, LayerPlan, LayerPlanner, LocalHeaders, Planner, SourceReadAt, TocGetter, fetch_pieces};
+use strata_chunkfetch::{FileSource, LayerPlan, LayerPlanner, LocalHeaders, Planner, SourceReadAt, TocGetter, fetch_pieces, piece_channel};
 use strata_dedup_cache::NoCache;
 
 /// A tar of `(name, content, mode)` entries with a directory first.
@@ -61,7 +60,7 @@ fn plan(tar: &[u8], local: LocalHeaders) -> (tempfile::NamedTempFile, LayerPlan)
 fn rebuilt(blob: &tempfile::NamedTempFile, plan: LayerPlan) -> Vec<u8> {
     let source = FileSource::open(blob.path()).expect("open");
     let needs = plan.needs.clone();
-    let (tx, rx) = sync_channel(16);
+    let (tx, rx) = piece_channel(1 << 20);
     let mut out = Vec::new();
     std::thread::scope(|s| {
         let fetcher = s.spawn(|| fetch_pieces(&source, &needs, &Planner::default(), &tx));

@@ -104,8 +104,12 @@ pub struct Extractor {
     /// Paths this layer created (an opaque marker spares them).
     created: HashSet<Vec<u8>>,
     dir_times: Vec<(Vec<u8>, Time)>,
-    /// The last parent directory opened: entries come grouped by directory.
-    cached: Option<(Vec<u8>, Parent)>,
+    /// The directories from the root down to the last parent opened, each
+    /// by name: entries come depth first, so the next parent is on this
+    /// path or just below it, and is opened without walking from the root.
+    open_dirs: Vec<(Vec<u8>, Parent)>,
+    /// The root as a parent, once its group is known.
+    root_parent: Option<Parent>,
     /// Who creates the files: what a new file is owned by without chown.
     euid: u32,
     egid: u32,
@@ -131,7 +135,8 @@ impl Extractor {
             owners: rustix::process::geteuid().is_root(),
             created: HashSet::new(),
             dir_times: Vec::new(),
-            cached: None,
+            open_dirs: Vec::new(),
+            root_parent: None,
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             entries: 0,
@@ -196,7 +201,7 @@ impl Extractor {
     /// Sets directory times (creating children changed them). Returns the
     /// number of entries applied.
     pub fn finish(mut self) -> Result<u64> {
-        self.cached = None;
+        self.open_dirs.clear();
         // Every file is closed before its directory's time is set.
         if let Some(writers) = self.writers.take() {
             writers.join()?;
@@ -218,27 +223,16 @@ impl Extractor {
     /// Opens the directory at `parts` below the root, creating missing ones
     /// when asked. `None` below an overlay whiteout.
     fn parent(&mut self, parts: &[&[u8]], full: &[u8], create: bool) -> Result<Option<Parent>> {
-        let key = parts.join(&b'/');
-        if let Some((cached, parent)) = &self.cached
-            && *cached == key
-        {
-            return Ok(Some(parent.clone()));
-        }
-        // Entries come depth first: a directory's children usually follow
-        // it, so the walk starts from the cached directory when it can.
-        let below_cached = self.cached.as_ref().and_then(|(cached, parent)| {
-            let depth = if cached.is_empty() { 0 } else { cached.split(|&b| b == b'/').count() };
-            let under = depth < parts.len() && parts[..depth].join(&b'/') == *cached;
-            under.then(|| (depth, Arc::clone(&parent.dir)))
-        });
-        let (skip, mut dir) = match below_cached {
-            Some((depth, dir)) => (depth, dir.try_clone().map_err(|e| io_err(full, e))?),
-            None => (0, self.root.try_clone().map_err(|e| io_err(full, e))?),
-        };
-        for (i, part) in parts.iter().enumerate().skip(skip) {
+        let kept = self.open_dirs.iter().zip(parts).take_while(|((name, _), part)| name == *part).count();
+        self.open_dirs.truncate(kept);
+        for (i, part) in parts.iter().enumerate().skip(kept) {
+            let dir = match self.open_dirs.last() {
+                Some((_, parent)) => Arc::clone(&parent.dir),
+                None => Arc::clone(&self.root_parent(full)?.dir),
+            };
             let name = OsStr::from_bytes(part);
-            match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            let existing = match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Some(st),
                 Ok(st)
                     if FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
                         && st.st_rdev == 0 =>
@@ -253,20 +247,61 @@ impl Extractor {
                     rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o755))
                         .map_err(|e| io_err(full, e.into()))?;
                     self.implied_dir(&dir, name, &parts[..=i], full)?;
+                    None
                 }
                 Err(e) => return Err(io_err(full, e.into())),
-            }
-            dir = meta::open_dir(&dir, name).map_err(|e| io_err(full, e))?;
+            };
+            let opened = meta::open_dir(&dir, name).map_err(|e| io_err(full, e))?;
+            // What was there is what was opened (nothing else renames in a
+            // layer being made); a directory just made is asked.
+            let st = match existing {
+                Some(st) => st,
+                None => rustix::fs::fstat(&opened).map_err(|e| io_err(full, e.into()))?,
+            };
+            let parent = Parent {
+                dir: Arc::new(opened),
+                new_gid: self.new_gid(&st),
+            };
+            self.open_dirs.push((part.to_vec(), parent));
         }
+        match self.open_dirs.last() {
+            Some((_, parent)) => Ok(Some(parent.clone())),
+            None => self.root_parent(full).map(Some),
+        }
+    }
+
+    fn root_parent(&mut self, full: &[u8]) -> Result<Parent> {
+        if let Some(parent) = &self.root_parent {
+            return Ok(parent.clone());
+        }
+        let dir = self.root.try_clone().map_err(|e| io_err(full, e))?;
         let st = rustix::fs::fstat(&dir).map_err(|e| io_err(full, e.into()))?;
-        // A set-group-ID directory gives what is created in it its group.
-        let new_gid = if st.st_mode & 0o2000 != 0 { st.st_gid } else { self.egid };
         let parent = Parent {
             dir: Arc::new(dir),
-            new_gid,
+            new_gid: self.new_gid(&st),
         };
-        self.cached = Some((key, parent.clone()));
-        Ok(Some(parent))
+        self.root_parent = Some(parent.clone());
+        Ok(parent)
+    }
+
+    /// The group what is created in a directory gets: a set-group-ID
+    /// directory's own.
+    fn new_gid(&self, st: &rustix::fs::Stat) -> u32 {
+        if st.st_mode & 0o2000 != 0 { st.st_gid } else { self.egid }
+    }
+
+    /// Forgets the open directories from `parts` down: its mode or owner
+    /// may change what is created in it.
+    fn forget_dir(&mut self, parts: &[&[u8]]) {
+        if parts.is_empty() {
+            self.root_parent = None;
+            self.open_dirs.clear();
+            return;
+        }
+        let same = self.open_dirs.iter().zip(parts).take_while(|((name, _), part)| name == *part).count();
+        if same == parts.len() {
+            self.open_dirs.truncate(same - 1);
+        }
     }
 
     /// Gives a directory created for an implied path the mode, owner,
@@ -308,8 +343,8 @@ impl Extractor {
     }
 
     fn remove(&mut self, dir: &Dir, name: &OsStr, path: &[u8]) -> Result<()> {
-        // A removed directory may be the cached parent (or above it).
-        self.cached = None;
+        // A removed directory may be an open parent (or above one).
+        self.open_dirs.clear();
         remove_all(dir, name).map_err(|e| io_err(path, e))
     }
 
@@ -392,6 +427,7 @@ impl Extractor {
         }
         let root = self.root.try_clone().map_err(|e| io_err(&header.name, e))?;
         self.metadata(&root, OsStr::new("."), header, &header.name, None)?;
+        self.forget_dir(&[]);
         self.dir_times.push((Vec::new(), header.mtime));
         Ok(())
     }
@@ -445,9 +481,7 @@ impl Extractor {
                     Err(e) => return Err(fail(e)),
                 }
                 // Its mode and owner may change what is created in it.
-                if self.cached.as_ref().is_some_and(|(key, _)| *key == clean) {
-                    self.cached = None;
-                }
+                self.forget_dir(&parts);
                 self.dir_times.push((clean.clone(), header.mtime));
             }
             b'0' | b'7' | b'S' => {

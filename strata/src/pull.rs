@@ -13,7 +13,7 @@ use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
 use strata_chunkfetch::{
     ByteRange, LayerPlan, LocalHeaders, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter,
-    fetch_pieces,
+    fetch_pieces, piece_channel,
 };
 use strata_dedup_cache::{DiskCache, LayerIndex};
 use strata_layerstore::{Compression, ImageOptions, KnownContent, KnownFile, LayerOptions, SourceBlob, Store, chain_id};
@@ -327,7 +327,10 @@ fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
 /// few hundred bytes per item, may wait while it reads an earlier
 /// version's headers.
 const PLAN_BATCH: usize = 128;
-const PLANNED_AHEAD: usize = 32;
+const PLANNED_AHEAD: usize = 128;
+
+/// Bytes of fetched pieces that may wait for the assembly.
+const PIECES_AHEAD: usize = 32 << 20;
 
 /// A visitor of TOC items, as the TOC readers of strata-toc take one.
 type VisitItem<'v> = &'v mut dyn FnMut(strata_toc::TocItem) -> strata_toc::Result<()>;
@@ -862,8 +865,9 @@ fn pull_partial(
     report.files_reused = plan.stats.files_reused;
     report.files = plan.stats.files;
     let needs = plan.needs.clone();
-    // 16 blocks of 256 KiB in flight: enough to keep both sides busy.
-    let (tx, rx) = sync_channel(16);
+    // The fetch runs this far ahead of the assembly: with the lead, the
+    // bytes an update fetches are mostly in by the time they are needed.
+    let (tx, rx) = piece_channel(PIECES_AHEAD);
     // Files taken whole from local layers are cloned or linked by the
     // extractor when it can, as their bytes pass by for the diffID.
     let known = KnownContent::new(options.hard_links);
