@@ -142,7 +142,7 @@ mod tests {
             let sender = s.spawn(|| tx.send(Ok(vec![0; 6])));
             std::thread::sleep(std::time::Duration::from_millis(50));
             let waiting = !sender.is_finished();
-            rx.recv().expect("first");
+            rx.recv().expect("first").expect("a piece");
             sender.join().expect("join").expect("second");
             waiting
         });

@@ -729,16 +729,24 @@ fn read_exactly(decoder: &mut dyn Read, mut want: u64, what: &dyn Fn(String) -> 
 /// Sends what a decoder has left as a run of headers, at most `room`
 /// bytes, then an empty block.
 fn send_rest_as_headers(decoder: &mut dyn Read, room: u64, what: &dyn Fn(String) -> io::Error, tx: &PieceSender) -> io::Result<()> {
+    // A run of headers is mostly a few KiB: read into a block of its own
+    // room, each would cost that room zeroed and faulted in.
+    let mut scratch = [0u8; 16 << 10];
     let mut total = 0u64;
     loop {
-        let mut block = Vec::with_capacity(BLOCK);
-        decoder
-            .take(BLOCK as u64)
-            .read_to_end(&mut block)
-            .map_err(|e| what(format!("do not decompress: {e}")))?;
-        if block.is_empty() {
+        let mut filled = 0;
+        while filled < scratch.len() {
+            match decoder.read(&mut scratch[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(what(format!("do not decompress: {e}"))),
+            }
+        }
+        if filled == 0 {
             break;
         }
+        let block = scratch[..filled].to_vec();
         total += block.len() as u64;
         if total > room {
             return Err(what(format!("decompress to more than the {room} bytes the entries there can take")));
@@ -1093,9 +1101,7 @@ impl FileReader<'_> {
     fn open_local(&self, local: &LocalPart) -> io::Result<Current> {
         let places = &self.getter.places;
         let path = places.path(local);
-        let mut file = places
-            .root(local)
-            .open(path)
+        let mut file = open_unread(places.root(local), path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: reusing {path}: {e}", self.name)))?
             .into_std();
         // Most parts are whole files: a new descriptor is at 0 already.
@@ -1202,6 +1208,20 @@ impl Read for FileReader<'_> {
 }
 
 const COPY_BUFFER: usize = 256 << 10;
+
+/// Opens a local file to read without updating its access time: the
+/// files a layer reuses were mostly extracted moments ago, with old times
+/// from their tar, so each read would otherwise dirty its inode. Only the
+/// owner (or root) may ask; anyone else reads it the ordinary way.
+fn open_unread(root: &cap_std::fs::Dir, path: &str) -> io::Result<cap_std::fs::File> {
+    use cap_std::fs::OpenOptionsExt;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).custom_flags(rustix::fs::OFlags::NOATIME.bits() as i32);
+    match root.open_with(path, &options) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => root.open(path),
+        other => other,
+    }
+}
 
 /// Copies `input` to its end into `out` through `buf`.
 fn copy_with(input: &mut dyn Read, out: &mut dyn Write, buf: &mut [u8]) -> io::Result<()> {

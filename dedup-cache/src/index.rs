@@ -87,12 +87,28 @@ pub(crate) fn parse_digest(digest: &str) -> Option<[u8; 32]> {
 
 /// A TOC or tar name as a path under the layer root: no leading `./` or
 /// `/`, no `..`, no empty or `.` components.
-fn clean_path(name: &str) -> Option<String> {
-    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-    if parts.is_empty() || parts.contains(&"..") || name.contains('\0') {
+fn clean_path(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if name.contains('\0') {
         return None;
     }
-    Some(parts.join("/"))
+    // Most names are clean already: they are taken as they are, with no
+    // allocation per TOC entry.
+    let (mut clean, mut any) = (true, false);
+    for part in name.split('/') {
+        match part {
+            ".." => return None,
+            "" | "." => clean = false,
+            _ => any = true,
+        }
+    }
+    if !any {
+        return None;
+    }
+    if clean {
+        return Some(std::borrow::Cow::Borrowed(name));
+    }
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    Some(std::borrow::Cow::Owned(parts.join("/")))
 }
 
 /// The fixed part of a stored entry (`ENTRY_FIXED` bytes): its kind
@@ -148,6 +164,7 @@ impl LayerIndex {
             .filter(|_| self.starts.len() < u32::MAX as usize)
             .ok_or_else(|| Error::Invalid("an index of 4 GiB".into()))?;
         self.starts.push(start);
+        self.data.reserve(ENTRY_FIXED + path.len());
         self.data.push(match kind {
             Kind::File => 0,
             Kind::Chunk => 1,
@@ -186,7 +203,10 @@ impl LayerIndex {
             return;
         }
         let _ = self.push(Kind::File, &e.digest, &e.name, 0, e.size as u64);
-        if let Ok(pieces) = item.pieces() {
+        // A file of one piece has no chunks to index.
+        if !item.chunks.is_empty()
+            && let Ok(pieces) = item.pieces()
+        {
             self.push_pieces(&e.name, &pieces);
         }
     }

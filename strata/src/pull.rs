@@ -330,7 +330,7 @@ const PLAN_BATCH: usize = 128;
 const PLANNED_AHEAD: usize = 128;
 
 /// Bytes of fetched pieces that may wait for the assembly.
-const PIECES_AHEAD: usize = 32 << 20;
+const PIECES_AHEAD: usize = 16 << 20;
 
 /// A visitor of TOC items, as the TOC readers of strata-toc take one.
 type VisitItem<'v> = &'v mut dyn FnMut(strata_toc::TocItem) -> strata_toc::Result<()>;
@@ -352,19 +352,39 @@ fn read_while_planning<'c, T>(
     std::thread::scope(|scope| {
         let local = predecessor.map(|p| scope.spawn(move || local_headers(store, p)));
         let (items, planned_items) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
+        // Planned batches go on to be indexed, on a thread of its own: the
+        // reading thread sets the pace until the TOC is in.
+        let (planned, to_index) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
+        let indexing = scope.spawn(move || {
+            for batch in to_index {
+                for item in &batch {
+                    index.push_toc_item(item);
+                }
+            }
+        });
         let planning = scope.spawn(move || {
             let mut planner = planner;
             if let Some(local) = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
                 planner = planner.predicting(local);
             }
-            for item in planned_items.iter().flatten() {
-                planner.add(&item)?;
+            // A plan that failed still passes the items on: the index
+            // serves a layer fetched whole too.
+            let mut failed = None;
+            for batch in planned_items {
+                if failed.is_none()
+                    && let Err(e) = batch.iter().try_for_each(|item| planner.add(item))
+                {
+                    failed = Some(e);
+                }
+                let _ = planned.send(batch);
             }
-            Ok(planner)
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(planner),
+            }
         });
         let mut batch = Vec::with_capacity(PLAN_BATCH);
         let read = read(&mut |item: strata_toc::TocItem| {
-            index.push_toc_item(&item);
             batch.push(item);
             if batch.len() == PLAN_BATCH {
                 // A planner that stopped has its error to tell.
@@ -376,6 +396,7 @@ fn read_while_planning<'c, T>(
         let _ = items.send(batch);
         drop(items);
         let planned = planning.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        indexing.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (read, planned)
     })
 }
@@ -1118,3 +1139,4 @@ mod tests {
         assert_eq!(path_of("library/debian"), "library/debian");
     }
 }
+
