@@ -23,7 +23,7 @@ pub use pieces::{Disconnected, PieceMessage, PieceReceiver, PieceSender, piece_c
 pub use plan::{FetchStats, Planner};
 pub use reference::Reference;
 pub use registry::{FetchedManifest, Registry, RegistryBlob, RegistryOptions};
-pub use toc_layer::{FileDone, Frames, LayerPlan, LayerPlanner, PieceNeed, PlanStats, SourceReadAt, TocGetter, WholeLocal, fetch_pieces, plan_layer};
+pub use toc_layer::{CopyingSink, FileDone, Frames, LayerPlan, LayerPlanner, PieceNeed, PlanStats, SourceReadAt, TarSink, TocGetter, WholeLocal, fetch_pieces, plan_layer};
 
 /// `length` bytes of a blob from `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -885,7 +885,7 @@ pub type FileDone = Box<dyn FnMut(u64) + Send>;
 
 /// Counts what passes to `inner`.
 struct CountingWrite<'a> {
-    inner: &'a mut dyn Write,
+    inner: &'a mut dyn TarSink,
     count: &'a mut u64,
 }
 
@@ -898,6 +898,55 @@ impl Write for CountingWrite<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl TarSink for CountingWrite<'_> {
+    fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64> {
+        let n = self.inner.read_from(input)?;
+        *self.count += n;
+        Ok(n)
+    }
+}
+
+/// Where [`TocGetter::write_tar`] writes the tar. Files are most of its
+/// bytes: a sink with buffers of its own reads them straight in
+/// (`read_from`), one copy fewer than writing from a buffer of the
+/// getter's. [`CopyingSink`] gives any writer this by copying.
+pub trait TarSink: Write {
+    /// Appends everything `input` holds; returns how many bytes that was.
+    fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64>;
+}
+
+/// Any writer as a [`TarSink`]: files are copied through a buffer.
+#[derive(Debug)]
+pub struct CopyingSink<W: Write>(pub W);
+
+impl<W: Write> Write for CopyingSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> TarSink for CopyingSink<W> {
+    fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64> {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut total = 0u64;
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    self.0.write_all(&buf[..n])?;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -953,17 +1002,14 @@ impl TocGetter {
     /// [`LayerPlanner::fetching_headers`]: header frames and payloads in
     /// turn. Whatever the fetched headers say is checked by the tar's
     /// digest (the diffID) downstream.
-    pub fn write_tar(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        // io::copy's 8 KiB would take three reads of a local file where
-        // one does.
-        let mut buf = vec![0u8; COPY_BUFFER];
+    pub fn write_tar(&mut self, out: &mut dyn TarSink) -> io::Result<()> {
         let mut written = 0u64;
         let mut out = CountingWrite { inner: out, count: &mut written };
         while let Some(mut file) = self.files.pop_front() {
             let before = std::mem::replace(&mut file.headers_before, Before::Nothing);
             self.write_before(before, &mut out)?;
             let name = file.name.take().unwrap_or_default();
-            copy_with(&mut self.reader(file, &name), &mut out, &mut buf)?;
+            out.read_from(&mut self.reader(file, &name))?;
         }
         let tail = std::mem::replace(&mut self.tail, Before::Nothing);
         if let Before::LocalEnd { padding, headers, record } = tail {
@@ -1220,18 +1266,6 @@ fn open_unread(root: &cap_std::fs::Dir, path: &str) -> io::Result<cap_std::fs::F
     match root.open_with(path, &options) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => root.open(path),
         other => other,
-    }
-}
-
-/// Copies `input` to its end into `out` through `buf`.
-fn copy_with(input: &mut dyn Read, out: &mut dyn Write, buf: &mut [u8]) -> io::Result<()> {
-    loop {
-        match input.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => out.write_all(&buf[..n])?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use strata_chunkfetch::{FileSource, LayerPlan, LayerPlanner, LocalHeaders, Planner, SourceReadAt, TocGetter, fetch_pieces, piece_channel};
+use strata_chunkfetch::{FileSource, LayerPlan, LayerPlanner, LocalHeaders, Planner, SourceReadAt, TocGetter, CopyingSink, fetch_pieces, piece_channel};
 use strata_dedup_cache::NoCache;
 
 /// A tar of `(name, content, mode)` entries with a directory first.
@@ -64,7 +64,7 @@ fn rebuilt(blob: &tempfile::NamedTempFile, plan: LayerPlan) -> Vec<u8> {
     let mut out = Vec::new();
     std::thread::scope(|s| {
         let fetcher = s.spawn(|| fetch_pieces(&source, &needs, &Planner::default(), &tx));
-        TocGetter::new(plan, rx).write_tar(&mut out).expect("write tar");
+        TocGetter::new(plan, rx).write_tar(&mut CopyingSink(&mut out)).expect("write tar");
         fetcher.join().expect("join").expect("fetch");
     });
     out

@@ -133,10 +133,23 @@ struct BufferPool {
 const POOLED: usize = 16;
 
 impl BufferPool {
+    fn recycled(&self) -> Vec<u8> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+
+    /// An empty buffer with room for a `CHUNK`.
     fn take(&self) -> Vec<u8> {
-        let mut buf = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        let mut buf = self.recycled();
         buf.clear();
         buf.reserve_exact(CHUNK);
+        buf
+    }
+
+    /// A buffer of `CHUNK` bytes, to be read into in place: a recycled
+    /// one is mostly initialized already, so nothing is zeroed again.
+    fn take_full(&self) -> Vec<u8> {
+        let mut buf = self.recycled();
+        buf.resize(CHUNK, 0);
         buf
     }
 
@@ -297,7 +310,9 @@ const CHUNK: usize = 1 << 20;
 /// and to a hashing thread (the diffID).
 struct ChunkSender<'h, 'scope> {
     tx: mpsc::SyncSender<io::Result<Block>>,
+    /// `CHUNK` bytes, of which the first `filled` are the stream's.
     buf: Vec<u8>,
+    filled: usize,
     hash: &'h HashThread<'scope>,
     pool: Arc<BufferPool>,
 }
@@ -307,34 +322,42 @@ impl<'h, 'scope> ChunkSender<'h, 'scope> {
         let pool = Arc::new(BufferPool::default());
         ChunkSender {
             tx,
-            buf: pool.take(),
+            buf: pool.take_full(),
+            filled: 0,
             hash,
             pool,
         }
     }
 
     fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.filled == 0 {
             return Ok(());
         }
-        let next = self.pool.take();
-        let block = self.pool.block(std::mem::replace(&mut self.buf, next));
+        let mut full = std::mem::replace(&mut self.buf, self.pool.take_full());
+        full.truncate(std::mem::take(&mut self.filled));
+        let block = self.pool.block(full);
         self.hash.feed(&block);
         self.tx
             .send(Ok(block))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"))
     }
 
-    /// Reads `input` to its end straight into the buffers.
-    fn read_all(&mut self, input: &mut dyn Read) -> io::Result<()> {
+    /// Reads `input` to its end straight into the buffers; returns how
+    /// many bytes it held.
+    fn read_all(&mut self, input: &mut dyn Read) -> io::Result<u64> {
+        let mut total = 0u64;
         loop {
-            let room = (CHUNK - self.buf.len()) as u64;
-            // read_to_end fills the capacity without zeroing it first.
-            let n = input.take(room).read_to_end(&mut self.buf)?;
-            if self.buf.len() == CHUNK {
+            if self.filled == CHUNK {
                 self.send()?;
-            } else if n as u64 != room {
-                return Ok(()); // the end
+            }
+            match input.read(&mut self.buf[self.filled..]) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    self.filled += n;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -347,9 +370,10 @@ impl<'h, 'scope> ChunkSender<'h, 'scope> {
 
 impl Write for ChunkSender<'_, '_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let n = bytes.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&bytes[..n]);
-        if self.buf.len() == CHUNK {
+        let n = bytes.len().min(CHUNK - self.filled);
+        self.buf[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+        self.filled += n;
+        if self.filled == CHUNK {
             self.send()?;
         }
         Ok(n)
@@ -357,6 +381,21 @@ impl Write for ChunkSender<'_, '_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Where [`Store::put_layer_from`](crate::Store::put_layer_from)'s
+/// function writes the tar: a writer that also reads a source straight
+/// into the store's buffers, so a file's bytes are copied once on their
+/// way to the extractor and the hash, not twice.
+pub trait TarOutput: Write {
+    /// Appends everything `input` holds; returns how many bytes that was.
+    fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64>;
+}
+
+impl TarOutput for ChunkSender<'_, '_> {
+    fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64> {
+        self.read_all(input)
     }
 }
 
@@ -375,7 +414,7 @@ type Produced = (Compression, [u8; 32], u64, [u8; 32], u64);
 
 fn produce_tar<F>(write: F, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<Produced>
 where
-    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    F: FnOnce(&mut dyn TarOutput) -> io::Result<()>,
 {
     std::thread::scope(|scope| {
         let hash = HashThread::spawn(scope);
@@ -491,7 +530,7 @@ pub(crate) fn apply_blob<R, F>(
 ) -> Result<Applied>
 where
     R: Read + Send,
-    F: FnOnce(&mut dyn Write) -> io::Result<()> + Send,
+    F: FnOnce(&mut dyn TarOutput) -> io::Result<()> + Send,
 {
     let mut sink = LayerSink {
         extractor,

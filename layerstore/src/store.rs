@@ -19,7 +19,7 @@ use crate::records::{LayerRecord, MountRecord};
 use crate::{Error, Result, mounts};
 
 /// The type of a tar writer for layers that have none.
-type NoTar = fn(&mut dyn std::io::Write) -> std::io::Result<()>;
+type NoTar = fn(&mut dyn apply::TarOutput) -> std::io::Result<()>;
 
 /// A storage driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,7 +558,7 @@ impl Store {
     /// from in [`LayerOptions::source_blob`].
     pub fn put_layer_from<F>(&self, options: &LayerOptions, write_tar: F) -> Result<LayerRecord>
     where
-        F: FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send,
+        F: FnOnce(&mut dyn apply::TarOutput) -> std::io::Result<()> + Send,
     {
         self.new_layer(options, Some(apply::Input::<&[u8], F>::Tar(write_tar)))
     }
@@ -566,7 +566,7 @@ impl Store {
     fn new_layer<R, F>(&self, options: &LayerOptions, diff: Option<apply::Input<R, F>>) -> Result<LayerRecord>
     where
         R: Read + Send,
-        F: FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send,
+        F: FnOnce(&mut dyn apply::TarOutput) -> std::io::Result<()> + Send,
     {
         self.writable()?;
         if let Some(id) = &options.id {

@@ -409,6 +409,20 @@ fn read_while_planning<'c, T>(
 
 /// Pulls `reference` into `store`.
 pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Result<PullReport> {
+    // The dedup cache loads while the manifest and config come.
+    std::thread::scope(|scope| {
+        let cache = scope.spawn(|| load_cache(store));
+        pull_with(reference, store, options, || cache.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
+}
+
+/// [`pull`], with the dedup cache `cache` gives.
+fn pull_with(
+    reference: &Reference,
+    store: &Store,
+    options: &PullOptions,
+    cache: impl FnOnce() -> Result<DiskCache>,
+) -> Result<PullReport> {
     let source = ImageSource::open(reference, &options.registry)?;
     let (mut bytes, mut media_type, mut manifest_digest) = source.top_manifest()?;
     // The manifest list, kept with the image as containers/image keeps it.
@@ -444,7 +458,7 @@ pub fn pull(reference: &Reference, store: &Store, options: &PullOptions) -> Resu
         ));
     }
 
-    let mut cache = load_cache(store)?;
+    let mut cache = cache()?;
     let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
     let previous = previous_versions(store, &names);
     let mut parent: Option<String> = None;
@@ -868,6 +882,26 @@ struct Target<'a> {
     diff_id: &'a str,
 }
 
+/// The store's tar output as the getter's sink: files read straight
+/// into the store's buffers.
+struct StoreSink<'a>(&'a mut dyn strata_layerstore::TarOutput);
+
+impl std::io::Write for StoreSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl strata_chunkfetch::TarSink for StoreSink<'_> {
+    fn read_from(&mut self, input: &mut dyn std::io::Read) -> std::io::Result<u64> {
+        self.0.read_from(input)
+    }
+}
+
 /// How a partially pulled layer's original tar is rebuilt.
 enum Rebuild {
     /// From the tar-split the blob carries.
@@ -974,7 +1008,7 @@ fn pull_partial(
                     }
                 }
                 Rebuild::Headers => getter
-                    .write_tar(out)
+                    .write_tar(&mut StoreSink(out))
                     .err()
                     .map(|e| format!("rebuilding the layer tar from the blob: {e}")),
             };
