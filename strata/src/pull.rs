@@ -998,19 +998,24 @@ fn pull_partial(
         });
         let stored = store.put_layer_from(&layer_options, |out| {
             let mut getter = getter;
+            // The store stopped taking the tar (a full disk, say): its own
+            // error says why, and this side's would only say it stopped.
+            let store_stopped = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
             let failure = match &rebuild {
                 Rebuild::TarSplit(tar_split) => {
                     let entries = strata_tarsplit::MetadataReader::new(tar_split.reader());
                     match strata_tarsplit::assemble(entries, &mut getter, out) {
+                        Err(strata_tarsplit::Error::Io(e)) if store_stopped(&e) => return Err(e),
                         Err(e) => Some(format!("rebuilding the layer tar: {e}")),
                         Ok(_) => (getter.unused() > 0)
                             .then(|| format!("the TOC lists {} file(s) the tar-split never names", getter.unused())),
                     }
                 }
-                Rebuild::Headers => getter
-                    .write_tar(&mut StoreSink(out))
-                    .err()
-                    .map(|e| format!("rebuilding the layer tar from the blob: {e}")),
+                Rebuild::Headers => match getter.write_tar(&mut StoreSink(out)) {
+                    Err(e) if store_stopped(&e) => return Err(e),
+                    Err(e) => Some(format!("rebuilding the layer tar from the blob: {e}")),
+                    Ok(()) => None,
+                },
             };
             // Dropping the getter stops a fetch still sending.
             drop(getter);
