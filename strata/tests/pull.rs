@@ -730,3 +730,40 @@ fn a_first_layer_comes_whole_and_its_toc_indexes_it() {
     assert!(r2.layers[0].files_reused >= 140, "{:?}", r2.layers[0]);
     assert_eq!(diff(&store, &r2.layers[0].layer_id), v2);
 }
+
+/// A disk that fills during a partial pull fails the layer with the
+/// store's own error (the file it was writing, and why), not with the
+/// rebuilding side's "the extractor stopped"; nothing of the layer is kept.
+/// The layer (about 50 MB) is far larger than what the store buffers, so
+/// the rebuilding side is still writing when the extraction fails.
+#[test]
+fn a_full_disk_is_named_and_the_partial_layer_is_not_kept() {
+    let Some(fs) = strata_test_support::LoopFs::new("ext4", 192) else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    add_image(&layout, "v1", &[chunked(&layer_tar(1500, &[], false)).0]);
+    add_image(&layout, "v2", &[chunked(&layer_tar(1500, &[3, 700], true)).0]);
+    // The overlay driver stages an empty directory: the disk fills while
+    // the layer is extracted, not while its parent is copied.
+    let mut options = strata::layerstore::StoreOptions::new(fs.path().join("graph"), fs.path().join("run"));
+    options.driver = Some(strata::layerstore::Driver::Overlay);
+    let store = strata::layerstore::Store::open(&options).expect("store");
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+    pull(&at("v1"), &store, &PullOptions::default()).expect("pull v1");
+    let layers = store.layers().expect("layers").len();
+    // All but 1 MiB taken.
+    let mut filler = std::fs::File::create(fs.path().join("filler")).expect("filler");
+    let block = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while filler.write_all(&block).is_ok() {
+        written += block.len() as u64;
+    }
+    filler.set_len(written.saturating_sub(1 << 20)).expect("free 1 MiB");
+    filler.sync_all().expect("sync");
+
+    let err = pull(&at("v2"), &store, &PullOptions::default()).expect_err("v2 cannot fit");
+    let message = err.to_string();
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(!message.contains("extractor stopped"), "{message}");
+    assert_eq!(store.layers().expect("layers").len(), layers, "no partial layer is kept");
+}
