@@ -934,19 +934,7 @@ impl<W: Write> Write for CopyingSink<W> {
 
 impl<W: Write> TarSink for CopyingSink<W> {
     fn read_from(&mut self, input: &mut dyn Read) -> io::Result<u64> {
-        let mut buf = vec![0u8; COPY_BUFFER];
-        let mut total = 0u64;
-        loop {
-            match input.read(&mut buf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    self.0.write_all(&buf[..n])?;
-                    total += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        io::copy(input, &mut self.0)
     }
 }
 
@@ -1252,8 +1240,6 @@ impl Read for FileReader<'_> {
         }
     }
 }
-
-const COPY_BUFFER: usize = 256 << 10;
 
 /// Opens a local file to read without updating its access time: the
 /// files a layer reuses were mostly extracted moments ago, with old times

@@ -345,8 +345,8 @@ type VisitItem<'v> = &'v mut dyn FnMut(strata_toc::TocItem) -> strata_toc::Resul
 /// first byte was fetched: `read` fetches and parses the TOC on this
 /// thread, handing each item to the visitor it is given; another thread
 /// reads the earlier version's headers (of `predecessor`); a third plans
-/// with them, from batches of items, once they are in. Each item also goes
-/// into `index`, and nothing else of it is kept. Returns what `read`
+/// with them, from batches of items, once they are in; a fourth puts each
+/// planned item into `index`, and nothing else of it is kept. Returns what `read`
 /// returned and the planner with every item added.
 fn read_while_planning<'c, T>(
     store: &Store,
