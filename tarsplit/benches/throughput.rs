@@ -68,6 +68,18 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Reading the records alone: an update reads its predecessor's.
+    let mut group = c.benchmark_group("tar-split metadata");
+    group.throughput(Throughput::Bytes(metadata.len() as u64));
+    group.bench_function("read", |b| {
+        b.iter(|| {
+            MetadataReader::new(black_box(&metadata[..]))
+                .try_fold(0usize, |n, e| e.map(|_| n + 1))
+                .expect("records")
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

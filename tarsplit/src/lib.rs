@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod assemble;
+mod canonical;
 mod crc64;
 mod disassemble;
 mod error;

@@ -13,7 +13,7 @@ use crate::error::{Error, Name, Result};
 use crate::path::go_clean;
 
 /// Go's `base64.StdEncoding`: padded, and lenient about trailing bits.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
 );
@@ -308,7 +308,7 @@ impl<R: Read> Iterator for MetadataReader<R> {
         }
         let item = match self.records.next_value() {
             Ok(None) => return None,
-            Ok(Some(record)) => match serde_json::from_slice::<WireEntry>(record) {
+            Ok(Some(record)) => match crate::canonical::parse(record).map_or_else(|| serde_json::from_slice::<WireEntry>(record), Ok) {
                 Ok(wire) => self.convert(wire),
                 Err(e) => Err(self.invalid(e.to_string())),
             },
@@ -323,12 +323,13 @@ impl<R: Read> Iterator for MetadataReader<R> {
 }
 
 /// A record as it appears on the wire, before validation.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct WireEntry {
-    kind: i64,
-    name: Option<String>,
-    name_raw: Option<Vec<u8>>,
-    size: i64,
-    payload: Option<Vec<u8>>,
+    pub(crate) kind: i64,
+    pub(crate) name: Option<String>,
+    pub(crate) name_raw: Option<Vec<u8>>,
+    pub(crate) size: i64,
+    pub(crate) payload: Option<Vec<u8>>,
 }
 
 enum Field {
