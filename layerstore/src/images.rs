@@ -27,6 +27,10 @@ pub struct ImageOptions {
     pub digest: Option<String>,
     /// RFC 3339 creation time (the config's); now when absent.
     pub created: Option<String>,
+    /// Big-data items (name, bytes) stored with the new record, as
+    /// [`Store::set_image_big_data`] stores them, in the one update of
+    /// `images.json` that adds it (containers-storage's `BigData`).
+    pub big_data: Vec<(String, Vec<u8>)>,
 }
 
 impl Store {
@@ -131,6 +135,10 @@ impl Store {
                 .unwrap_or_else(|| crate::json::rfc3339(SystemTime::now())),
             ..Default::default()
         };
+        let mut record = record;
+        for (name, data) in &options.big_data {
+            self.write_image_big_data(&mut record, name, data)?;
+        }
         loaded.records.push(record.clone());
         self.save_images(&guard, loaded)?;
         Ok(record)
@@ -196,17 +204,26 @@ impl Store {
     /// Stores a big-data item of an image atomically and records its size
     /// and digest. Keys starting with `manifest` are found by digest.
     pub fn set_image_big_data(&self, key: &str, name: &str, data: &[u8]) -> Result<()> {
-        let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+        big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
         let (guard, mut loaded) = self.images_write()?;
         let i = loaded.index.find(&loaded.records, key, "image")?;
-        let id = loaded.records[i].id.clone();
-        crate::check_id(&id)?;
-        let dir_path = self.images_path.join(&id);
+        if self.write_image_big_data(&mut loaded.records[i], name, data)? {
+            self.save_images(&guard, loaded)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a big-data item into the image's directory and notes it in
+    /// `record`; returns whether the record changed. The caller holds the
+    /// images lock and saves the record.
+    fn write_image_big_data(&self, record: &mut ImageRecord, name: &str, data: &[u8]) -> Result<bool> {
+        let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+        crate::check_id(&record.id)?;
+        let dir_path = self.images_path.join(&record.id);
         crate::mkdir_mode(&dir_path, 0o700)?;
-        let dir = self.images_dir.open_dir(&id).map_err(|e| Error::io(&dir_path, e))?;
+        let dir = self.images_dir.open_dir(&record.id).map_err(|e| Error::io(&dir_path, e))?;
         write_atomic(&dir, &file, data, false).map_err(|e| Error::io(&dir_path.join(&file), e))?;
         let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
-        let record = &mut loaded.records[i];
         let size = data.len() as i64;
         let changed = record.big_data_sizes.get(name) != Some(&size)
             || record.big_data_digests.get(name) != Some(&digest)
@@ -219,10 +236,7 @@ impl Store {
         if record.digest.is_empty() && name.starts_with("manifest") {
             record.digest = digest;
         }
-        if changed {
-            self.save_images(&guard, loaded)?;
-        }
-        Ok(())
+        Ok(changed)
     }
 
     /// An image's big-data item.

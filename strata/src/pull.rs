@@ -498,36 +498,40 @@ fn pull_with(
     }
 
     let image_id = manifest.config.digest.trim_start_matches("sha256:").to_owned();
-    match store.image(&image_id) {
-        Ok(_) => {
-            store.add_image_names(&image_id, &names)?;
-        }
-        Err(strata_layerstore::Error::NotFound(_)) => {
-            let created = store.create_image(&ImageOptions {
-                id: Some(image_id.clone()),
-                names: names.clone(),
-                top_layer: parent,
-                metadata: None,
-                digest: Some(manifest_digest.clone()),
-                created: config.created.clone(),
-            });
-            match created {
-                Ok(_) => {}
-                // Created meanwhile by another process pulling it too.
-                Err(strata_layerstore::Error::Exists(_)) => {
-                    store.add_image_names(&image_id, &names)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    }
     // As containers/image's storage destination names them.
-    store.set_image_big_data(&image_id, &manifest.config.digest, &config_bytes)?;
-    store.set_image_big_data(&image_id, &format!("manifest-{manifest_digest}"), &bytes)?;
-    store.set_image_big_data(&image_id, "manifest", &bytes)?;
-    if let Some((list_bytes, list_digest)) = &list {
-        store.set_image_big_data(&image_id, &format!("manifest-{list_digest}"), list_bytes)?;
+    let mut big_data = vec![
+        (manifest.config.digest.clone(), config_bytes),
+        (format!("manifest-{manifest_digest}"), bytes.clone()),
+        ("manifest".to_owned(), bytes),
+    ];
+    if let Some((list_bytes, list_digest)) = list {
+        big_data.push((format!("manifest-{list_digest}"), list_bytes));
+    }
+    let created = match store.image(&image_id) {
+        Ok(_) => false,
+        // A new record takes its big data with it: one update of
+        // images.json (each is synced), not one per item.
+        Err(strata_layerstore::Error::NotFound(_)) => match store.create_image(&ImageOptions {
+            id: Some(image_id.clone()),
+            names: names.clone(),
+            top_layer: parent,
+            metadata: None,
+            digest: Some(manifest_digest.clone()),
+            created: config.created.clone(),
+            big_data: big_data.clone(),
+        }) {
+            Ok(_) => true,
+            // Created meanwhile by another process pulling it too.
+            Err(strata_layerstore::Error::Exists(_)) => false,
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if !created {
+        store.add_image_names(&image_id, &names)?;
+        for (name, data) in &big_data {
+            store.set_image_big_data(&image_id, name, data)?;
+        }
     }
     Ok(PullReport {
         image_id,

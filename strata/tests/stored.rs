@@ -132,7 +132,7 @@ fn signatures_are_split_by_their_recorded_lengths_and_bad_lengths_are_clear_erro
                 top_layer: Some(top.clone()),
                 metadata: Some(metadata.to_string()),
                 digest: Some(digest.clone()),
-                created: None,
+                ..ImageOptions::default()
             })
             .expect("image");
         store.set_image_big_data(&id.repeat(64), "manifest", &manifest).expect("manifest");
