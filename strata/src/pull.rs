@@ -311,7 +311,11 @@ fn previous_versions(store: &Store, names: &[String]) -> Vec<Vec<String>> {
 
 /// The tar headers of a local layer, to stand in for a blob's.
 fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
-    let records = store.layer_tar_split(id).ok()??;
+    headers_of(store.layer_tar_split(id).ok()??, id)
+}
+
+/// [`local_headers`] from layer `id`'s tar-split `records`.
+fn headers_of(records: impl std::io::Read, id: &str) -> Option<Arc<LocalHeaders>> {
     match LocalHeaders::from_tar_split(records) {
         Ok(headers) if !headers.is_empty() => Some(Arc::new(headers)),
         Ok(_) => None,
@@ -319,6 +323,52 @@ fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
             tracing::warn!(layer = %id, "its tar-split does not read: {e}");
             None
         }
+    }
+}
+
+/// An earlier version's headers, read on a thread of their own from as
+/// soon as the manifest names the layer likely to be pulled: the planner
+/// waits for them, and reading them takes longer than fetching the config
+/// and loading the dedup cache.
+struct HeadersAhead {
+    layer: String,
+    reading: std::thread::JoinHandle<Option<Arc<LocalHeaders>>>,
+}
+
+/// Starts reading the headers of the layer an update of the first of
+/// `layers` the store lacks (by blob or TOC digest) would follow: that
+/// layer's position in the most likely earlier version, `previous`.
+fn read_headers_ahead(store: &Store, layers: &[Descriptor], previous: &[Vec<String>]) -> Option<HeadersAhead> {
+    let have = |d: &Descriptor| {
+        store.layers_by_compressed_digest(&d.digest).is_ok_and(|l| !l.is_empty())
+            || strata_toc::annotations::location(&d.annotations)
+                .ok()
+                .flatten()
+                .map(|l| l.toc_digest)
+                .or_else(|| d.annotations.get(strata_toc::annotations::ESTARGZ_TOC_DIGEST).cloned())
+                .is_some_and(|toc| store.layers_by_toc_digest(&toc).is_ok_and(|l| !l.is_empty()))
+    };
+    let position = layers.iter().position(|d| !have(d))?;
+    let layer = previous.iter().find_map(|chain| chain.get(position))?.clone();
+    let records = store.layer_tar_split(&layer).ok()??;
+    let id = layer.clone();
+    let reading = std::thread::Builder::new().spawn(move || headers_of(records, &id)).ok()?;
+    Some(HeadersAhead { layer, reading })
+}
+
+/// Where the planner gets an earlier version's headers.
+enum HeadersReading<'scope> {
+    Ahead(std::thread::JoinHandle<Option<Arc<LocalHeaders>>>),
+    Here(std::thread::ScopedJoinHandle<'scope, Option<Arc<LocalHeaders>>>),
+}
+
+impl HeadersReading<'_> {
+    fn join(self) -> Option<Arc<LocalHeaders>> {
+        let joined = match self {
+            HeadersReading::Ahead(h) => h.join(),
+            HeadersReading::Here(h) => h.join(),
+        };
+        joined.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 }
 
@@ -351,12 +401,17 @@ type VisitItem<'v> = &'v mut dyn FnMut(strata_toc::TocItem) -> strata_toc::Resul
 fn read_while_planning<'c, T>(
     store: &Store,
     predecessor: Option<&str>,
+    ahead: &mut Option<HeadersAhead>,
     planner: strata_chunkfetch::LayerPlanner<'c>,
     index: &mut LayerIndex,
     read: impl FnOnce(VisitItem<'_>) -> strata_toc::Result<T>,
 ) -> (strata_toc::Result<T>, strata_chunkfetch::Result<strata_chunkfetch::LayerPlanner<'c>>) {
     std::thread::scope(|scope| {
-        let local = predecessor.map(|p| scope.spawn(move || local_headers(store, p)));
+        let ahead = ahead.take().filter(|a| Some(a.layer.as_str()) == predecessor);
+        let local = predecessor.map(|p| match ahead {
+            Some(a) => HeadersReading::Ahead(a.reading),
+            None => HeadersReading::Here(scope.spawn(move || local_headers(store, p))),
+        });
         let (items, planned_items) = sync_channel::<Vec<strata_toc::TocItem>>(PLANNED_AHEAD);
         // Planned batches go on to be indexed, on a thread of its own: the
         // reading thread sets the pace until the TOC is in.
@@ -370,7 +425,7 @@ fn read_while_planning<'c, T>(
         });
         let planning = scope.spawn(move || {
             let mut planner = planner;
-            if let Some(local) = local.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
+            if let Some(local) = local.and_then(HeadersReading::join) {
                 planner = planner.predicting(local);
             }
             // A plan that failed still passes the items on: the index
@@ -444,6 +499,9 @@ fn pull_with(
     }
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e.to_string()))?;
+    let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
+    let previous = previous_versions(store, &names);
+    let mut ahead = if options.partial { read_headers_ahead(store, &manifest.layers, &previous) } else { None };
     let config_bytes = source.small_blob(&manifest.config)?;
     let config: Config = serde_json::from_slice(&config_bytes)
         .map_err(|e| Error::invalid(format!("config {}", manifest.config.digest), e.to_string()))?;
@@ -459,8 +517,6 @@ fn pull_with(
     }
 
     let mut cache = cache()?;
-    let names = if options.names.is_empty() { default_names(reference) } else { options.names.clone() };
-    let previous = previous_versions(store, &names);
     let mut parent: Option<String> = None;
     let mut layers = Vec::new();
     for (position, (desc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
@@ -478,7 +534,7 @@ fn pull_with(
                     diff_id,
                 };
                 let predecessor = previous.iter().find_map(|chain| chain.get(position)).map(String::as_str);
-                match pull_layer(&source, &layer, desc, predecessor, &mut cache, options) {
+                match pull_layer(&source, &layer, desc, predecessor, &mut ahead, &mut cache, options) {
                     Ok(report) => report,
                     // Another process pulling the same image committed it
                     // first: one copy is kept, and it is as good as ours.
@@ -546,6 +602,7 @@ fn pull_layer(
     layer: &Target<'_>,
     desc: &Descriptor,
     predecessor: Option<&str>,
+    ahead: &mut Option<HeadersAhead>,
     cache: &mut DiskCache,
     options: &PullOptions,
 ) -> Result<LayerReport> {
@@ -553,7 +610,7 @@ fn pull_layer(
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
     if options.partial && !cache.is_empty() && is_estargz(desc) {
-        match pull_estargz(layer, desc, predecessor, cache, options, &blob)? {
+        match pull_estargz(layer, desc, predecessor, ahead, cache, options, &blob)? {
             Estargz::Pulled(report) => return Ok(report),
             Estargz::Whole(note) => report.note = Some(note),
         }
@@ -588,7 +645,7 @@ fn pull_layer(
         if headers_from_blob || predicting {
             planner = planner.fetching_headers();
         }
-        let (read, planned) = read_while_planning(store, predecessor, planner, &mut index, |visit| {
+        let (read, planned) = read_while_planning(store, predecessor, ahead, planner, &mut index, |visit| {
             if predicting {
                 strata_toc::read_zstd_chunked_toc_with(&SourceReadAt(&blob), Some(&desc.annotations), visit)
             } else {
@@ -784,6 +841,7 @@ fn pull_estargz(
     layer: &Target<'_>,
     desc: &Descriptor,
     predecessor: Option<&str>,
+    ahead: &mut Option<HeadersAhead>,
     cache: &mut DiskCache,
     options: &PullOptions,
     blob: &Blob,
@@ -794,7 +852,7 @@ fn pull_estargz(
     let planner = strata_chunkfetch::LayerPlanner::new(u64::MAX, cache).gzip_members();
     let mut index = LayerIndex::default();
     let predecessor = predecessor.filter(|p| *p != id);
-    let (read, planned) = read_while_planning(store, predecessor, planner, &mut index, |visit| {
+    let (read, planned) = read_while_planning(store, predecessor, ahead, planner, &mut index, |visit| {
         strata_toc::estargz::read_estargz_with(&SourceReadAt(blob), Some(&desc.annotations), visit)
     });
     let toc = match read {
@@ -859,7 +917,7 @@ fn retry_unpredicted(
     options: &PullOptions,
     spent: u64,
 ) -> Result<LayerReport> {
-    let mut report = pull_layer(source, layer, desc, None, cache, options)?;
+    let mut report = pull_layer(source, layer, desc, None, &mut None, cache, options)?;
     report.bytes_fetched += spent;
     report.note = Some(format!(
         "{}the headers guessed from an earlier version were wrong, so the blob's own were fetched",
