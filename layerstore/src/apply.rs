@@ -129,8 +129,14 @@ struct BufferPool {
     free: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
-/// More than this many idle buffers are freed.
-const POOLED: usize = 16;
+/// Blocks the hashing thread and the extractor may each have waiting.
+const HASH_AHEAD: usize = 16;
+const EXTRACT_AHEAD: usize = 8;
+
+/// More than this many idle buffers are freed: as many as can be in
+/// flight (both queues, a block in each thread, the one being filled),
+/// so that no buffer is freed only to be mapped and faulted in again.
+const POOLED: usize = HASH_AHEAD + EXTRACT_AHEAD + 3;
 
 impl BufferPool {
     fn recycled(&self) -> Vec<u8> {
@@ -149,6 +155,11 @@ impl BufferPool {
     /// one is mostly initialized already, so nothing is zeroed again.
     fn take_full(&self) -> Vec<u8> {
         let mut buf = self.recycled();
+        if buf.capacity() == 0 {
+            // Zeroed by the allocator, which for a fresh mapping is free;
+            // `resize` would write every byte.
+            return vec![0; CHUNK];
+        }
         buf.resize(CHUNK, 0);
         buf
     }
@@ -246,7 +257,7 @@ struct HashThread<'scope> {
 
 impl<'scope> HashThread<'scope> {
     fn spawn(scope: &'scope std::thread::Scope<'scope, '_>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Block>(16);
+        let (tx, rx) = mpsc::sync_channel::<Block>(HASH_AHEAD);
         let handle = scope.spawn(move || {
             let mut hash = Sha256::new();
             let mut size = 0u64;
@@ -537,7 +548,7 @@ where
         uids: BTreeSet::new(),
         gids: BTreeSet::new(),
     };
-    let (tx, rx) = mpsc::sync_channel(8);
+    let (tx, rx) = mpsc::sync_channel(EXTRACT_AHEAD);
     let file = {
         use cap_std::fs::OpenOptionsExt;
         let mut options = cap_std::fs::OpenOptions::new();
