@@ -285,8 +285,9 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     let runs: usize = flag(args, "--runs").map_or(Ok(3), str::parse)?;
     let (strata, work, server, v2_size) = bench_image()?;
     // Every store on a fresh filesystem, kept until the end (see
-    // scratch_fs: nothing is deleted between timed pulls).
-    let fs = crate::scratch_fs::ScratchFs::new(&work, 16)?;
+    // scratch_fs: nothing is deleted between timed pulls). A run keeps
+    // ten stores of up to 600 MB each; the image file is sparse.
+    let fs = crate::scratch_fs::ScratchFs::new(&work, (6 * runs as u64 + 4).max(16))?;
     let mut stores = Stores {
         dir: tempfile::tempdir_in(fs.path())?,
         n: 0,
