@@ -122,7 +122,7 @@ impl Store {
         for other in &mut loaded.records {
             other.names.retain(|n| !names.contains(n));
         }
-        let record = ImageRecord {
+        let mut record = ImageRecord {
             id,
             digest: options.digest.clone().unwrap_or_default(),
             names_history: names.clone(),
@@ -135,7 +135,6 @@ impl Store {
                 .unwrap_or_else(|| crate::json::rfc3339(SystemTime::now())),
             ..Default::default()
         };
-        let mut record = record;
         for (name, data) in &options.big_data {
             self.write_image_big_data(&mut record, name, data)?;
         }
@@ -204,7 +203,6 @@ impl Store {
     /// Stores a big-data item of an image atomically and records its size
     /// and digest. Keys starting with `manifest` are found by digest.
     pub fn set_image_big_data(&self, key: &str, name: &str, data: &[u8]) -> Result<()> {
-        big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
         let (guard, mut loaded) = self.images_write()?;
         let i = loaded.index.find(&loaded.records, key, "image")?;
         if self.write_image_big_data(&mut loaded.records[i], name, data)? {

@@ -563,19 +563,20 @@ fn pull_with(
     if let Some((list_bytes, list_digest)) = list {
         big_data.push((format!("manifest-{list_digest}"), list_bytes));
     }
+    // A new record takes its big data with it: one update of images.json
+    // (each is synced), not one per item.
+    let image = ImageOptions {
+        id: Some(image_id.clone()),
+        names,
+        top_layer: parent,
+        metadata: None,
+        digest: Some(manifest_digest.clone()),
+        created: config.created.clone(),
+        big_data,
+    };
     let created = match store.image(&image_id) {
         Ok(_) => false,
-        // A new record takes its big data with it: one update of
-        // images.json (each is synced), not one per item.
-        Err(strata_layerstore::Error::NotFound(_)) => match store.create_image(&ImageOptions {
-            id: Some(image_id.clone()),
-            names: names.clone(),
-            top_layer: parent,
-            metadata: None,
-            digest: Some(manifest_digest.clone()),
-            created: config.created.clone(),
-            big_data: big_data.clone(),
-        }) {
+        Err(strata_layerstore::Error::NotFound(_)) => match store.create_image(&image) {
             Ok(_) => true,
             // Created meanwhile by another process pulling it too.
             Err(strata_layerstore::Error::Exists(_)) => false,
@@ -584,15 +585,15 @@ fn pull_with(
         Err(e) => return Err(e.into()),
     };
     if !created {
-        store.add_image_names(&image_id, &names)?;
-        for (name, data) in &big_data {
+        store.add_image_names(&image_id, &image.names)?;
+        for (name, data) in &image.big_data {
             store.set_image_big_data(&image_id, name, data)?;
         }
     }
     Ok(PullReport {
         image_id,
         manifest_digest,
-        names,
+        names: image.names,
         layers,
     })
 }
