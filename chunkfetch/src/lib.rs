@@ -17,7 +17,7 @@ use std::io::{self, Read};
 
 pub use error::{Error, Result};
 pub use file::FileSource;
-pub use local_headers::LocalHeaders;
+pub use local_headers::{HeadersBuilder, LocalHeaders, StoredHeadersError};
 pub use layout::{LayoutWriter, OciLayout, WrittenBlob};
 pub use pieces::{Disconnected, PieceMessage, PieceReceiver, PieceSender, piece_channel};
 pub use plan::{FetchStats, Planner};
@@ -136,7 +136,13 @@ pub mod fuzzing {
             },
         ];
         let mut patched = Vec::new();
+        let stored = crate::LocalHeaders::from_stored(data).ok();
+        if let Some(headers) = &stored {
+            // What reads back writes the same.
+            assert_eq!(crate::LocalHeaders::from_stored(&headers.to_stored()).map(|h| h.len()).ok(), Some(headers.len()));
+        }
         for headers in [
+            stored.unwrap_or_default(),
             crate::LocalHeaders::from_tar_split(data).unwrap_or_default(),
             crate::local_headers::of_blocks(b"a", data),
             crate::local_headers::of_blocks_styled(b"a", data),
@@ -144,7 +150,7 @@ pub mod fuzzing {
             for entry in &listed {
                 for to_the_second in [false, true] {
                     if let Some(span) = headers.find(entry, &mut patched, to_the_second) {
-                        let bytes = headers.bytes_in(span, &patched);
+                        let bytes = headers.bytes_in(span, &patched).expect("a guess decodes");
                         let header = strata_tarsplit::header_of(&bytes).expect("a guess parses");
                         assert!(if to_the_second {
                             strata_toc::describes_to_the_second(entry, &header)

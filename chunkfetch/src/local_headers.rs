@@ -81,39 +81,14 @@ impl std::fmt::Debug for LocalHeaders {
 impl LocalHeaders {
     /// Reads a layer's tar-split metadata (uncompressed records).
     pub fn from_tar_split<R: Read>(records: R) -> std::io::Result<LocalHeaders> {
-        let mut headers = LocalHeaders::default();
-        let mut segment = Vec::new();
-        // Padding of the payload before: it opens the next segment.
-        let mut padding = 0usize;
-        let mut tar_len = 0u64;
+        let mut builder = HeadersBuilder::default();
         for record in MetadataReader::new(records) {
             match record.map_err(std::io::Error::other)? {
-                SplitEntry::Segment(bytes) => {
-                    tar_len += bytes.len() as u64;
-                    segment.extend_from_slice(&bytes);
-                }
-                SplitEntry::File(file) => {
-                    tar_len += file.size.max(0) as u64;
-                    let blocks = segment.get(padding..).filter(|_| segment[..padding].iter().all(|&b| b == 0));
-                    if let Some(blocks) = blocks {
-                        headers.add(&file.name, blocks);
-                        if headers.time_header.is_none() {
-                            headers.time_header = TimeHeaderStyle::learn(blocks);
-                        }
-                    }
-                    segment.clear();
-                    padding = pad(file.size.max(0) as u64) as usize;
-                }
+                SplitEntry::Segment(bytes) => builder.segment(&bytes),
+                SplitEntry::File(file) => builder.file(&file.name, file.size),
             }
         }
-        let end = segment.get(padding..).unwrap_or_default();
-        headers.end_record = match end.len() {
-            _ if end.iter().any(|&b| b != 0) => None,
-            1024 => Some(512),
-            n if n > 1024 && tar_len.is_multiple_of(10240) => Some(10240),
-            _ => None,
-        };
-        Ok(headers)
+        Ok(builder.finish())
     }
 
     /// How the layer's tar ends after its last entry: 1 KiB of zeros, then
@@ -164,7 +139,7 @@ impl LocalHeaders {
         if span == AMBIGUOUS {
             return None;
         }
-        let bytes = self.bytes(span);
+        let bytes = self.bytes(span)?;
         let header = header_of(&bytes)?;
         let same = if to_the_second { strata_toc::describes_to_the_second } else { strata_toc::describes };
         if same(listed, &header) {
@@ -189,16 +164,17 @@ impl LocalHeaders {
     }
 
     /// The bytes of a span (`patched` being the plan's arena).
-    pub(crate) fn bytes_in<'a>(&'a self, span: Span, patched: &'a [u8]) -> Cow<'a, [u8]> {
-        let range = span.offset as usize..(span.offset + span.len) as usize;
+    /// `None` for a span that does not decode (of stored headers gone bad).
+    pub(crate) fn bytes_in<'a>(&'a self, span: Span, patched: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let range = span.offset as usize..(span.offset as usize).checked_add(span.len as usize)?;
         if span.patched {
-            Cow::Borrowed(&patched[range])
+            patched.get(range).map(Cow::Borrowed)
         } else {
-            Cow::Owned(decode_blocks(&self.arena[range], self.template.as_deref().unwrap_or(&[0; 512])))
+            decode_blocks(self.arena.get(range)?, self.template.as_deref()?).map(Cow::Owned)
         }
     }
 
-    pub(crate) fn bytes(&self, span: Span) -> Cow<'_, [u8]> {
+    pub(crate) fn bytes(&self, span: Span) -> Option<Cow<'_, [u8]>> {
         self.bytes_in(span, &[])
     }
 }
@@ -269,6 +245,198 @@ fn patch(bytes: &[u8], listed: &Entry, style: Option<&TimeHeaderStyle>) -> Optio
     out.resize(512 + padded, 0);
     out.extend_from_slice(&entry);
     Some(out)
+}
+
+/// Builds [`LocalHeaders`] from a layer's tar-split records as they come
+/// (as an apply writes them), so that the next pull need not read the
+/// tar-split back.
+#[derive(Default)]
+pub struct HeadersBuilder {
+    headers: LocalHeaders,
+    /// The segments since the last file record.
+    segment: Vec<u8>,
+    /// Padding of the payload before: it opens the next segment.
+    padding: usize,
+    tar_len: u64,
+}
+
+impl std::fmt::Debug for HeadersBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadersBuilder").field("headers", &self.headers).finish()
+    }
+}
+
+impl HeadersBuilder {
+    /// A segment record: raw tar bytes between payloads.
+    pub fn segment(&mut self, bytes: &[u8]) {
+        self.tar_len += bytes.len() as u64;
+        self.segment.extend_from_slice(bytes);
+    }
+
+    /// A file record: the entry the segments since the last one head.
+    pub fn file(&mut self, name: &[u8], size: i64) {
+        let size = size.max(0) as u64;
+        self.tar_len += size;
+        let segment = &self.segment;
+        let blocks = segment.get(self.padding..).filter(|_| segment[..self.padding].iter().all(|&b| b == 0));
+        if let Some(blocks) = blocks {
+            self.headers.add(name, blocks);
+            if self.headers.time_header.is_none() {
+                self.headers.time_header = TimeHeaderStyle::learn(blocks);
+            }
+        }
+        self.segment.clear();
+        self.padding = pad(size) as usize;
+    }
+
+    /// The headers, once every record is in.
+    pub fn finish(mut self) -> LocalHeaders {
+        let end = self.segment.get(self.padding..).unwrap_or_default();
+        self.headers.end_record = match end.len() {
+            _ if end.iter().any(|&b| b != 0) => None,
+            1024 => Some(512),
+            n if n > 1024 && self.tar_len.is_multiple_of(10240) => Some(10240),
+            _ => None,
+        };
+        self.headers
+    }
+}
+
+/// Opens the stored form of [`LocalHeaders`]; the last byte is its version.
+const MAGIC: &[u8; 8] = b"strhdrs\x01";
+
+/// Why stored headers were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("stored tar headers: {0}")]
+pub struct StoredHeadersError(&'static str);
+
+impl LocalHeaders {
+    /// The stored form, which [`LocalHeaders::from_stored`] reads back: a
+    /// pull keeps it beside the layer, and the next reads it in a few
+    /// milliseconds where reading the tar-split again takes tens.
+    ///
+    /// Little-endian: the magic; a flags byte (template, end record, time
+    /// style); the template block; the end record (u32); the time style's
+    /// block, the length of its time (u32) and the time; the number of
+    /// names (u32), each a name hash (u64), arena offset and length (u32);
+    /// the arena's length (u32) and the arena.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 1024 + self.by_name.len() * 16 + self.arena.len());
+        out.extend_from_slice(MAGIC);
+        let flags = u8::from(self.template.is_some()) | u8::from(self.end_record.is_some()) << 1 | u8::from(self.time_header.is_some()) << 2;
+        out.push(flags);
+        if let Some(template) = &self.template {
+            out.extend_from_slice(&template[..]);
+        }
+        if let Some(record) = self.end_record {
+            out.extend_from_slice(&record.to_le_bytes());
+        }
+        if let Some(style) = &self.time_header {
+            out.extend_from_slice(&style.block);
+            out.extend_from_slice(&(style.time.len() as u32).to_le_bytes());
+            out.extend_from_slice(&style.time);
+        }
+        out.extend_from_slice(&(self.by_name.len() as u32).to_le_bytes());
+        // In hash order: the same headers are stored as the same bytes.
+        let mut names: Vec<_> = self.by_name.iter().collect();
+        names.sort_unstable_by_key(|(hash, _)| **hash);
+        for (hash, span) in names {
+            out.extend_from_slice(&hash.to_le_bytes());
+            out.extend_from_slice(&span.offset.to_le_bytes());
+            out.extend_from_slice(&span.len.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.arena.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.arena);
+        out
+    }
+
+    /// Reads [`LocalHeaders::to_stored`]'s form back. Whatever the bytes,
+    /// the answer is headers or an error: every span lies inside the
+    /// arena, and a span that does not decode is never guessed from.
+    pub fn from_stored(bytes: &[u8]) -> Result<LocalHeaders, StoredHeadersError> {
+        let mut input = Input(bytes);
+        if input.take(MAGIC.len())? != MAGIC {
+            return Err(StoredHeadersError("not strata's stored headers (or another version of them)"));
+        }
+        let flags = input.take(1)?[0];
+        if flags & !0b111 != 0 {
+            return Err(StoredHeadersError("unknown flags"));
+        }
+        let mut headers = LocalHeaders::default();
+        if flags & 1 != 0 {
+            headers.template = Some(Box::new(input.block()?));
+        }
+        if flags & 2 != 0 {
+            headers.end_record = Some(input.u32()?);
+        }
+        if flags & 4 != 0 {
+            let block = input.block()?;
+            let len = input.u32()? as usize;
+            if len > 64 {
+                return Err(StoredHeadersError("a time style's time is too long"));
+            }
+            let time = input.take(len)?.to_vec();
+            headers.time_header = Some(TimeHeaderStyle { block, time });
+        }
+        let names = input.u32()? as usize;
+        if names > input.0.len() / 16 {
+            return Err(StoredHeadersError("more names than bytes to hold them"));
+        }
+        let mut spans = Vec::with_capacity(names);
+        for _ in 0..names {
+            let hash = u64::from_le_bytes(input.take(8)?.try_into().expect("8 bytes"));
+            let span = Span {
+                offset: input.u32()?,
+                len: input.u32()?,
+                patched: false,
+            };
+            spans.push((hash, span));
+        }
+        let arena_len = input.u32()? as usize;
+        if arena_len > MAX_BYTES + 520 {
+            return Err(StoredHeadersError("an arena larger than any kept"));
+        }
+        headers.arena = input.take(arena_len)?.to_vec();
+        if !input.0.is_empty() {
+            return Err(StoredHeadersError("bytes after the arena"));
+        }
+        if headers.template.is_none() && !headers.arena.is_empty() {
+            return Err(StoredHeadersError("an arena without its template"));
+        }
+        headers.by_name.reserve(spans.len());
+        for (hash, span) in spans {
+            let inside = span == AMBIGUOUS || (span.offset as usize).checked_add(span.len as usize).is_some_and(|end| end <= arena_len);
+            if !inside {
+                return Err(StoredHeadersError("a span outside the arena"));
+            }
+            if headers.by_name.insert(hash, span).is_some() {
+                return Err(StoredHeadersError("a name hash listed twice"));
+            }
+        }
+        Ok(headers)
+    }
+}
+
+/// The unread part of stored headers.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoredHeadersError> {
+        if self.0.len() < n {
+            return Err(StoredHeadersError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, StoredHeadersError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn block(&mut self) -> Result<[u8; 512], StoredHeadersError> {
+        Ok(self.take(512)?.try_into().expect("512 bytes"))
+    }
 }
 
 impl TimeHeaderStyle {
@@ -480,26 +648,33 @@ fn encode_blocks(blocks: &[u8], template: &[u8; 512], out: &mut Vec<u8>) {
 }
 
 /// The blocks [`encode_blocks`] kept.
-fn decode_blocks(mut encoded: &[u8], template: &[u8; 512]) -> Vec<u8> {
+fn decode_blocks(mut encoded: &[u8], template: &[u8; 512]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512 * 2);
     while !encoded.is_empty() {
         let start = out.len();
         out.extend_from_slice(template);
         let mut at = 0;
-        while let [skip, len, more @ ..] = encoded {
+        loop {
+            let [skip, len, more @ ..] = encoded else {
+                // A block must end with its two zeros.
+                return None;
+            };
             let (skip, len) = (usize::from(*skip), usize::from(*len));
             encoded = more;
             if skip == 0 && len == 0 {
                 break;
             }
             at += skip;
+            if at + len > 512 || len > encoded.len() {
+                return None;
+            }
             let (bytes, more) = encoded.split_at(len);
             out[start + at..start + at + len].copy_from_slice(bytes);
             at += len;
             encoded = more;
         }
     }
-    out
+    Some(out)
 }
 
 /// Bytes of padding after a payload of `size` bytes.
@@ -553,10 +728,10 @@ mod tests {
         let headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
         assert_eq!(headers.len(), 2);
         let span = headers.find_plain(&listed("a", 5, 0o644)).expect("a is known");
-        assert_eq!(headers.bytes(span), &tar[..512]);
+        assert_eq!(headers.bytes(span).expect("decodes"), &tar[..512]);
         let span = headers.find_plain(&listed("./dir/b", 600, 0o755)).expect("dir/b is known");
         // After a's 512-byte header, 5 bytes of payload and their padding.
-        assert_eq!(headers.bytes(span), &tar[1024..1536]);
+        assert_eq!(headers.bytes(span).expect("decodes"), &tar[1024..1536]);
     }
 
     #[test]
@@ -586,7 +761,7 @@ mod tests {
         let mut patched = Vec::new();
         let span = headers.find(&later, &mut patched, false).expect("patched");
         assert!(span.patched);
-        assert_eq!(&headers.bytes_in(span, &patched)[..], grown.as_bytes(), "the header the writer would have written");
+        assert_eq!(&headers.bytes_in(span, &patched).expect("decodes")[..], grown.as_bytes(), "the header the writer would have written");
         // What a header cannot be patched to say is not guessed.
         let mut other_mode = later.clone();
         other_mode.mode = 0o600;
@@ -644,8 +819,8 @@ mod tests {
         let span = old.find(&listed, &mut patched, false).expect("patched");
         assert!(span.patched);
         let want = new.find_plain(&listed).expect("v2 knows its own");
-        assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own header for v2's file");
-        assert_eq!(old.bytes_in(span, &patched).len(), 1536);
+        assert_eq!(old.bytes_in(span, &patched).expect("decodes"), new.bytes(want).expect("decodes"), "GNU tar's own header for v2's file");
+        assert_eq!(old.bytes_in(span, &patched).expect("decodes").len(), 1536);
     }
 
     /// A file whose time gains a fraction of a second gets, from GNU tar
@@ -671,11 +846,11 @@ mod tests {
         let mut patched = Vec::new();
         let span = old.find(&listed, &mut patched, false).expect("patched");
         let want = new.find_plain(&listed).expect("v2 knows its own");
-        assert_eq!(new.bytes(want).len(), 1536, "GNU tar added an extended header");
-        assert_eq!(old.bytes_in(span, &patched), new.bytes(want), "GNU tar's own headers for v2's file");
+        assert_eq!(new.bytes(want).expect("decodes").len(), 1536, "GNU tar added an extended header");
+        assert_eq!(old.bytes_in(span, &patched).expect("decodes"), new.bytes(want).expect("decodes"), "GNU tar's own headers for v2's file");
         // Without a style learned, no guess.
         let v1_file = old.find_plain(&file_entry(&v1)).expect("v1's file");
-        let unlearned = of_blocks(b"./some/dir/file.txt", &old.bytes(v1_file));
+        let unlearned = of_blocks(b"./some/dir/file.txt", &old.bytes(v1_file).expect("decodes"));
         assert!(unlearned.time_header.is_none());
         assert_eq!(unlearned.find(&listed, &mut patched, false), None);
     }
@@ -707,7 +882,7 @@ mod tests {
         later.mod_time = "2024-01-02T03:04:05.5Z".into();
         let mut patched = Vec::new();
         let span = headers.find(&later, &mut patched, false).expect("patched");
-        let bytes = headers.bytes_in(span, &patched);
+        let bytes = headers.bytes_in(span, &patched).expect("decodes");
         assert_eq!(bytes.len(), 1536);
         assert_eq!(&bytes[..14], b"./PaxHeaders/a");
         assert!(bytes[512..1024].starts_with(b"22 mtime=1704164645.5\n"));
@@ -738,7 +913,7 @@ mod tests {
             raw.extend_from_slice(&wild);
             let mut encoded = Vec::new();
             encode_blocks(&raw, &template, &mut encoded);
-            proptest::prop_assert_eq!(decode_blocks(&encoded, &template), raw.clone());
+            proptest::prop_assert_eq!(decode_blocks(&encoded, &template), Some(raw.clone()));
             proptest::prop_assert!(encoded.len() <= raw.len() / 512 * 520);
             let mut alone = Vec::new();
             encode_blocks(&template, &template, &mut alone);
@@ -762,5 +937,76 @@ mod tests {
         assert!(headers.find_plain(&listed("a", 3, 0o644)).is_some());
         headers.add(b"./a", &tar[..512]);
         assert_eq!(headers.find_plain(&listed("a", 3, 0o644)), None);
+    }
+
+    #[test]
+    fn stored_headers_read_back_as_they_were() {
+        let tar = tar(&[("a", b"hello", 0o644), ("dir/b", &[7u8; 600], 0o755)]);
+        let headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
+        let back = LocalHeaders::from_stored(&headers.to_stored()).expect("reads back");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.end_record(), headers.end_record());
+        let span = back.find_plain(&listed("./dir/b", 600, 0o755)).expect("dir/b is known");
+        assert_eq!(back.bytes(span).expect("decodes"), &tar[1024..1536]);
+        assert_eq!(back.to_stored(), headers.to_stored());
+        let empty = LocalHeaders::from_stored(&LocalHeaders::default().to_stored()).expect("reads back");
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_builder_fed_records_as_they_come_reads_as_the_tar_split() {
+        let tar = tar(&[("a", b"hello", 0o644), ("dir/b", &[7u8; 600], 0o755)]);
+        let mut builder = HeadersBuilder::default();
+        for record in MetadataReader::new(&tar_split_of(&tar)[..]) {
+            match record.expect("record") {
+                SplitEntry::Segment(bytes) => builder.segment(&bytes),
+                SplitEntry::File(file) => builder.file(&file.name, file.size),
+            }
+        }
+        let built = builder.finish();
+        let read = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
+        assert_eq!(built.to_stored(), read.to_stored());
+    }
+
+    #[test]
+    fn stored_headers_gone_bad_are_refused_or_never_guessed_from() {
+        let tar = tar(&[("a", b"hello", 0o644)]);
+        let headers = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
+        let stored = headers.to_stored();
+        assert!(LocalHeaders::from_stored(&stored[..stored.len() - 1]).is_err(), "truncated");
+        assert!(LocalHeaders::from_stored(&[&stored[..], &[0]].concat()).is_err(), "a byte too many");
+        assert!(LocalHeaders::from_stored(b"strhdrs\x02").is_err(), "another version");
+        let mut outside = LocalHeaders::from_stored(&stored).expect("reads back");
+        for span in outside.by_name.values_mut() {
+            span.offset = 1 << 30;
+        }
+        assert!(LocalHeaders::from_stored(&outside.to_stored()).is_err(), "a span outside the arena");
+        // An arena of runs that overrun their block: read, never guessed from.
+        let mut garbled = LocalHeaders::from_stored(&stored).expect("reads back");
+        garbled.arena.fill(255);
+        let garbled = LocalHeaders::from_stored(&garbled.to_stored()).expect("spans inside the arena");
+        assert_eq!(garbled.find_plain(&listed("a", 5, 0o644)), None);
+    }
+
+    proptest::proptest! {
+        /// Any one byte of stored headers changed: refused, or read and
+        /// then every guess still describes its entry.
+        #[test]
+        fn a_stored_byte_changed_never_gives_a_wrong_guess(at in 0usize..4096, byte in proptest::prelude::any::<u8>()) {
+            let tar = tar(&[("a", b"hello", 0o644), ("dir/b", &[7u8; 600], 0o755)]);
+            let mut stored = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers").to_stored();
+            let at = at % stored.len();
+            stored[at] = byte;
+            if let Ok(headers) = LocalHeaders::from_stored(&stored) {
+                for entry in [listed("a", 5, 0o644), listed("./dir/b", 600, 0o755), listed("a", 6, 0o644)] {
+                    let mut patched = Vec::new();
+                    if let Some(span) = headers.find(&entry, &mut patched, false) {
+                        let bytes = headers.bytes_in(span, &patched).expect("a guess decodes");
+                        let header = header_of(&bytes).expect("a guess parses");
+                        proptest::prop_assert!(strata_toc::describes(&entry, &header));
+                    }
+                }
+            }
+        }
     }
 }

@@ -1023,7 +1023,9 @@ impl TocGetter {
                 out.write_all(&[0u8; 512][..padding as usize])?;
                 let local = self.local_headers.as_ref().ok_or_else(|| io::Error::other("local headers went missing"))?;
                 for span in headers {
-                    out.write_all(&local.bytes_in(span, &self.patched))?;
+                    // The plan decoded each span to choose it.
+                    let bytes = local.bytes_in(span, &self.patched).ok_or_else(|| io::Error::other("local headers went bad"))?;
+                    out.write_all(&bytes)?;
                 }
                 Ok(())
             }

@@ -92,6 +92,31 @@ pub struct LayerOptions {
     /// kernel's writeback delay (30 s by default) can leave it listed with
     /// files that lost their data; `fsck --digests` finds such a layer.
     pub sync: bool,
+    /// Told the layer's tar-split records as they are written, on the
+    /// thread that writes them: what a caller keeps of the tar besides
+    /// the store (a pull keeps the tar headers, to guess the next
+    /// version's) comes without reading the tar-split back.
+    pub split_observer: Option<SplitObserverHandle>,
+}
+
+/// Sees the records of a layer's tar-split in order, as
+/// [`LayerOptions::split_observer`].
+pub trait SplitObserver: Send {
+    /// A segment: raw tar bytes (headers, padding) between payloads.
+    fn segment(&mut self, bytes: &[u8]);
+    /// A file: the entry the segments since the last file head.
+    fn file(&mut self, name: &[u8], size: i64);
+}
+
+/// A shared [`SplitObserver`], for [`LayerOptions`] (which is `Clone`):
+/// the caller keeps a handle and takes what it observed afterwards.
+#[derive(Clone)]
+pub struct SplitObserverHandle(pub Arc<std::sync::Mutex<dyn SplitObserver>>);
+
+impl std::fmt::Debug for SplitObserverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SplitObserverHandle")
+    }
 }
 
 /// A layer blob's identity, for [`LayerOptions::source_blob`].
@@ -285,18 +310,26 @@ impl<'scope> HashThread<'scope> {
 }
 
 /// Records uid/gid sets while the extractor works.
-struct LayerSink {
+struct LayerSink<'o> {
     extractor: Extractor,
+    observer: Option<std::sync::MutexGuard<'o, dyn SplitObserver + 'static>>,
     uids: BTreeSet<u32>,
     gids: BTreeSet<u32>,
 }
 
-impl SplitSink for LayerSink {
+impl SplitSink for LayerSink<'_> {
     fn raw(&mut self, bytes: &[u8]) -> strata_tarsplit::Result<()> {
+        if let Some(observer) = &mut self.observer {
+            observer.segment(bytes);
+        }
         self.extractor.raw(bytes)
     }
 
     fn entry(&mut self, header: &HeaderInfo, payload: Option<&mut Payload<'_>>) -> io::Result<()> {
+        // Before the payload is read: the record order is the tar-split's.
+        if let Some(observer) = &mut self.observer {
+            observer.file(&header.name, header.size);
+        }
         let base = header.name.rsplit(|&b| b == b'/').find(|s| !s.is_empty()).unwrap_or_default();
         if !base.starts_with(b".wh.") {
             if let Ok(uid) = u32::try_from(header.uid) {
@@ -538,6 +571,7 @@ pub(crate) fn apply_blob<R, F>(
     extractor: Extractor,
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
+    observer: Option<&SplitObserverHandle>,
 ) -> Result<Applied>
 where
     R: Read + Send,
@@ -545,6 +579,8 @@ where
 {
     let mut sink = LayerSink {
         extractor,
+        // One that panicked before is told nothing more.
+        observer: observer.and_then(|o| o.0.lock().ok()),
         uids: BTreeSet::new(),
         gids: BTreeSet::new(),
     };

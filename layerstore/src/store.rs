@@ -625,7 +625,7 @@ impl Store {
                         strata_overlaydiff::XattrNamespace::Trusted,
                     ));
                 }
-                let applied = apply::apply_blob(diff, &staged, extractor, &self.layers_dir, &split_tmp);
+                let applied = apply::apply_blob(diff, &staged, extractor, &self.layers_dir, &split_tmp, options.split_observer.as_ref());
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }
@@ -810,14 +810,25 @@ impl Store {
 
     /// Stores a big-data item of a layer (atomically).
     pub fn set_layer_big_data(&self, key: &str, name: &str, data: &[u8]) -> Result<()> {
-        let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+        self.set_layer_big_data_items(key, &[(name, data)])
+    }
+
+    /// Sets several big-data items of a layer, with one write of the
+    /// layers' records for them all.
+    pub fn set_layer_big_data_items(&self, key: &str, items: &[(&str, &[u8])]) -> Result<()> {
+        let files = items
+            .iter()
+            .map(|(name, _)| big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into())))
+            .collect::<Result<Vec<_>>>()?;
         self.modify_layer(key, |loaded, i| {
             let id = loaded.records[i].id.clone();
             crate::mkdir_mode(&self.layers_path.join(&id), 0o700)?;
             let dir = self.layers_dir.open_dir(&id).map_err(|e| Error::io(&self.layers_path.join(&id), e))?;
-            write_atomic(&dir, &file, data, false).map_err(|e| Error::io(&self.layers_path.join(&id).join(&file), e))?;
-            if !loaded.records[i].big_data_names.iter().any(|n| n == name) {
-                loaded.records[i].big_data_names.push(name.to_owned());
+            for ((name, data), file) in items.iter().zip(&files) {
+                write_atomic(&dir, file, data, false).map_err(|e| Error::io(&self.layers_path.join(&id).join(file), e))?;
+                if !loaded.records[i].big_data_names.iter().any(|n| n == name) {
+                    loaded.records[i].big_data_names.push((*name).to_owned());
+                }
             }
             Ok(())
         })

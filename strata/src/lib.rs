@@ -9,7 +9,7 @@ mod stored;
 
 pub use error::{Error, Result};
 pub use export::{ExportOptions, ExportReport, ExportedLayer, LayerCompression, TransferEvent, TransferProgress, export_to_layout};
-pub use pull::{How, LayerReport, Progress, PullEvent, PullOptions, PullReport, pull};
+pub use pull::{DEDUP_INDEX, How, LayerReport, Progress, PullEvent, PullOptions, PullReport, TAR_HEADERS, pull};
 pub use push::{PushOptions, PushReport, push};
 pub use stored::{BlobKind, GZIPPED_EMPTY_LAYER, GZIPPED_EMPTY_LAYER_DIGEST, LayerInfo, StoredImage};
 

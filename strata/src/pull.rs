@@ -12,17 +12,23 @@ use serde::Deserialize;
 use strata_chunkfetch::oci::{self, Descriptor, Index, Manifest};
 use strata_chunkfetch::toc_layer::ReceiverGone;
 use strata_chunkfetch::{
-    ByteRange, LayerPlan, LocalHeaders, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter,
+    ByteRange, HeadersBuilder, LayerPlan, LocalHeaders, Planner, RangeSink, RangeSource, Reference, RegistryOptions, SourceReadAt, TocGetter,
     fetch_pieces, piece_channel,
 };
 use strata_dedup_cache::{DiskCache, LayerIndex};
-use strata_layerstore::{Compression, ImageOptions, KnownContent, KnownFile, LayerOptions, SourceBlob, Store, chain_id};
+use strata_layerstore::{
+    Compression, ImageOptions, KnownContent, KnownFile, LayerOptions, SourceBlob, SplitObserverHandle, Store, chain_id,
+};
 
 use crate::source::{Blob, ImageSource};
 use crate::{Error, Result};
 
 /// The layer big-data item that holds a layer's dedup index.
 pub const DEDUP_INDEX: &str = "strata-dedup-index";
+
+/// The layer big-data item that holds a layer's tar headers, in the form
+/// [`LocalHeaders::to_stored`] writes.
+pub const TAR_HEADERS: &str = "strata-tar-headers";
 
 /// How a pull goes.
 #[derive(Clone)]
@@ -311,7 +317,53 @@ fn previous_versions(store: &Store, names: &[String]) -> Vec<Vec<String>> {
 
 /// The tar headers of a local layer, to stand in for a blob's.
 fn local_headers(store: &Store, id: &str) -> Option<Arc<LocalHeaders>> {
-    headers_of(store.layer_tar_split(id).ok()??, id)
+    let stored = store.layer_big_data(id, TAR_HEADERS).ok();
+    stored_headers(stored, id).or_else(|| headers_of(store.layer_tar_split(id).ok()??, id))
+}
+
+/// [`local_headers`] from the form a pull kept them in (`stored`).
+fn stored_headers(stored: Option<Vec<u8>>, id: &str) -> Option<Arc<LocalHeaders>> {
+    match LocalHeaders::from_stored(&stored?) {
+        Ok(headers) if !headers.is_empty() => Some(Arc::new(headers)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(layer = %id, "{e}: reading its tar-split instead");
+            None
+        }
+    }
+}
+
+/// Records a new layer's tar headers as the store writes its tar-split.
+/// Kept beside the layer, they spare the next version's pull reading the
+/// tar-split back (tens of milliseconds for a root filesystem, where the
+/// kept form reads in one or two).
+#[derive(Clone, Default)]
+struct HeadersKeeper(Arc<std::sync::Mutex<Recording>>);
+
+#[derive(Default)]
+struct Recording(HeadersBuilder);
+
+impl strata_layerstore::SplitObserver for Recording {
+    fn segment(&mut self, bytes: &[u8]) {
+        self.0.segment(bytes);
+    }
+
+    fn file(&mut self, name: &[u8], size: i64) {
+        self.0.file(name, size);
+    }
+}
+
+impl HeadersKeeper {
+    fn observer(&self) -> SplitObserverHandle {
+        SplitObserverHandle(self.0.clone())
+    }
+
+    /// What was recorded, in its stored form; `None` when no headers were.
+    fn stored(&self) -> Option<Vec<u8>> {
+        let mut recording = self.0.lock().ok()?;
+        let headers = std::mem::take(&mut recording.0).finish();
+        (!headers.is_empty()).then(|| headers.to_stored())
+    }
 }
 
 /// [`local_headers`] from layer `id`'s tar-split `records`.
@@ -350,9 +402,15 @@ fn read_headers_ahead(store: &Store, layers: &[Descriptor], previous: &[Vec<Stri
     };
     let position = layers.iter().position(|d| !have(d))?;
     let layer = previous.iter().find_map(|chain| chain.get(position))?.clone();
-    let records = store.layer_tar_split(&layer).ok()??;
+    let stored = store.layer_big_data(&layer, TAR_HEADERS).ok();
+    let records = store.layer_tar_split(&layer).ok().flatten();
+    if stored.is_none() && records.is_none() {
+        return None;
+    }
     let id = layer.clone();
-    let reading = std::thread::Builder::new().spawn(move || headers_of(records, &id)).ok()?;
+    let reading = std::thread::Builder::new()
+        .spawn(move || stored_headers(stored, &id).or_else(|| headers_of(records?, &id)))
+        .ok()?;
     Some(HeadersAhead { layer, reading })
 }
 
@@ -712,7 +770,7 @@ fn pull_layer(
                     report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
                 let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, options, &mut report);
-                match pulled {
+                let headers = match pulled {
                     // A guessed header was not the blob's: the diffID says so.
                     Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessed > 0 => {
                         tracing::info!(layer = %id, "headers taken from {predecessor:?} were not the blob's: rebuilding from the blob's own");
@@ -720,7 +778,7 @@ fn pull_layer(
                         return retry_unpredicted(source, layer, desc, cache, options, spent);
                     }
                     other => other?,
-                }
+                };
                 if guessed > 0 {
                     report.note = Some(format!(
                         "the tar's headers came from layer {} where its entries are unchanged ({guessed} runs), from the blob elsewhere",
@@ -730,7 +788,7 @@ fn pull_layer(
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
-                save_index(store, id, index, cache);
+                save_layer_extras(store, id, Some(index), headers, cache);
                 return Ok(report);
             }
             report.note = Some(format!(
@@ -767,6 +825,7 @@ fn pull_layer(
         Some(location) => Some(location.toc_digest.clone()),
         None => from_toc.as_ref().map(|(digest, _)| digest.clone()),
     };
+    let headers = HeadersKeeper::default();
     store.put_layer(
         &LayerOptions {
             id: Some(id.to_owned()),
@@ -779,6 +838,7 @@ fn pull_layer(
                 compression: Compression::Zstd,
                 toc_digest: Some(toc),
             }),
+            split_observer: Some(headers.observer()),
             ..LayerOptions::default()
         },
         reader,
@@ -805,19 +865,16 @@ fn pull_layer(
             Err(e) => tracing::warn!(layer = %id, "its TOC does not parse ({e}): indexing its files"),
         }
     }
-    match from_toc {
+    let index = match from_toc {
         // The TOC was checked against the manifest, and the files against
         // the diffID: the index can come from it.
-        Some((_, index)) => save_index(store, id, index, cache),
-        None => {
-            if let Ok(root) = store.layer_files(id) {
-                match LayerIndex::from_dir_with(&root, options.index_chunks) {
-                    Ok(index) => save_index(store, id, index, cache),
-                    Err(e) => tracing::warn!(layer = %id, "no dedup index: {e}"),
-                }
-            }
-        }
-    }
+        Some((_, index)) => Some(index),
+        None => store
+            .layer_files(id)
+            .ok()
+            .and_then(|root| LayerIndex::from_dir_with(&root, options.index_chunks).inspect_err(|e| tracing::warn!(layer = %id, "no dedup index: {e}")).ok()),
+    };
+    save_layer_extras(store, id, index, headers.stored(), cache);
     Ok(report)
 }
 
@@ -884,7 +941,7 @@ fn pull_estargz(
     let guessed = plan.stats.headers_local;
     let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
     let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
-    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, options, &mut report) {
+    let headers = match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, options, &mut report) {
         // Without the guess, every run of headers is a member to fetch:
         // the blob comes whole (a registry blob counts both fetches).
         Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
@@ -894,7 +951,7 @@ fn pull_estargz(
             )));
         }
         other => other?,
-    }
+    };
     report.note = Some(if guessed > 0 {
         format!(
             "eStargz: the tar's headers came from layer {} where its entries are unchanged ({guessed} runs), from the blob elsewhere",
@@ -904,7 +961,7 @@ fn pull_estargz(
         "eStargz: the tar's headers came from the blob's members".into()
     });
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-    save_index(store, id, index, cache);
+    save_layer_extras(store, id, Some(index), headers, cache);
     Ok(Estargz::Pulled(report))
 }
 
@@ -927,12 +984,23 @@ fn retry_unpredicted(
     Ok(report)
 }
 
-/// Stores a layer's dedup index and makes it visible to the rest of the pull.
-fn save_index(store: &Store, id: &str, index: LayerIndex, cache: &mut DiskCache) {
-    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, index.as_bytes()) {
-        tracing::warn!(layer = %id, "could not store its dedup index: {e}");
+/// Stores a layer's dedup index and tar headers (in one write of the
+/// layers' records), and makes the index visible to the rest of the pull.
+fn save_layer_extras(store: &Store, id: &str, index: Option<LayerIndex>, headers: Option<Vec<u8>>, cache: &mut DiskCache) {
+    let mut items: Vec<(&str, &[u8])> = Vec::new();
+    if let Some(index) = &index {
+        items.push((DEDUP_INDEX, index.as_bytes()));
     }
-    if let Ok(root) = store.layer_files(id) {
+    if let Some(headers) = &headers {
+        items.push((TAR_HEADERS, headers));
+    }
+    if items.is_empty() {
+        return;
+    }
+    if let Err(e) = store.set_layer_big_data_items(id, &items) {
+        tracing::warn!(layer = %id, "could not store its dedup index and tar headers: {e}");
+    }
+    if let (Some(index), Ok(root)) = (index, store.layer_files(id)) {
         cache.add_layer(Arc::new(root), index);
     }
 }
@@ -983,7 +1051,7 @@ fn pull_partial(
     toc_digest: String,
     options: &PullOptions,
     report: &mut LayerReport,
-) -> Result<()> {
+) -> Result<Option<Vec<u8>>> {
     let Target { store, id, parent, diff_id } = *layer;
     report.bytes_reused = plan.stats.bytes_reused;
     report.files_reused = plan.stats.files_reused;
@@ -996,6 +1064,7 @@ fn pull_partial(
     // extractor when it can, as their bytes pass by for the diffID.
     let known = KnownContent::new(options.hard_links);
     let announce = known.clone();
+    let headers = HeadersKeeper::default();
     let files = plan.stats.files;
     let mut getter = TocGetter::new(plan, rx);
     if let Some(progress) = options.progress.clone() {
@@ -1029,6 +1098,7 @@ fn pull_partial(
             toc_digest: Some(toc_digest),
         }),
         known_content: Some(known),
+        split_observer: Some(headers.observer()),
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {
@@ -1111,7 +1181,7 @@ fn pull_partial(
     stored?;
     let stats = stats.ok_or_else(|| layer_error("the fetch stopped early".into()))?;
     report.bytes_fetched = stats.bytes_requested;
-    Ok(())
+    Ok(headers.stored())
 }
 
 /// Counts what is read through it, telling the progress callback.

@@ -212,6 +212,41 @@ fn headers_of_unchanged_entries_come_from_the_earlier_version() {
     assert!(fetched[2] > fetched[1], "a wrong guess costs a second fetch: {fetched:?}");
 }
 
+/// A pull keeps each new layer's tar headers beside it, recorded as the
+/// store wrote its tar-split: they read as that tar-split does, and the
+/// next version's pull guesses from them. Kept headers gone bad are read
+/// past: the tar-split serves instead.
+#[test]
+fn kept_tar_headers_match_the_tar_split_and_serve_the_next_pull() {
+    use strata::chunkfetch::LocalHeaders;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (_, v2_tar, _) = two_versions(&layout);
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+    for damaged in [false, true] {
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store(store_dir.path());
+        let r1 = pull(&at("v1"), &store, &PullOptions::default()).expect("pull v1");
+        // One layer came whole (gzip), one partially: both keep headers.
+        for layer in &r1.layers {
+            let kept = store.layer_big_data(&layer.layer_id, strata::TAR_HEADERS).expect("kept headers");
+            let split = store.layer_tar_split(&layer.layer_id).expect("tar-split").expect("has one");
+            let read = LocalHeaders::from_tar_split(split).expect("reads");
+            assert_eq!(kept, read.to_stored(), "{:?} layer", layer.how);
+            assert_eq!(LocalHeaders::from_stored(&kept).expect("reads back").len(), read.len());
+        }
+        let app = &r1.layers[1].layer_id;
+        if damaged {
+            store.set_layer_big_data(app, strata::TAR_HEADERS, b"strhdrs\x01 gone bad").expect("damage");
+        }
+        let r2 = pull(&at("v2"), &store, &PullOptions::default()).expect("pull v2");
+        let layer = &r2.layers[1];
+        assert_eq!(layer.how, How::Partial, "{layer:?}");
+        assert!(layer.note.as_deref().unwrap_or_default().contains("headers came from layer"), "damaged={damaged}: {layer:?}");
+        assert_eq!(diff(&store, &layer.layer_id), v2_tar);
+    }
+}
+
 fn estargz(tar: &[u8]) -> (LayerBlob, strata::toc::estargz::EstargzWritten) {
     let mut blob = Vec::new();
     let options = strata::toc::estargz::EstargzOptions { chunk_size: 1 << 20, ..Default::default() };

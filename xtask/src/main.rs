@@ -921,6 +921,9 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
     }
     if dir == "chunkfetch" && target == "guessed_headers" {
         std::fs::write(corpus.join("time_header_style"), time_header_style_seed()?)?;
+        let split = tar_split_of(&strata_tarsplit::sample::every_entry_kind())?;
+        let stored = strata_chunkfetch::LocalHeaders::from_tar_split(&split[..])?.to_stored();
+        std::fs::write(corpus.join("stored_headers"), stored)?;
         // Falls through to the tar-split of a sample tar.
     } else if dir == "chunkfetch" {
         let seed = "--B\r\nContent-Range: bytes 0-4/10\r\n\r\nhello\r\n--B--\r\n";
@@ -948,17 +951,15 @@ fn seed_corpus(dir: &str, target: &str, corpus: &Path) -> Result<(), Error> {
     let tar = strata_tarsplit::sample::every_entry_kind();
     let seed = match target {
         "tar_reader" => tar,
-        _ => {
-            let mut meta = strata_tarsplit::MetadataWriter::new(Vec::new());
-            strata_tarsplit::disassemble(
-                &tar[..],
-                std::io::sink(),
-                &mut meta,
-                &mut strata_tarsplit::DiscardPutter,
-            )?;
-            meta.finish()?
-        }
+        _ => tar_split_of(&tar)?,
     };
     std::fs::write(corpus.join("sample"), seed)?;
     Ok(())
+}
+
+/// The tar-split metadata of `tar`.
+fn tar_split_of(tar: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut meta = strata_tarsplit::MetadataWriter::new(Vec::new());
+    strata_tarsplit::disassemble(tar, std::io::sink(), &mut meta, &mut strata_tarsplit::DiscardPutter)?;
+    Ok(meta.finish()?)
 }
