@@ -91,8 +91,12 @@ fn clean_path(name: &str) -> Option<std::borrow::Cow<'_, str>> {
     if name.contains('\0') {
         return None;
     }
-    // Most names are clean already: they are taken as they are, with no
-    // allocation per TOC entry.
+    // Most names are clean already, or but for a leading `./` or `/`:
+    // they are taken as they are, with no allocation per TOC entry.
+    let mut name = name;
+    while let Some(rest) = name.strip_prefix("./").or_else(|| name.strip_prefix('/')) {
+        name = rest;
+    }
     let (mut clean, mut any) = (true, false);
     for part in name.split('/') {
         match part {

@@ -598,7 +598,7 @@ where
     // busiest of an apply.
     let mut metadata = strata_tarsplit::MetadataWriter::new(crate::pgzip::ParallelGzip::new(
         io::BufWriter::with_capacity(CHUNK, file),
-        libdeflater::CompressionLvl::new(1).unwrap_or_default(),
+        crate::pgzip::GzipLevel::Quick,
     ));
 
     let (produced, split) = std::thread::scope(|scope| {

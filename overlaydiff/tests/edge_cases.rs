@@ -281,7 +281,8 @@ fn apply_refuses_escaping_names() {
 /// Owners and modes come out as the tar says, whether the file was created
 /// with them (no chown, no chmod) or needed either: set-group-ID
 /// directories give new entries their group, set-ID bits need chmod after
-/// chown, and modes the umask strips are put back.
+/// chown, modes the umask strips are put back, and a directory made with
+/// its mode and owner is left as made.
 #[test]
 fn extracted_owners_and_modes_are_the_tars() {
     use std::os::unix::fs::MetadataExt;
@@ -312,6 +313,12 @@ fn extracted_owners_and_modes_are_the_tars() {
     add("setuid", tar::EntryType::Regular, 0o4755, 1000, 0);
     add("open", tar::EntryType::Regular, 0o666, 0, 0);
     add("sticky/", tar::EntryType::Directory, 0o1777, 0, 0);
+    // Directories made with their mode (no chmod), or not.
+    add("plain-dir/", tar::EntryType::Directory, 0o755, 0, 0);
+    add("group-writable/", tar::EntryType::Directory, 0o775, 0, 0);
+    add("users-dir/", tar::EntryType::Directory, 0o750, 1000, 1001);
+    add("read-only-dir/", tar::EntryType::Directory, 0o555, 0, 0);
+    add("read-only-dir/f", tar::EntryType::Regular, 0o644, 0, 0);
     let tar = b.into_inner().expect("tar");
     let dir = tempfile::tempdir().expect("tempdir");
     strata_overlaydiff::apply_layer(&tar[..], &open(dir.path()), strata_overlaydiff::Whiteouts::Remove).expect("apply");
@@ -327,6 +334,11 @@ fn extracted_owners_and_modes_are_the_tars() {
         ("setuid", 0o4755, 1000, 0),
         ("open", 0o666, 0, 0),
         ("sticky", 0o1777, 0, 0),
+        ("plain-dir", 0o755, 0, 0),
+        ("group-writable", 0o775, 0, 0),
+        ("users-dir", 0o750, 1000, 1001),
+        ("read-only-dir", 0o555, 0, 0),
+        ("read-only-dir/f", 0o644, 0, 0),
     ] {
         let m = fs::symlink_metadata(dir.path().join(name)).expect(name);
         assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (mode, uid, gid), "{name}");
