@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod annotations;
+mod canonical;
 pub mod chunker;
 mod consistency;
 mod error;

@@ -490,7 +490,11 @@ fn walk_entries<R: std::io::Read>(
     }
     let mut n = 0u64;
     loop {
-        let entry = value::<Entry>(next(values, "an entry")?, || format!("TOC entry {n}"))?;
+        let text = next(values, "an entry")?;
+        let entry = match crate::canonical::entry(text) {
+            Some(entry) => entry,
+            None => value::<Entry>(text, || format!("TOC entry {n}"))?,
+        };
         on_entry(entry)?;
         n += 1;
         match peek(values)? {
@@ -506,6 +510,11 @@ fn walk_entries<R: std::io::Read>(
 
 // Deserialization: Go matches keys without regard to case and skips
 // unknown ones; serde's derive does neither, hence the visitors.
+
+/// Whether `key` names an entry field, in any case.
+pub(crate) fn is_known_key(key: &str) -> bool {
+    !matches!(Field::of(key), Field::Other)
+}
 
 fn key_is(key: &str, want: &str) -> bool {
     key.eq_ignore_ascii_case(want)
