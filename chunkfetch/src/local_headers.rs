@@ -253,12 +253,20 @@ fn patch(bytes: &[u8], listed: &Entry, style: Option<&TimeHeaderStyle>) -> Optio
 #[derive(Default)]
 pub struct HeadersBuilder {
     headers: LocalHeaders,
-    /// The segments since the last file record.
+    /// The segments since the last file record, up to `SEGMENT_MAX` bytes.
     segment: Vec<u8>,
+    /// The bytes of those segments not kept, and whether all were zeros.
+    dropped: u64,
+    dropped_nonzero: bool,
     /// Padding of the payload before: it opens the next segment.
     padding: usize,
     tar_len: u64,
 }
+
+/// Segments are kept up to this many bytes between two files: no entry's
+/// headers come near, and what follows a tar's end (zeros, or anything a
+/// hostile blob puts there) is only counted.
+const SEGMENT_MAX: usize = 1 << 20;
 
 impl std::fmt::Debug for HeadersBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,7 +278,11 @@ impl HeadersBuilder {
     /// A segment record: raw tar bytes between payloads.
     pub fn segment(&mut self, bytes: &[u8]) {
         self.tar_len += bytes.len() as u64;
-        self.segment.extend_from_slice(bytes);
+        let kept = bytes.len().min(SEGMENT_MAX - self.segment.len());
+        self.segment.extend_from_slice(&bytes[..kept]);
+        let dropped = &bytes[kept..];
+        self.dropped += dropped.len() as u64;
+        self.dropped_nonzero |= dropped.iter().any(|&b| b != 0);
     }
 
     /// A file record: the entry the segments since the last one head.
@@ -278,7 +290,9 @@ impl HeadersBuilder {
         let size = size.max(0) as u64;
         self.tar_len += size;
         let segment = &self.segment;
-        let blocks = segment.get(self.padding..).filter(|_| segment[..self.padding].iter().all(|&b| b == 0));
+        let blocks = segment
+            .get(self.padding..)
+            .filter(|_| self.dropped == 0 && segment[..self.padding].iter().all(|&b| b == 0));
         if let Some(blocks) = blocks {
             self.headers.add(name, blocks);
             if self.headers.time_header.is_none() {
@@ -286,14 +300,16 @@ impl HeadersBuilder {
             }
         }
         self.segment.clear();
+        (self.dropped, self.dropped_nonzero) = (0, false);
         self.padding = pad(size) as usize;
     }
 
     /// The headers, once every record is in.
     pub fn finish(mut self) -> LocalHeaders {
         let end = self.segment.get(self.padding..).unwrap_or_default();
-        self.headers.end_record = match end.len() {
-            _ if end.iter().any(|&b| b != 0) => None,
+        let end_len = end.len() as u64 + self.dropped;
+        self.headers.end_record = match end_len {
+            _ if self.dropped_nonzero || end.iter().any(|&b| b != 0) => None,
             1024 => Some(512),
             n if n > 1024 && self.tar_len.is_multiple_of(10240) => Some(10240),
             _ => None,
@@ -979,6 +995,28 @@ mod tests {
         let built = builder.finish();
         let read = LocalHeaders::from_tar_split(&tar_split_of(&tar)[..]).expect("headers");
         assert_eq!(built.to_stored(), read.to_stored());
+    }
+
+    /// What follows a tar's end is counted, not kept, however long.
+    #[test]
+    fn a_long_end_is_counted_not_kept() {
+        let tar = tar(&[("a", b"", 0o644)]);
+        for nonzero_far_on in [false, true] {
+            let mut builder = HeadersBuilder::default();
+            builder.segment(&tar[..512]);
+            builder.file(b"a", 0);
+            let mut end = vec![0u8; 10240 * 300 - 512];
+            if nonzero_far_on {
+                end[SEGMENT_MAX + 7] = 1;
+            }
+            for piece in end.chunks(64 << 10) {
+                builder.segment(piece);
+            }
+            assert!(builder.segment.len() <= SEGMENT_MAX);
+            let headers = builder.finish();
+            assert_eq!(headers.len(), 1);
+            assert_eq!(headers.end_record(), if nonzero_far_on { None } else { Some(10240) });
+        }
     }
 
     #[test]
