@@ -258,11 +258,7 @@ impl Extractor {
                 Some(st) => st,
                 None => rustix::fs::fstat(&opened).map_err(|e| io_err(full, e.into()))?,
             };
-            let parent = Parent {
-                dir: Arc::new(opened),
-                new_gid: self.new_gid(&st),
-                set_gid: st.st_mode & 0o2000 != 0,
-            };
+            let parent = self.parent_of(opened, &st);
             self.open_dirs.push((part.to_vec(), parent));
         }
         match self.open_dirs.last() {
@@ -277,19 +273,20 @@ impl Extractor {
         }
         let dir = self.root.try_clone().map_err(|e| io_err(full, e))?;
         let st = rustix::fs::fstat(&dir).map_err(|e| io_err(full, e.into()))?;
-        let parent = Parent {
-            dir: Arc::new(dir),
-            new_gid: self.new_gid(&st),
-            set_gid: st.st_mode & 0o2000 != 0,
-        };
+        let parent = self.parent_of(dir, &st);
         self.root_parent = Some(parent.clone());
         Ok(parent)
     }
 
-    /// The group what is created in a directory gets: a set-group-ID
-    /// directory's own.
-    fn new_gid(&self, st: &rustix::fs::Stat) -> u32 {
-        if st.st_mode & 0o2000 != 0 { st.st_gid } else { self.egid }
+    /// A directory as the parent of what is created in it, `st` being
+    /// its status: what is created gets a set-group-ID directory's group.
+    fn parent_of(&self, dir: Dir, st: &rustix::fs::Stat) -> Parent {
+        let set_gid = st.st_mode & 0o2000 != 0;
+        Parent {
+            dir: Arc::new(dir),
+            new_gid: if set_gid { st.st_gid } else { self.egid },
+            set_gid,
+        }
     }
 
     /// Forgets the open directories from `parts` down: its mode or owner

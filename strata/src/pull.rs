@@ -402,6 +402,8 @@ fn read_headers_ahead(store: &Store, layers: &[Descriptor], previous: &[Vec<Stri
     };
     let position = layers.iter().position(|d| !have(d))?;
     let layer = previous.iter().find_map(|chain| chain.get(position))?.clone();
+    // Both are opened here, as the thread cannot reach the store: the
+    // tar-split serves when the kept headers are missing or damaged.
     let stored = store.layer_big_data(&layer, TAR_HEADERS).ok();
     let records = store.layer_tar_split(&layer).ok().flatten();
     if stored.is_none() && records.is_none() {
@@ -869,10 +871,11 @@ fn pull_layer(
         // The TOC was checked against the manifest, and the files against
         // the diffID: the index can come from it.
         Some((_, index)) => Some(index),
-        None => store
-            .layer_files(id)
-            .ok()
-            .and_then(|root| LayerIndex::from_dir_with(&root, options.index_chunks).inspect_err(|e| tracing::warn!(layer = %id, "no dedup index: {e}")).ok()),
+        None => store.layer_files(id).ok().and_then(|root| {
+            LayerIndex::from_dir_with(&root, options.index_chunks)
+                .inspect_err(|e| tracing::warn!(layer = %id, "no dedup index: {e}"))
+                .ok()
+        }),
     };
     save_layer_extras(store, id, index, headers.stored(), cache);
     Ok(report)
