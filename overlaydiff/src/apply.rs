@@ -684,7 +684,7 @@ impl Extractor {
         let writers = self.writers.as_mut().expect("made above");
         writers.start(file, path)?;
         let mut offset = 0u64;
-        let mut piece = Vec::with_capacity(PIECE.min(usize::try_from(payload.len()).unwrap_or(PIECE)));
+        let mut piece = writers.buffer();
         loop {
             let chunk = payload.fill_buf().map_err(|e| io_err(path, e))?;
             if chunk.is_empty() {
@@ -695,11 +695,14 @@ impl Extractor {
             payload.consume(n);
             if piece.len() == PIECE {
                 let len = piece.len() as u64;
-                writers.data(offset, std::mem::replace(&mut piece, Vec::with_capacity(PIECE)))?;
+                let next = writers.buffer();
+                writers.data(offset, std::mem::replace(&mut piece, next))?;
                 offset += len;
             }
         }
-        if !piece.is_empty() {
+        if piece.is_empty() {
+            writers.unused(piece);
+        } else {
             writers.data(offset, piece)?;
         }
         writers.finish(meta)

@@ -122,10 +122,10 @@ impl Failure {
     }
 }
 
-fn work(jobs: Receiver<Job>, failure: Arc<Failure>) {
+fn work(batches: Receiver<Vec<Job>>, failure: Arc<Failure>, spare: Arc<Spare>) {
     let mut current: Option<(File, Vec<u8>)> = None;
     let mut written_end = 0u64;
-    for job in jobs {
+    for job in batches.into_iter().flatten() {
         if failure.failed.load(Ordering::Acquire) {
             continue; // drained, so the extractor never blocks on a full queue
         }
@@ -135,10 +135,14 @@ fn work(jobs: Receiver<Job>, failure: Arc<Failure>) {
                 written_end = 0;
                 Ok(())
             }
-            Job::Data { offset, bytes } => match &current {
-                Some((file, _)) => write_skipping_zeros(file, offset, &bytes, written_end).map(|end| written_end = end),
-                None => Err(io::Error::other("data for no file")),
-            },
+            Job::Data { offset, bytes } => {
+                let written = match &current {
+                    Some((file, _)) => write_skipping_zeros(file, offset, &bytes, written_end).map(|end| written_end = end),
+                    None => Err(io::Error::other("data for no file")),
+                };
+                spare.put(bytes);
+                written
+            }
             Job::Finish(meta) => match &current {
                 Some((file, _)) => {
                     let done = finish_file(file, written_end, &meta);
@@ -157,11 +161,44 @@ fn work(jobs: Receiver<Job>, failure: Arc<Failure>) {
     }
 }
 
+/// Piece buffers the writers are done with, for the extractor to fill
+/// again: a fresh one of `PIECE` bytes is a new mapping, whose pages the
+/// kernel must fault in and zero, which costs more than the write.
+#[derive(Default)]
+struct Spare(Mutex<Vec<Vec<u8>>>);
+
+impl Spare {
+    /// More than the queues hold at once is never needed.
+    const MAX: usize = 64;
+
+    fn put(&self, mut bytes: Vec<u8>) {
+        if bytes.capacity() != PIECE {
+            return;
+        }
+        bytes.clear();
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < Self::MAX {
+            spare.push(bytes);
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(PIECE))
+    }
+}
+
 /// Threads that write the files the extractor creates.
 pub(crate) struct FileWriters {
-    queues: Vec<SyncSender<Job>>,
+    queues: Vec<SyncSender<Vec<Job>>>,
+    /// Jobs not yet handed over: they go in batches, as a thread woken
+    /// for each of a small file's three jobs would cost more than writing
+    /// the file.
+    batch: Vec<Job>,
+    batch_bytes: usize,
     handles: Vec<JoinHandle<()>>,
     failure: Arc<Failure>,
+    spare: Arc<Spare>,
     next: usize,
     /// The queue the file being handed over goes to.
     current: usize,
@@ -176,22 +213,31 @@ impl std::fmt::Debug for FileWriters {
 /// Bytes handed over per job: a large file goes in pieces, in order.
 pub(crate) const PIECE: usize = 256 << 10;
 
+/// A batch is handed over when it holds this many jobs or bytes.
+const BATCH_JOBS: usize = 192;
+const BATCH_BYTES: usize = 1 << 20;
+
 impl FileWriters {
     pub(crate) fn new(threads: usize) -> io::Result<FileWriters> {
         let failure = Arc::new(Failure::default());
+        let spare = Arc::new(Spare::default());
         let mut queues = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
             // A few pieces in flight per thread: memory stays bounded.
             let (tx, rx) = sync_channel(8);
-            let failure = failure.clone();
-            handles.push(std::thread::Builder::new().name(format!("strata-write-{i}")).spawn(move || work(rx, failure))?);
+            let (failure, spare) = (failure.clone(), spare.clone());
+            let worker = move || work(rx, failure, spare);
+            handles.push(std::thread::Builder::new().name(format!("strata-write-{i}")).spawn(worker)?);
             queues.push(tx);
         }
         Ok(FileWriters {
             queues,
             handles,
             failure,
+            spare,
+            batch: Vec::new(),
+            batch_bytes: 0,
             next: 0,
             current: 0,
         })
@@ -209,7 +255,24 @@ impl FileWriters {
     }
 
     fn send(&mut self, job: Job) -> Result<()> {
-        if self.queues[self.current].send(job).is_err() {
+        if let Job::Data { bytes, .. } = &job {
+            self.batch_bytes += bytes.len();
+        }
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_JOBS || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch over (to the thread writing its last file).
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        if self.queues[self.current].send(batch).is_err() {
             return Err(self.failed().unwrap_or_else(|| Error::Io {
                 path: "<layer>".into(),
                 source: io::Error::other("a file writer stopped"),
@@ -220,9 +283,23 @@ impl FileWriters {
 
     /// Starts handing over `file`, created at `path`.
     pub(crate) fn start(&mut self, file: File, path: &[u8]) -> Result<()> {
-        self.current = self.next;
-        self.next = (self.next + 1) % self.queues.len();
+        // A file's jobs all go to one thread, in order.
+        if self.batch.is_empty() {
+            self.current = self.next;
+            self.next = (self.next + 1) % self.queues.len();
+        }
         self.send(Job::Start { file, path: path.to_vec() })
+    }
+
+    /// An empty buffer of `PIECE` bytes' capacity to hand the next piece
+    /// over in.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.spare.take()
+    }
+
+    /// Returns a buffer `buffer` gave that went unused.
+    pub(crate) fn unused(&self, bytes: Vec<u8>) {
+        self.spare.put(bytes);
     }
 
     pub(crate) fn data(&mut self, offset: u64, bytes: Vec<u8>) -> Result<()> {
@@ -235,10 +312,11 @@ impl FileWriters {
 
     /// Waits for every file to be written; the first failure, if any.
     pub(crate) fn join(mut self) -> Result<()> {
+        let flushed = self.flush();
         self.stop();
         match self.failure.take() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => flushed,
         }
     }
 
