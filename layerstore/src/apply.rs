@@ -97,6 +97,13 @@ pub struct LayerOptions {
     /// the store (a pull keeps the tar headers, to guess the next
     /// version's) comes without reading the tar-split back.
     pub split_observer: Option<SplitObserverHandle>,
+    /// Big data made from the layer (a dedup index, say), stored with its
+    /// complete record, as are those the `split_observer` makes.
+    ///
+    /// Written without a sync of its own, for what it costs at the end of
+    /// a pull: a power loss can leave such an item short or empty, so it
+    /// must be data its readers check and can do without.
+    pub cached_big_data: Vec<(String, Vec<u8>)>,
 }
 
 /// Sees the records of a layer's tar-split in order, as
@@ -106,6 +113,12 @@ pub trait SplitObserver: Send {
     fn segment(&mut self, bytes: &[u8]);
     /// A file: the entry the segments since the last file head.
     fn file(&mut self, name: &[u8], size: i64);
+    /// Big data made of what was seen, stored with the layer as
+    /// [`LayerOptions::cached_big_data`] is; asked once, when the layer
+    /// is complete.
+    fn big_data(&mut self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// A shared [`SplitObserver`], for [`LayerOptions`] (which is `Clone`):
@@ -639,13 +652,16 @@ where
     let (compression, blob_digest, blob_size, diff_digest, diff_size) =
         produced.ok_or_else(|| Error::Unsupported("the layer ended without an error from either side".into()))?;
     sink.extractor.finish()?;
+
     let mut out = metadata
         .finish()?
         .finish()
         .map_err(|e| Error::io(&staged.path, e))?;
     out.flush().map_err(|e| Error::io(&staged.path, e))?;
+
     let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
+
     let digest = |d: [u8; 32]| format!("sha256:{}", hex(&d));
     Ok(Applied {
         compressed_digest: digest(blob_digest),

@@ -135,8 +135,20 @@ impl Store {
                 .unwrap_or_else(|| crate::json::rfc3339(SystemTime::now())),
             ..Default::default()
         };
-        for (name, data) in &options.big_data {
-            self.write_image_big_data(&mut record, name, data)?;
+        let files = options
+            .big_data
+            .iter()
+            .map(|(name, data)| {
+                note_big_data(&mut record, name, data);
+                let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
+                Ok((file, data.as_slice()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !files.is_empty() {
+            let dir = self.image_dir(&record.id)?;
+            let items: Vec<(&str, &[u8])> = files.iter().map(|(file, data)| (file.as_str(), *data)).collect();
+            let dir_path = self.images_path.join(&record.id);
+            crate::files::write_atomic_all(&dir, &items).map_err(|e| Error::io(&dir_path, e))?;
         }
         loaded.records.push(record.clone());
         self.save_images(&guard, loaded)?;
@@ -216,25 +228,18 @@ impl Store {
     /// images lock and saves the record.
     fn write_image_big_data(&self, record: &mut ImageRecord, name: &str, data: &[u8]) -> Result<bool> {
         let file = big_data_file_name(name).ok_or_else(|| Error::Invalid("empty big-data key".into()))?;
-        crate::check_id(&record.id)?;
-        let dir_path = self.images_path.join(&record.id);
+        let dir = self.image_dir(&record.id)?;
+        let path = self.images_path.join(&record.id).join(&file);
+        write_atomic(&dir, &file, data, false).map_err(|e| Error::io(&path, e))?;
+        Ok(note_big_data(record, name, data))
+    }
+
+    /// The directory of image `id`'s big data, made if missing.
+    fn image_dir(&self, id: &str) -> Result<cap_std::fs::Dir> {
+        crate::check_id(id)?;
+        let dir_path = self.images_path.join(id);
         crate::mkdir_mode(&dir_path, 0o700)?;
-        let dir = self.images_dir.open_dir(&record.id).map_err(|e| Error::io(&dir_path, e))?;
-        write_atomic(&dir, &file, data, false).map_err(|e| Error::io(&dir_path.join(&file), e))?;
-        let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
-        let size = data.len() as i64;
-        let changed = record.big_data_sizes.get(name) != Some(&size)
-            || record.big_data_digests.get(name) != Some(&digest)
-            || !record.big_data_names.iter().any(|n| n == name);
-        record.big_data_sizes.insert(name.to_owned(), size);
-        record.big_data_digests.insert(name.to_owned(), digest.clone());
-        if !record.big_data_names.iter().any(|n| n == name) {
-            record.big_data_names.push(name.to_owned());
-        }
-        if record.digest.is_empty() && name.starts_with("manifest") {
-            record.digest = digest;
-        }
-        Ok(changed)
+        self.images_dir.open_dir(id).map_err(|e| Error::io(&dir_path, e))
     }
 
     /// An image's big-data item.
@@ -301,4 +306,24 @@ impl Store {
         }
         Ok(chain)
     }
+}
+
+/// Notes big-data item `name` holding `data` in `record`: its size and
+/// digest, and the image's digest if it has none and this is a manifest.
+/// Returns whether the record changed.
+fn note_big_data(record: &mut ImageRecord, name: &str, data: &[u8]) -> bool {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
+    let size = data.len() as i64;
+    let changed = record.big_data_sizes.get(name) != Some(&size)
+        || record.big_data_digests.get(name) != Some(&digest)
+        || !record.big_data_names.iter().any(|n| n == name);
+    record.big_data_sizes.insert(name.to_owned(), size);
+    record.big_data_digests.insert(name.to_owned(), digest.clone());
+    if !record.big_data_names.iter().any(|n| n == name) {
+        record.big_data_names.push(name.to_owned());
+    }
+    if record.digest.is_empty() && name.starts_with("manifest") {
+        record.digest = digest;
+    }
+    changed
 }

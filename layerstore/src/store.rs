@@ -695,6 +695,7 @@ impl Store {
         loaded.records.push(record.clone());
         let mut loaded = owned(self.save_layers(&guard, loaded)?);
 
+
         let published = (|| -> Result<()> {
             if applied.is_some() {
                 self.layers_dir
@@ -707,13 +708,16 @@ impl Store {
             self.backend.publish(staged, &id, parent.as_deref())
         })();
         let slot = loaded.records.iter().position(|r| r.id == id).expect("just added");
+
         if let Err(e) = published {
             let _ = self.remove_layer_files(&id);
             loaded.records.remove(slot);
             self.save_layers(&guard, loaded)?;
             return Err(e);
         }
+        let cached = self.write_cached_big_data(&id, options);
         let record = &mut loaded.records[slot];
+        record.big_data_names.extend(cached);
         if let Some(a) = applied {
             fill_digests(record, a);
             if let Some(toc) = options.source_blob.as_ref().and_then(|b| b.toc_digest.clone()) {
@@ -739,7 +743,50 @@ impl Store {
         loaded.records[slot].set_incomplete(false);
         let done = loaded.records[slot].clone();
         self.save_layers(&guard, loaded)?;
+
         Ok(done)
+    }
+
+    /// Writes a new layer's cached big data (see
+    /// [`LayerOptions::cached_big_data`]); returns the names written. An
+    /// item that cannot be written is left out: the layer does without.
+    fn write_cached_big_data(&self, id: &str, options: &LayerOptions) -> Vec<String> {
+        let observed = options
+            .split_observer
+            .as_ref()
+            .and_then(|o| o.0.lock().ok())
+            .map(|mut o| o.big_data())
+            .unwrap_or_default();
+        let items: Vec<(&str, &[u8])> = options
+            .cached_big_data
+            .iter()
+            .chain(&observed)
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let path = self.layers_path.join(id);
+        let dir = crate::mkdir_mode(&path, 0o700).and_then(|()| self.layers_dir.open_dir(id).map_err(|e| Error::io(&path, e)));
+        let dir = match dir {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(layer = %id, "its cached big data is not kept: {e}");
+                return Vec::new();
+            }
+        };
+        let mut written = Vec::new();
+        for (name, data) in items {
+            let kept = big_data_file_name(name)
+                .ok_or_else(|| std::io::Error::other("empty big-data key"))
+                .and_then(|file| write_atomic(&dir, &file, data, true));
+            match kept {
+                Ok(()) if !written.iter().any(|n| n == name) => written.push(name.to_owned()),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(layer = %id, "its big data {name:?} is not kept: {e}"),
+            }
+        }
+        written
     }
 
     // ---- layers: changes to records ----------------------------------------

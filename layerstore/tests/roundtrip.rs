@@ -393,3 +393,46 @@ fn a_layer_written_by_a_function_equals_the_same_tar_put_and_a_failing_writer_ke
         assert_eq!(store.layers().expect("layers").len(), before, "{driver:?}: a layer was kept");
     }
 }
+
+/// Records a count of the files it is told of, and offers it as big data.
+struct FileCounter(usize);
+
+impl strata_layerstore::SplitObserver for FileCounter {
+    fn segment(&mut self, _: &[u8]) {}
+
+    fn file(&mut self, _: &[u8], _: i64) {
+        self.0 += 1;
+    }
+
+    fn big_data(&mut self) -> Vec<(String, Vec<u8>)> {
+        vec![("files-seen".into(), self.0.to_string().into_bytes())]
+    }
+}
+
+#[test]
+fn cached_big_data_comes_with_the_layer_and_not_with_a_failed_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar = layer_tar(&[("etc/", ""), ("etc/a", "a\n"), ("etc/b", "bb\n"), ("lnk", "->etc/a")]);
+    let store = open(tmp.path(), Driver::Vfs);
+    let observer = std::sync::Arc::new(std::sync::Mutex::new(FileCounter(0)));
+    let options = LayerOptions {
+        cached_big_data: vec![("an-index".into(), b"index bytes".to_vec())],
+        split_observer: Some(strata_layerstore::SplitObserverHandle(observer.clone())),
+        ..LayerOptions::default()
+    };
+    let layer = store.put_layer(&options, &tar[..]).expect("put_layer");
+    assert_eq!(layer.big_data_names, ["an-index", "files-seen"]);
+    assert_eq!(store.layer_big_data(&layer.id, "an-index").expect("index"), b"index bytes");
+    // Asked once every entry was seen: the tar-split names all four.
+    assert_eq!(store.layer_big_data(&layer.id, "files-seen").expect("seen"), b"4");
+    assert_eq!(store.layer(&layer.id).expect("layer").big_data_names, layer.big_data_names);
+
+    // A layer that fails its check keeps no record, and so no big data.
+    let failing = LayerOptions {
+        expected_diff_id: Some(format!("sha256:{}", "0".repeat(64))),
+        ..options
+    };
+    let before = store.layers().expect("layers").len();
+    store.put_layer(&failing, &tar[..]).expect_err("a wrong diffID fails the layer");
+    assert_eq!(store.layers().expect("layers").len(), before);
+}

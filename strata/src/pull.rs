@@ -351,18 +351,21 @@ impl strata_layerstore::SplitObserver for Recording {
     fn file(&mut self, name: &[u8], size: i64) {
         self.0.file(name, size);
     }
+
+    fn big_data(&mut self) -> Vec<(String, Vec<u8>)> {
+        let headers = std::mem::take(&mut self.0).finish();
+        if headers.is_empty() {
+            return Vec::new();
+        }
+        vec![(TAR_HEADERS.to_owned(), headers.to_stored())]
+    }
 }
 
 impl HeadersKeeper {
+    /// The observer for the store, which keeps what it recorded as the
+    /// layer's big data.
     fn observer(&self) -> SplitObserverHandle {
         SplitObserverHandle(self.0.clone())
-    }
-
-    /// What was recorded, in its stored form; `None` when no headers were.
-    fn stored(&self) -> Option<Vec<u8>> {
-        let mut recording = self.0.lock().ok()?;
-        let headers = std::mem::take(&mut recording.0).finish();
-        (!headers.is_empty()).then(|| headers.to_stored())
     }
 }
 
@@ -771,8 +774,9 @@ fn pull_layer(
                 if headers && headers_from_blob {
                     report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
-                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, options, &mut report);
-                let headers = match pulled {
+                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, &index, options, &mut report);
+
+                match pulled {
                     // A guessed header was not the blob's: the diffID says so.
                     Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessed > 0 => {
                         tracing::info!(layer = %id, "headers taken from {predecessor:?} were not the blob's: rebuilding from the blob's own");
@@ -780,7 +784,7 @@ fn pull_layer(
                         return retry_unpredicted(source, layer, desc, cache, options, spent);
                     }
                     other => other?,
-                };
+                }
                 if guessed > 0 {
                     report.note = Some(format!(
                         "the tar's headers came from layer {} where its entries are unchanged ({guessed} runs), from the blob elsewhere",
@@ -790,7 +794,7 @@ fn pull_layer(
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
-                save_layer_extras(store, id, Some(index), headers, cache);
+                remember_index(store, id, index, cache);
                 return Ok(report);
             }
             report.note = Some(format!(
@@ -877,7 +881,7 @@ fn pull_layer(
                 .ok()
         }),
     };
-    save_layer_extras(store, id, index, headers.stored(), cache);
+    save_layer_index(store, id, index, cache);
     Ok(report)
 }
 
@@ -944,7 +948,7 @@ fn pull_estargz(
     let guessed = plan.stats.headers_local;
     let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
     let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
-    let headers = match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, options, &mut report) {
+    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, &index, options, &mut report) {
         // Without the guess, every run of headers is a member to fetch:
         // the blob comes whole (a registry blob counts both fetches).
         Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
@@ -964,7 +968,7 @@ fn pull_estargz(
         "eStargz: the tar's headers came from the blob's members".into()
     });
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-    save_layer_extras(store, id, Some(index), headers, cache);
+    remember_index(store, id, index, cache);
     Ok(Estargz::Pulled(report))
 }
 
@@ -987,23 +991,21 @@ fn retry_unpredicted(
     Ok(report)
 }
 
-/// Stores a layer's dedup index and tar headers (in one write of the
-/// layers' records), and makes the index visible to the rest of the pull.
-fn save_layer_extras(store: &Store, id: &str, index: Option<LayerIndex>, headers: Option<Vec<u8>>, cache: &mut DiskCache) {
-    let mut items: Vec<(&str, &[u8])> = Vec::new();
-    if let Some(index) = &index {
-        items.push((DEDUP_INDEX, index.as_bytes()));
-    }
-    if let Some(headers) = &headers {
-        items.push((TAR_HEADERS, headers));
-    }
-    if items.is_empty() {
+/// Stores a layer's dedup index, and makes it visible to the rest of the
+/// pull.
+fn save_layer_index(store: &Store, id: &str, index: Option<LayerIndex>, cache: &mut DiskCache) {
+    let Some(index) = index else {
         return;
+    };
+    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, index.as_bytes()) {
+        tracing::warn!(layer = %id, "could not store its dedup index: {e}");
     }
-    if let Err(e) = store.set_layer_big_data_items(id, &items) {
-        tracing::warn!(layer = %id, "could not store its dedup index and tar headers: {e}");
-    }
-    if let (Some(index), Ok(root)) = (index, store.layer_files(id)) {
+    remember_index(store, id, index, cache);
+}
+
+/// Makes a layer's dedup index visible to the rest of the pull.
+fn remember_index(store: &Store, id: &str, index: LayerIndex, cache: &mut DiskCache) {
+    if let Ok(root) = store.layer_files(id) {
         cache.add_layer(Arc::new(root), index);
     }
 }
@@ -1052,9 +1054,10 @@ fn pull_partial(
     plan: LayerPlan,
     rebuild: Rebuild,
     toc_digest: String,
+    index: &LayerIndex,
     options: &PullOptions,
     report: &mut LayerReport,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<()> {
     let Target { store, id, parent, diff_id } = *layer;
     report.bytes_reused = plan.stats.bytes_reused;
     report.files_reused = plan.stats.files_reused;
@@ -1102,6 +1105,9 @@ fn pull_partial(
         }),
         known_content: Some(known),
         split_observer: Some(headers.observer()),
+        // Kept with the layer's record, unsynced: the index is checked
+        // when loaded, and a layer without one is indexed again.
+        cached_big_data: vec![(DEDUP_INDEX.to_owned(), index.as_bytes().to_vec())],
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {
@@ -1184,7 +1190,7 @@ fn pull_partial(
     stored?;
     let stats = stats.ok_or_else(|| layer_error("the fetch stopped early".into()))?;
     report.bytes_fetched = stats.bytes_requested;
-    Ok(headers.stored())
+    Ok(())
 }
 
 /// Counts what is read through it, telling the progress callback.
