@@ -595,6 +595,7 @@ fn pull_with(
                     id: &id,
                     parent: parent.as_deref(),
                     diff_id,
+                    last: position + 1 == manifest.layers.len(),
                 };
                 let predecessor = previous.iter().find_map(|chain| chain.get(position)).map(String::as_str);
                 match pull_layer(&source, &layer, desc, predecessor, &mut ahead, &mut cache, options) {
@@ -670,7 +671,7 @@ fn pull_layer(
     cache: &mut DiskCache,
     options: &PullOptions,
 ) -> Result<LayerReport> {
-    let Target { store, id, parent, diff_id } = *layer;
+    let Target { store, id, parent, diff_id, .. } = *layer;
     let blob = source.blob(desc)?;
     let mut report = LayerReport::new(desc, diff_id, id, How::Full);
     if options.partial && !cache.is_empty() && is_estargz(desc) {
@@ -794,7 +795,7 @@ fn pull_layer(
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
-                remember_index(store, id, index, cache);
+                remember_index(layer, index, cache);
                 return Ok(report);
             }
             report.note = Some(format!(
@@ -881,7 +882,7 @@ fn pull_layer(
                 .ok()
         }),
     };
-    save_layer_index(store, id, index, cache);
+    save_layer_index(layer, index, cache);
     Ok(report)
 }
 
@@ -968,7 +969,7 @@ fn pull_estargz(
         "eStargz: the tar's headers came from the blob's members".into()
     });
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-    remember_index(store, id, index, cache);
+    remember_index(layer, index, cache);
     Ok(Estargz::Pulled(report))
 }
 
@@ -993,19 +994,23 @@ fn retry_unpredicted(
 
 /// Stores a layer's dedup index, and makes it visible to the rest of the
 /// pull.
-fn save_layer_index(store: &Store, id: &str, index: Option<LayerIndex>, cache: &mut DiskCache) {
+fn save_layer_index(layer: &Target<'_>, index: Option<LayerIndex>, cache: &mut DiskCache) {
     let Some(index) = index else {
         return;
     };
-    if let Err(e) = store.set_layer_big_data(id, DEDUP_INDEX, index.as_bytes()) {
-        tracing::warn!(layer = %id, "could not store its dedup index: {e}");
+    if let Err(e) = layer.store.set_layer_big_data(layer.id, DEDUP_INDEX, index.as_bytes()) {
+        tracing::warn!(layer = %layer.id, "could not store its dedup index: {e}");
     }
-    remember_index(store, id, index, cache);
+    remember_index(layer, index, cache);
 }
 
-/// Makes a layer's dedup index visible to the rest of the pull.
-fn remember_index(store: &Store, id: &str, index: LayerIndex, cache: &mut DiskCache) {
-    if let Ok(root) = store.layer_files(id) {
+/// Makes a layer's dedup index visible to the rest of the pull, unless
+/// no layer of it comes after.
+fn remember_index(layer: &Target<'_>, index: LayerIndex, cache: &mut DiskCache) {
+    if layer.last {
+        return;
+    }
+    if let Ok(root) = layer.store.layer_files(layer.id) {
         cache.add_layer(Arc::new(root), index);
     }
 }
@@ -1016,6 +1021,8 @@ struct Target<'a> {
     id: &'a str,
     parent: Option<&'a str>,
     diff_id: &'a str,
+    /// The image's top layer: no layer of this pull reuses its files.
+    last: bool,
 }
 
 /// The store's tar output as the getter's sink: files read straight
@@ -1058,7 +1065,7 @@ fn pull_partial(
     options: &PullOptions,
     report: &mut LayerReport,
 ) -> Result<()> {
-    let Target { store, id, parent, diff_id } = *layer;
+    let Target { store, id, parent, diff_id, .. } = *layer;
     report.bytes_reused = plan.stats.bytes_reused;
     report.files_reused = plan.stats.files_reused;
     report.files = plan.stats.files;
