@@ -299,6 +299,11 @@ impl LayerIndex {
         self.as_bytes().to_vec()
     }
 
+    /// Its stored form, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<LayerIndex, Error> {
         LayerIndex::from_vec(bytes.to_vec())
     }
@@ -396,7 +401,9 @@ mod tests {
                 index.push(if chunk { Kind::Chunk } else { Kind::File }, &format!("sha256:{hex}"), &path, offset, length).expect("push");
             }
             proptest::prop_assert_eq!(&LayerIndex::from_bytes(&index.to_bytes()).expect("read"), &index);
-            proptest::prop_assert_eq!(LayerIndex::from_vec(index.to_bytes()).expect("read"), index);
+            proptest::prop_assert_eq!(&LayerIndex::from_vec(index.to_bytes()).expect("read"), &index);
+            let copied = index.to_bytes();
+            proptest::prop_assert_eq!(index.into_bytes(), copied);
         }
 
         #[test]

@@ -775,7 +775,8 @@ fn pull_layer(
                 if headers && headers_from_blob {
                     report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
-                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, &index, options, &mut report);
+                let (stored, index) = stored_index(layer, index);
+                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, stored, options, &mut report);
 
                 match pulled {
                     // A guessed header was not the blob's: the diffID says so.
@@ -795,7 +796,9 @@ fn pull_layer(
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
-                remember_index(layer, index, cache);
+                if let Some(index) = index {
+                    remember_index(layer, index, cache);
+                }
                 return Ok(report);
             }
             report.note = Some(format!(
@@ -949,7 +952,8 @@ fn pull_estargz(
     let guessed = plan.stats.headers_local;
     let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
     let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
-    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, &index, options, &mut report) {
+    let (stored, index) = stored_index(layer, index);
+    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, stored, options, &mut report) {
         // Without the guess, every run of headers is a member to fetch:
         // the blob comes whole (a registry blob counts both fetches).
         Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
@@ -969,7 +973,9 @@ fn pull_estargz(
         "eStargz: the tar's headers came from the blob's members".into()
     });
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-    remember_index(layer, index, cache);
+    if let Some(index) = index {
+        remember_index(layer, index, cache);
+    }
     Ok(Estargz::Pulled(report))
 }
 
@@ -1002,6 +1008,18 @@ fn save_layer_index(layer: &Target<'_>, index: Option<LayerIndex>, cache: &mut D
         tracing::warn!(layer = %layer.id, "could not store its dedup index: {e}");
     }
     remember_index(layer, index, cache);
+}
+
+/// A new layer's index in its stored form, and the index itself if the
+/// rest of the pull needs it (the top layer's is not copied: for a layer
+/// of 200 000 files it is some 20 MB, held while the layer is
+/// written).
+fn stored_index(layer: &Target<'_>, index: LayerIndex) -> (Vec<u8>, Option<LayerIndex>) {
+    if layer.last {
+        (index.into_bytes(), None)
+    } else {
+        (index.to_bytes(), Some(index))
+    }
 }
 
 /// Makes a layer's dedup index visible to the rest of the pull, unless
@@ -1061,7 +1079,7 @@ fn pull_partial(
     plan: LayerPlan,
     rebuild: Rebuild,
     toc_digest: String,
-    index: &LayerIndex,
+    stored_index: Vec<u8>,
     options: &PullOptions,
     report: &mut LayerReport,
 ) -> Result<()> {
@@ -1114,7 +1132,7 @@ fn pull_partial(
         split_observer: Some(headers.observer()),
         // Kept with the layer's record, unsynced: the index is checked
         // when loaded, and a layer without one is indexed again.
-        cached_big_data: vec![(DEDUP_INDEX.to_owned(), index.as_bytes().to_vec())],
+        cached_big_data: vec![(DEDUP_INDEX.to_owned(), stored_index)],
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {
