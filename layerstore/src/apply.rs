@@ -652,16 +652,13 @@ where
     let (compression, blob_digest, blob_size, diff_digest, diff_size) =
         produced.ok_or_else(|| Error::Unsupported("the layer ended without an error from either side".into()))?;
     sink.extractor.finish()?;
-
     let mut out = metadata
         .finish()?
         .finish()
         .map_err(|e| Error::io(&staged.path, e))?;
     out.flush().map_err(|e| Error::io(&staged.path, e))?;
-
     let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
-
     let digest = |d: [u8; 32]| format!("sha256:{}", hex(&d));
     Ok(Applied {
         compressed_digest: digest(blob_digest),

@@ -37,10 +37,10 @@ pub fn write_atomic_all(dir: &Dir, items: &[(&str, &[u8])]) -> io::Result<()> {
     let mut written: Vec<(String, cap_std::fs::File)> = Vec::with_capacity(items.len());
     let result = (|| {
         for (name, data) in items {
-            let (tmp, mut file) = create_temp(dir, name)?;
-            written.push((tmp, file.try_clone()?));
+            written.push(create_temp(dir, name)?);
+            let (_, file) = written.last_mut().expect("just pushed");
             file.write_all(data)?;
-            start_writeback(&file);
+            start_writeback(file);
         }
         for (_, file) in &written {
             file.sync_data()?;

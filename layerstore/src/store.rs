@@ -695,7 +695,6 @@ impl Store {
         loaded.records.push(record.clone());
         let mut loaded = owned(self.save_layers(&guard, loaded)?);
 
-
         let published = (|| -> Result<()> {
             if applied.is_some() {
                 self.layers_dir
@@ -708,7 +707,6 @@ impl Store {
             self.backend.publish(staged, &id, parent.as_deref())
         })();
         let slot = loaded.records.iter().position(|r| r.id == id).expect("just added");
-
         if let Err(e) = published {
             let _ = self.remove_layer_files(&id);
             loaded.records.remove(slot);
@@ -743,7 +741,6 @@ impl Store {
         loaded.records[slot].set_incomplete(false);
         let done = loaded.records[slot].clone();
         self.save_layers(&guard, loaded)?;
-
         Ok(done)
     }
 

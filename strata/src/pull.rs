@@ -777,7 +777,6 @@ fn pull_layer(
                 }
                 let (stored, index) = stored_index(layer, index);
                 let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, stored, options, &mut report);
-
                 match pulled {
                     // A guessed header was not the blob's: the diffID says so.
                     Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessed > 0 => {
@@ -796,9 +795,7 @@ fn pull_layer(
                 // A registry blob counts what it received, TOC included.
                 report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
                 report.how = How::Partial;
-                if let Some(index) = index {
-                    remember_index(layer, index, cache);
-                }
+                remember_index(layer, index, cache);
                 return Ok(report);
             }
             report.note = Some(format!(
@@ -973,9 +970,7 @@ fn pull_estargz(
         "eStargz: the tar's headers came from the blob's members".into()
     });
     report.bytes_fetched = blob.received().unwrap_or(report.bytes_fetched + toc_bytes);
-    if let Some(index) = index {
-        remember_index(layer, index, cache);
-    }
+    remember_index(layer, index, cache);
     Ok(Estargz::Pulled(report))
 }
 
@@ -1001,10 +996,9 @@ fn retry_unpredicted(
 /// Stores a layer's dedup index, and makes it visible to the rest of the
 /// pull.
 fn save_layer_index(layer: &Target<'_>, index: Option<LayerIndex>, cache: &mut DiskCache) {
-    let Some(index) = index else {
-        return;
-    };
-    if let Err(e) = layer.store.set_layer_big_data(layer.id, DEDUP_INDEX, index.as_bytes()) {
+    if let Some(index) = &index
+        && let Err(e) = layer.store.set_layer_big_data(layer.id, DEDUP_INDEX, index.as_bytes())
+    {
         tracing::warn!(layer = %layer.id, "could not store its dedup index: {e}");
     }
     remember_index(layer, index, cache);
@@ -1024,10 +1018,10 @@ fn stored_index(layer: &Target<'_>, index: LayerIndex) -> (Vec<u8>, Option<Layer
 
 /// Makes a layer's dedup index visible to the rest of the pull, unless
 /// no layer of it comes after.
-fn remember_index(layer: &Target<'_>, index: LayerIndex, cache: &mut DiskCache) {
-    if layer.last {
+fn remember_index(layer: &Target<'_>, index: Option<LayerIndex>, cache: &mut DiskCache) {
+    let Some(index) = index.filter(|_| !layer.last) else {
         return;
-    }
+    };
     if let Ok(root) = layer.store.layer_files(layer.id) {
         cache.add_layer(Arc::new(root), index);
     }
@@ -1131,7 +1125,8 @@ fn pull_partial(
         known_content: Some(known),
         split_observer: Some(headers.observer()),
         // Kept with the layer's record, unsynced: the index is checked
-        // when loaded, and a layer without one is indexed again.
+        // when loaded, and a layer whose index is lost is only not reused
+        // from.
         cached_big_data: vec![(DEDUP_INDEX.to_owned(), stored_index)],
         ..LayerOptions::default()
     };
