@@ -34,17 +34,7 @@ fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
     );
 }
 
-/// Unmounts, retrying while busy (another test thread's fork can hold the
-/// mount's descriptors for an instant before it execs).
-fn unmount(point: &Path) {
-    for _ in 0..20 {
-        if rustix::mount::unmount(point, rustix::mount::UnmountFlags::empty()).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH).expect("detach the mount");
-}
+use strata_test_support::unmount;
 
 fn names(tar: &[u8]) -> Vec<String> {
     let mut a = tar::Archive::new(tar);

@@ -517,6 +517,22 @@ pub fn tree_snapshot(root: &Path) -> std::collections::BTreeMap<String, String> 
     out
 }
 
+/// Unmounts, retrying for a second while the mount is busy: a child that
+/// another test thread forks holds the mount's descriptors for the instant
+/// before it execs. As a last resort the mount is detached lazily.
+pub fn unmount(point: &Path) {
+    use rustix::mount::{unmount, UnmountFlags};
+    for _ in 0..20 {
+        match unmount(point, UnmountFlags::empty()) {
+            Ok(()) => return,
+            Err(rustix::io::Errno::BUSY) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("unmounting {}: {e}", point.display()),
+        }
+    }
+    eprintln!("{} stayed busy for a second; detaching it", point.display());
+    unmount(point, UnmountFlags::DETACH).expect("detach the mount");
+}
+
 /// A fresh filesystem of the given type (`ext4`, `xfs` with reflinks) on a
 /// loop device, mounted in a temporary directory and gone on drop.
 #[derive(Debug)]

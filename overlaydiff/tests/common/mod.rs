@@ -78,11 +78,7 @@ impl Overlay {
 
     pub fn unmount(&mut self) {
         if self.mounted {
-            let st = Command::new("umount")
-                .arg(&self.merged)
-                .status()
-                .expect("umount");
-            assert!(st.success(), "umount");
+            unmount(&self.merged);
             self.mounted = false;
         }
     }
@@ -96,18 +92,7 @@ impl Drop for Overlay {
     }
 }
 
-/// Unmounts, retrying while the mount is busy: a child that another test
-/// thread forks can hold this mount's descriptors for the instant before it
-/// execs. As a last resort the mount is detached lazily.
-pub fn unmount(point: &Path) {
-    for _ in 0..20 {
-        if rustix::mount::unmount(point, rustix::mount::UnmountFlags::empty()).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH).expect("detach the mount");
-}
+pub use strata_test_support::unmount;
 
 /// What a tree holds, as the comparison sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
