@@ -472,8 +472,9 @@ fn on_xfs_v2_clones_the_files_v1_has_unchanged() {
         let out = std::process::Command::new("filefrag").arg("-v").arg(root.join(name)).output().expect("filefrag");
         String::from_utf8_lossy(&out.stdout).contains("shared")
     };
-    assert!(shares("usr/share/f0000"), "an unchanged file is a clone of v1's");
+    assert!(shares("usr/share/f0010"), "an unchanged file is a clone of v1's");
     assert!(shares("usr/share/f0100"), "an unchanged file is a clone of v1's");
+    assert!(!shares("usr/share/f0000"), "an unchanged file of 4 KiB is written: cheaper than a clone");
     assert!(!shares("usr/share/f0003"), "a changed file is written");
 }
 
