@@ -36,6 +36,11 @@ pub struct Args {
     /// containers-storage's `convert_images` allows); costs a second hash.
     #[arg(long)]
     index_chunks: bool,
+    /// Hash each partially pulled layer's tar against the config's diffID;
+    /// `false` trusts it where the TOC, the tar-split and every file were
+    /// checked (containers-storage's behaviour), saving a SHA-256 pass.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    verify_diff_ids: bool,
     /// Missing pieces closer than this many bytes are fetched as one range,
     /// the bytes between included.
     #[arg(long, value_name = "BYTES", default_value_t = strata::chunkfetch::Planner::default().merge_gap)]
@@ -66,12 +71,13 @@ pub(crate) fn layer_line(l: &LayerReport) -> String {
             None => format!("{short}: fetched whole, {}", size(l.bytes_fetched)),
         },
         How::Partial => format!(
-            "{short}: partial, fetched {} of {}, reused {} ({}/{} files)",
+            "{short}: partial, fetched {} of {}, reused {} ({}/{} files){}",
             size(l.bytes_fetched),
             size(l.blob_size),
             size(l.bytes_reused),
             l.files_reused,
-            l.files
+            l.files,
+            if l.diff_id_unchecked { ", diffID taken on trust" } else { "" }
         ),
     }
 }
@@ -97,6 +103,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         full_fetch_share: args.fetch_whole_at,
         hard_links: args.use_hard_links,
         index_chunks: args.index_chunks,
+        verify_diff_ids: args.verify_diff_ids,
         planner: strata::chunkfetch::Planner {
             merge_gap: args.merge_gap,
             max_ranges: args.max_ranges.max(1),

@@ -104,7 +104,20 @@ pub struct LayerOptions {
     /// a pull: a power loss can leave such an item short or empty, so it
     /// must be data its readers check and can do without.
     pub cached_big_data: Vec<(String, Vec<u8>)>,
+    /// For [`Store::put_layer_from`](crate::Store::put_layer_from) only:
+    /// record `expected_diff_id` without hashing the tar. For a caller
+    /// that checked the tar's parts another way (a partial pull checks
+    /// every file against its TOC digest) and a user who accepts that the
+    /// whole is not checked, as containers-storage's partial pulls do:
+    /// saves a SHA-256 pass over the layer. The record carries the flag
+    /// [`DIFF_ID_UNCHECKED`]; exports, which hash what they write, still
+    /// catch a tar that does not match it.
+    pub trust_expected_diff_id: bool,
 }
+
+/// The layer flag (in `layers.json`) of a layer whose diffID was recorded
+/// as declared, not computed (see [`LayerOptions::trust_expected_diff_id`]).
+pub const DIFF_ID_UNCHECKED: &str = "strata.diff-id-unchecked";
 
 /// Sees the records of a layer's tar-split in order, as
 /// [`LayerOptions::split_observer`].
@@ -147,7 +160,8 @@ pub struct SourceBlob {
 pub(crate) struct Applied {
     pub compressed_digest: String,
     pub compressed_size: i64,
-    pub diff_digest: String,
+    /// None when the tar was not hashed (a trusted diffID).
+    pub diff_digest: Option<String>,
     pub diff_size: i64,
     pub compression: Compression,
     pub uids: BTreeSet<u32>,
@@ -370,17 +384,20 @@ struct ChunkSender<'h, 'scope> {
     /// `CHUNK` bytes, of which the first `filled` are the stream's.
     buf: Vec<u8>,
     filled: usize,
-    hash: &'h HashThread<'scope>,
+    /// Bytes sent so far.
+    sent: u64,
+    hash: Option<&'h HashThread<'scope>>,
     pool: Arc<BufferPool>,
 }
 
 impl<'h, 'scope> ChunkSender<'h, 'scope> {
-    fn new(tx: mpsc::SyncSender<io::Result<Block>>, hash: &'h HashThread<'scope>) -> Self {
+    fn new(tx: mpsc::SyncSender<io::Result<Block>>, hash: Option<&'h HashThread<'scope>>) -> Self {
         let pool = Arc::new(BufferPool::default());
         ChunkSender {
             tx,
             buf: pool.take_full(),
             filled: 0,
+            sent: 0,
             hash,
             pool,
         }
@@ -392,8 +409,11 @@ impl<'h, 'scope> ChunkSender<'h, 'scope> {
         }
         let mut full = std::mem::replace(&mut self.buf, self.pool.take_full());
         full.truncate(std::mem::take(&mut self.filled));
+        self.sent += full.len() as u64;
         let block = self.pool.block(full);
-        self.hash.feed(&block);
+        if let Some(hash) = self.hash {
+            hash.feed(&block);
+        }
         self.tx
             .send(Ok(block))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the extractor stopped"))
@@ -419,9 +439,10 @@ impl<'h, 'scope> ChunkSender<'h, 'scope> {
         }
     }
 
-    /// Sends what is left.
-    fn finish(mut self) -> io::Result<()> {
-        self.send()
+    /// Sends what is left; returns how many bytes were sent in all.
+    fn finish(mut self) -> io::Result<u64> {
+        self.send()?;
+        Ok(self.sent)
     }
 }
 
@@ -466,18 +487,24 @@ pub(crate) enum Input<R, F> {
 }
 
 /// What the producing thread found: compression, blob digest and size,
-/// diffID and size.
-type Produced = (Compression, [u8; 32], u64, [u8; 32], u64);
+/// diffID (unless not asked for) and size.
+type Produced = (Compression, Option<[u8; 32]>, u64, Option<[u8; 32]>, u64);
 
-fn produce_tar<F>(write: F, tx: mpsc::SyncSender<io::Result<Block>>) -> io::Result<Produced>
+fn produce_tar<F>(write: F, tx: mpsc::SyncSender<io::Result<Block>>, hashed: bool) -> io::Result<Produced>
 where
     F: FnOnce(&mut dyn TarOutput) -> io::Result<()>,
 {
     std::thread::scope(|scope| {
-        let hash = HashThread::spawn(scope);
-        let mut sender = ChunkSender::new(tx, &hash);
+        let hash = hashed.then(|| HashThread::spawn(scope));
+        let mut sender = ChunkSender::new(tx, hash.as_ref());
         let written = write(&mut sender).and_then(|()| sender.finish());
-        let (digest, size) = hash.finish()?;
+        let (digest, size) = match hash {
+            Some(hash) => {
+                let (digest, size) = hash.finish()?;
+                (Some(digest), size)
+            }
+            None => (None, written.as_ref().copied().unwrap_or(0)),
+        };
         written?;
         Ok((Compression::None, digest, size, digest, size))
     })
@@ -531,7 +558,7 @@ fn produce<R: Read + Send>(mut input: R, tx: mpsc::SyncSender<io::Result<Block>>
         // extractor as they are; their digest is the diffID. (A thread
         // forwarding them cost a wakeup per block.)
         let (blob, size) = read_ahead(first, input, tx)?;
-        return Ok((compression, blob, size, blob, size));
+        return Ok((compression, Some(blob), size, Some(blob), size));
     }
     std::thread::scope(|scope| {
         // Reading (and hashing the blob) on a thread of its own, while
@@ -555,7 +582,7 @@ fn produce<R: Read + Send>(mut input: R, tx: mpsc::SyncSender<io::Result<Block>>
                     ));
                 }
             };
-            let mut sender = ChunkSender::new(tx, &hash);
+            let mut sender = ChunkSender::new(tx, Some(&hash));
             sender.read_all(&mut decoder)?;
             sender.finish()?;
             drop(decoder);
@@ -568,7 +595,7 @@ fn produce<R: Read + Send>(mut input: R, tx: mpsc::SyncSender<io::Result<Block>>
         let (diff, diff_size) = hash.finish()?;
         let (blob, blob_size) = join_reader(reader)?;
         produced?;
-        Ok((compression, blob, blob_size, diff, diff_size))
+        Ok((compression, Some(blob), blob_size, Some(diff), diff_size))
     })
 }
 
@@ -585,6 +612,7 @@ pub(crate) fn apply_blob<R, F>(
     split_dir: &cap_std::fs::Dir,
     split_name: &str,
     observer: Option<&SplitObserverHandle>,
+    trusted_diff_id: Option<&str>,
 ) -> Result<Applied>
 where
     R: Read + Send,
@@ -619,7 +647,7 @@ where
             let err_tx = tx.clone();
             let result = match input {
                 Input::Blob(blob) => produce(blob, tx),
-                Input::Tar(write) => produce_tar(write, tx),
+                Input::Tar(write) => produce_tar(write, tx, trusted_diff_id.is_none()),
             };
             if let Err(e) = &result {
                 let _ = err_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
@@ -659,11 +687,16 @@ where
     out.flush().map_err(|e| Error::io(&staged.path, e))?;
     let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
-    let digest = |d: [u8; 32]| format!("sha256:{}", hex(&d));
+    let digest = |d: Option<[u8; 32]>| match d {
+        Some(d) => format!("sha256:{}", hex(&d)),
+        // Only a rebuilt tar goes unhashed, and only with a trusted diffID:
+        // the blob is that tar.
+        None => trusted_diff_id.unwrap_or_default().to_owned(),
+    };
     Ok(Applied {
         compressed_digest: digest(blob_digest),
         compressed_size: blob_size as i64,
-        diff_digest: digest(diff_digest),
+        diff_digest: diff_digest.map(|d| digest(Some(d))),
         diff_size: diff_size as i64,
         compression,
         uids: sink.uids,

@@ -17,7 +17,7 @@ mod store;
 
 use std::path::Path;
 
-pub use apply::{Compression, LayerOptions, SourceBlob, SplitObserver, SplitObserverHandle, TarOutput};
+pub use apply::{Compression, DIFF_ID_UNCHECKED, LayerOptions, SourceBlob, SplitObserver, SplitObserverHandle, TarOutput};
 pub use backend::{ApplyMode, Overlay, StoreBackend, Vfs};
 pub use error::{Error, Result};
 pub use export::DiffOptions;

@@ -625,7 +625,16 @@ impl Store {
                         strata_overlaydiff::XattrNamespace::Trusted,
                     ));
                 }
-                let applied = apply::apply_blob(diff, &staged, extractor, &self.layers_dir, &split_tmp, options.split_observer.as_ref());
+                let trusted = options.expected_diff_id.as_deref().filter(|_| options.trust_expected_diff_id);
+                let applied = apply::apply_blob(
+                    diff,
+                    &staged,
+                    extractor,
+                    &self.layers_dir,
+                    &split_tmp,
+                    options.split_observer.as_ref(),
+                    trusted,
+                );
                 if applied.is_err() {
                     let _ = self.layers_dir.remove_file(&split_tmp);
                 }
@@ -652,7 +661,9 @@ impl Store {
                 .map_err(|e| Error::io(&staged.path, e.into()))?;
         }
         if let Some(a) = &applied {
-            check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
+            if let Some(computed) = &a.diff_digest {
+                check_expected("diffID", options.expected_diff_id.as_deref(), computed)?;
+            }
             let blob_digest = options.source_blob.as_ref().map(|b| b.digest.as_str());
             check_expected("layer blob", blob_digest, &a.compressed_digest)?;
             check_expected("layer blob", options.expected_compressed_digest.as_deref(), &a.compressed_digest)?;
@@ -663,7 +674,7 @@ impl Store {
         };
         let id = match (&options.id, &applied) {
             (Some(id), _) => id.clone(),
-            (None, Some(a)) if options.chain_id => chain_id(parent.as_deref(), &a.diff_digest),
+            (None, Some(a)) if options.chain_id => chain_id(parent.as_deref(), &diff_id_of(a, options)),
             _ => random_id().map_err(|e| Error::io(&self.graphroot, e))?,
         };
 
@@ -717,7 +728,11 @@ impl Store {
         let record = &mut loaded.records[slot];
         record.big_data_names.extend(cached);
         if let Some(a) = applied {
-            fill_digests(record, a);
+            if a.diff_digest.is_none() {
+                record.flags.insert(apply::DIFF_ID_UNCHECKED.to_owned(), serde_json::Value::Bool(true));
+            }
+            let diff_id = diff_id_of(&a, options);
+            fill_digests(record, a, diff_id);
             if let Some(toc) = options.source_blob.as_ref().and_then(|b| b.toc_digest.clone()) {
                 record.toc_digest = toc;
             }
@@ -1110,10 +1125,15 @@ pub fn chain_id(parent: Option<&str>, diff_digest: &str) -> String {
     }
 }
 
-fn fill_digests(record: &mut LayerRecord, a: Applied) {
+/// The diffID to record: the one computed, else the trusted one declared.
+fn diff_id_of(a: &Applied, options: &LayerOptions) -> String {
+    a.diff_digest.clone().or_else(|| options.expected_diff_id.clone()).unwrap_or_default()
+}
+
+fn fill_digests(record: &mut LayerRecord, a: Applied, diff_id: String) {
     record.compressed_digest = a.compressed_digest;
     record.compressed_size = a.compressed_size;
-    record.diff_digest = a.diff_digest;
+    record.diff_digest = diff_id;
     record.diff_size = a.diff_size;
     record.compression = a.compression.code();
     record.uidset = a.uids.into_iter().collect();

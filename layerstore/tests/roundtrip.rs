@@ -394,6 +394,47 @@ fn a_layer_written_by_a_function_equals_the_same_tar_put_and_a_failing_writer_ke
     }
 }
 
+/// A trusted diffID is recorded as given, without a hash of the tar, and
+/// flagged; trust without a declared diffID hashes as usual.
+#[test]
+fn a_trusted_diff_id_is_recorded_unhashed_and_flagged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tar = layer_tar(&[("etc/", ""), ("etc/a", "a\n"), ("etc/b", "bb\n")]);
+    let store = open(tmp.path(), Driver::Vfs);
+    let write = |out: &mut dyn strata_layerstore::TarOutput| out.write_all(&tar);
+    let declared = format!("sha256:{}", "ab".repeat(32));
+    let trusted = store
+        .put_layer_from(
+            &LayerOptions {
+                expected_diff_id: Some(declared.clone()),
+                trust_expected_diff_id: true,
+                ..LayerOptions::default()
+            },
+            write,
+        )
+        .expect("trusted");
+    assert_eq!(trusted.diff_digest, declared, "recorded as declared, not computed");
+    assert_eq!(trusted.diff_size, tar.len() as i64);
+    assert_eq!(trusted.flags.get(strata_layerstore::DIFF_ID_UNCHECKED), Some(&serde_json::Value::Bool(true)));
+    let on_disk = store.layer(&trusted.id).expect("layer");
+    assert_eq!(on_disk.flags, trusted.flags, "the flag is in layers.json");
+    let err = store
+        .diff(&trusted.id, &mut std::io::sink(), DiffOptions { compression: None, verify: true })
+        .expect_err("the export hashes what it writes");
+    assert!(err.to_string().contains(&sha(&tar)), "{err}");
+
+    let nothing_declared = store
+        .put_layer_from(&LayerOptions { trust_expected_diff_id: true, ..LayerOptions::default() }, write)
+        .expect("nothing to trust");
+    assert_eq!(nothing_declared.diff_digest, sha(&tar));
+    assert!(nothing_declared.flags.is_empty(), "{:?}", nothing_declared.flags);
+
+    let err = store
+        .put_layer_from(&LayerOptions { expected_diff_id: Some(declared), ..LayerOptions::default() }, write)
+        .expect_err("untrusted, the mismatch fails the layer");
+    assert!(err.to_string().contains("diffID"), "{err}");
+}
+
 /// Records a count of the files it is told of, and offers it as big data.
 struct FileCounter(usize);
 

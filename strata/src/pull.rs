@@ -55,6 +55,18 @@ pub struct PullOptions {
     /// (the end containers-storage's `convert_images` serves). Costs a
     /// second hash of the layer's bytes. Off by default.
     pub index_chunks: bool,
+    /// Hash every partially pulled layer's rebuilt tar and check it against
+    /// the diffID the image config declares (default). Off, a layer whose
+    /// tar comes from its blob's tar-split and files each checked against
+    /// the TOC is recorded with the declared diffID unchecked, as
+    /// containers-storage records partial pulls: one SHA-256 pass over the
+    /// layer saved, at the price of trusting that the config and the TOC
+    /// describe the same tar. Such a layer is flagged
+    /// [`DIFF_ID_UNCHECKED`](strata_layerstore::DIFF_ID_UNCHECKED); an
+    /// export still hashes it. A layer whose tar headers were guessed from
+    /// an earlier version or taken from the blob's frames (no tar-split,
+    /// eStargz) is checked either way: nothing else checks those headers.
+    pub verify_diff_ids: bool,
     /// Platform to choose from an index.
     pub os: String,
     pub architecture: String,
@@ -92,6 +104,7 @@ impl std::fmt::Debug for PullOptions {
             .field("full_fetch_share", &self.full_fetch_share)
             .field("hard_links", &self.hard_links)
             .field("index_chunks", &self.index_chunks)
+            .field("verify_diff_ids", &self.verify_diff_ids)
             .field("os", &self.os)
             .field("architecture", &self.architecture)
             .field("names", &self.names)
@@ -108,6 +121,7 @@ impl Default for PullOptions {
             full_fetch_share: 0.75,
             hard_links: false,
             index_chunks: false,
+            verify_diff_ids: true,
             os: "linux".into(),
             architecture: oci::host_architecture().into(),
             names: Vec::new(),
@@ -147,6 +161,10 @@ pub struct LayerReport {
     /// Why a layer that could have been pulled partially was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The layer was recorded with the config's diffID, its tar not
+    /// hashed (see [`PullOptions::verify_diff_ids`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub diff_id_unchecked: bool,
 }
 
 impl LayerReport {
@@ -162,6 +180,7 @@ impl LayerReport {
             files_reused: 0,
             files: 0,
             note: None,
+            diff_id_unchecked: false,
         }
     }
 }
@@ -776,7 +795,11 @@ fn pull_layer(
                     report.note = Some("no tar-split in the blob: the tar's headers were fetched from it".into());
                 }
                 let (stored, index) = stored_index(layer, index);
-                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, stored, options, &mut report);
+                // Only a tar whose every byte was checked another way: the
+                // TOC's digest is the manifest's, the tar-split's is in
+                // the TOC, each file's in its entry.
+                let trust = !options.verify_diff_ids && read.verified && matches!(rebuild, Rebuild::TarSplit(_));
+                let pulled = pull_partial(layer, &blob, desc, plan, rebuild, toc_digest, stored, trust, options, &mut report);
                 match pulled {
                     // A guessed header was not the blob's: the diffID says so.
                     Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessed > 0 => {
@@ -950,7 +973,7 @@ fn pull_estargz(
     let planned_bytes = toc_bytes + plan.stats.bytes_to_fetch;
     let mut report = LayerReport::new(desc, diff_id, id, How::Partial);
     let (stored, index) = stored_index(layer, index);
-    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, stored, options, &mut report) {
+    match pull_partial(layer, blob, desc, plan, Rebuild::Headers, toc_digest, stored, false, options, &mut report) {
         // Without the guess, every run of headers is a member to fetch:
         // the blob comes whole (a registry blob counts both fetches).
         Err(Error::Store(strata_layerstore::Error::DigestMismatch { .. })) if guessing && guessed > 0 => {
@@ -1074,6 +1097,7 @@ fn pull_partial(
     rebuild: Rebuild,
     toc_digest: String,
     stored_index: Vec<u8>,
+    trust_diff_id: bool,
     options: &PullOptions,
     report: &mut LayerReport,
 ) -> Result<()> {
@@ -1111,6 +1135,7 @@ fn pull_partial(
             announce.announce(name, size, file);
         }
     }));
+    report.diff_id_unchecked = trust_diff_id;
     let layer_options = LayerOptions {
         id: Some(id.to_owned()),
         parent: parent.map(str::to_owned),
@@ -1128,6 +1153,7 @@ fn pull_partial(
         // when loaded, and a layer whose index is lost is only not reused
         // from.
         cached_big_data: vec![(DEDUP_INDEX.to_owned(), stored_index)],
+        trust_expected_diff_id: trust_diff_id,
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {

@@ -507,6 +507,68 @@ fn a_layer_whose_content_lies_is_refused_and_nothing_is_kept() {
     assert!(store.layers().expect("layers").is_empty(), "no layer kept");
 }
 
+/// With the diffID check off, a partial layer rebuilt from its blob's
+/// tar-split is recorded with the config's diffID, flagged; the files are
+/// still checked, and an export, which hashes what it writes, still finds
+/// a config that lied. Headers guessed from an earlier version are only
+/// told right by the diffID, so such a layer is checked all the same.
+#[test]
+fn unchecked_diff_ids_are_taken_from_the_config_flagged_and_caught_on_export() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (_, v2_tar, _) = two_versions(&layout);
+    let base = gzipped(&layer_tar(20, &[], false));
+    let (mut lying, _) = chunked(&v2_tar);
+    let real_diff_id = lying.diff_id.clone();
+    lying.diff_id = format!("sha256:{}", "0".repeat(64));
+    add_image(&layout, "lying", &[base, lying]);
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+    // Named into another repository: no earlier version to guess from.
+    let unchecked_as = |name: &str| PullOptions {
+        verify_diff_ids: false,
+        names: vec![name.to_owned()],
+        ..PullOptions::default()
+    };
+    let with_v1 = |name: &str| {
+        let store = common::store(&dir.path().join(name));
+        pull(&at("v1"), &store, &PullOptions::default()).expect("pull v1");
+        store
+    };
+
+    let store = with_v1("checked");
+    let err = pull(&at("lying"), &store, &PullOptions::default()).expect_err("the default checks the diffID");
+    assert!(err.to_string().contains("diffID"), "{err}");
+    let guessed = pull(&at("v2"), &store, &PullOptions { verify_diff_ids: false, ..PullOptions::default() }).expect("v2");
+    assert_eq!(guessed.layers[1].how, How::Partial);
+    assert!(!guessed.layers[1].diff_id_unchecked, "headers guessed from v1: checked anyway");
+    let layer = store.layer(&guessed.layers[1].layer_id).expect("layer");
+    assert!(!layer.flags.contains_key(strata::layerstore::DIFF_ID_UNCHECKED), "{:?}", layer.flags);
+
+    // An honest image: the layer is the tar, its diffID the real one.
+    let store = with_v1("honest");
+    let r2 = pull(&at("v2"), &store, &unchecked_as("localhost/other:v2")).expect("pull v2 unchecked");
+    let app = &r2.layers[1];
+    assert_eq!((app.how, app.diff_id_unchecked), (How::Partial, true), "{app:?}");
+    let layer = store.layer(&app.layer_id).expect("layer");
+    assert_eq!(layer.diff_digest, real_diff_id);
+    assert_eq!(layer.diff_size, v2_tar.len() as i64);
+    assert_eq!(layer.flags.get(strata::layerstore::DIFF_ID_UNCHECKED), Some(&serde_json::Value::Bool(true)));
+    assert_eq!(diff(&store, &app.layer_id), v2_tar);
+    assert!(!r2.layers[0].diff_id_unchecked, "the base layer was there already");
+
+    // A config that lies: taken on trust, and the export says so.
+    let store = with_v1("lied-to");
+    let r = pull(&at("lying"), &store, &unchecked_as("localhost/other:lying")).expect("pull on trust");
+    let app = &r.layers[1];
+    assert!(app.diff_id_unchecked, "{app:?}");
+    let layer = store.layer(&app.layer_id).expect("layer");
+    assert_eq!(layer.diff_digest, format!("sha256:{}", "0".repeat(64)));
+    let err = store
+        .diff(&app.layer_id, &mut std::io::sink(), strata::layerstore::DiffOptions { compression: None, verify: true })
+        .expect_err("the export hashes the tar");
+    assert!(err.to_string().contains(real_diff_id.trim_start_matches("sha256:")), "{err}");
+}
+
 #[test]
 fn v2_from_a_real_registry_fetches_little_more_than_what_changed() {
     if !tools_or_skip(&["docker-registry", "skopeo"]) {
