@@ -160,8 +160,9 @@ pub struct SourceBlob {
 pub(crate) struct Applied {
     pub compressed_digest: String,
     pub compressed_size: i64,
-    /// None when the tar was not hashed (a trusted diffID).
-    pub diff_digest: Option<String>,
+    pub diff_digest: String,
+    /// `diff_digest` is the trusted one declared, the tar not hashed.
+    pub diff_unchecked: bool,
     pub diff_size: i64,
     pub compression: Compression,
     pub uids: BTreeSet<u32>,
@@ -689,14 +690,15 @@ where
     file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
     let digest = |d: Option<[u8; 32]>| match d {
         Some(d) => format!("sha256:{}", hex(&d)),
-        // Only a rebuilt tar goes unhashed, and only with a trusted diffID:
-        // the blob is that tar.
+        // Only a rebuilt tar goes unhashed, and only with a trusted diffID
+        // (which then stands for the blob too: the blob is that tar).
         None => trusted_diff_id.unwrap_or_default().to_owned(),
     };
     Ok(Applied {
         compressed_digest: digest(blob_digest),
         compressed_size: blob_size as i64,
-        diff_digest: diff_digest.map(|d| digest(Some(d))),
+        diff_unchecked: diff_digest.is_none(),
+        diff_digest: digest(diff_digest),
         diff_size: diff_size as i64,
         compression,
         uids: sink.uids,

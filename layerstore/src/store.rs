@@ -661,9 +661,7 @@ impl Store {
                 .map_err(|e| Error::io(&staged.path, e.into()))?;
         }
         if let Some(a) = &applied {
-            if let Some(computed) = &a.diff_digest {
-                check_expected("diffID", options.expected_diff_id.as_deref(), computed)?;
-            }
+            check_expected("diffID", options.expected_diff_id.as_deref(), &a.diff_digest)?;
             let blob_digest = options.source_blob.as_ref().map(|b| b.digest.as_str());
             check_expected("layer blob", blob_digest, &a.compressed_digest)?;
             check_expected("layer blob", options.expected_compressed_digest.as_deref(), &a.compressed_digest)?;
@@ -674,7 +672,7 @@ impl Store {
         };
         let id = match (&options.id, &applied) {
             (Some(id), _) => id.clone(),
-            (None, Some(a)) if options.chain_id => chain_id(parent.as_deref(), &diff_id_of(a, options)),
+            (None, Some(a)) if options.chain_id => chain_id(parent.as_deref(), &a.diff_digest),
             _ => random_id().map_err(|e| Error::io(&self.graphroot, e))?,
         };
 
@@ -728,11 +726,10 @@ impl Store {
         let record = &mut loaded.records[slot];
         record.big_data_names.extend(cached);
         if let Some(a) = applied {
-            if a.diff_digest.is_none() {
+            if a.diff_unchecked {
                 record.flags.insert(apply::DIFF_ID_UNCHECKED.to_owned(), serde_json::Value::Bool(true));
             }
-            let diff_id = diff_id_of(&a, options);
-            fill_digests(record, a, diff_id);
+            fill_digests(record, a);
             if let Some(toc) = options.source_blob.as_ref().and_then(|b| b.toc_digest.clone()) {
                 record.toc_digest = toc;
             }
@@ -1125,15 +1122,10 @@ pub fn chain_id(parent: Option<&str>, diff_digest: &str) -> String {
     }
 }
 
-/// The diffID to record: the one computed, else the trusted one declared.
-fn diff_id_of(a: &Applied, options: &LayerOptions) -> String {
-    a.diff_digest.clone().or_else(|| options.expected_diff_id.clone()).unwrap_or_default()
-}
-
-fn fill_digests(record: &mut LayerRecord, a: Applied, diff_id: String) {
+fn fill_digests(record: &mut LayerRecord, a: Applied) {
     record.compressed_digest = a.compressed_digest;
     record.compressed_size = a.compressed_size;
-    record.diff_digest = diff_id;
+    record.diff_digest = a.diff_digest;
     record.diff_size = a.diff_size;
     record.compression = a.compression.code();
     record.uidset = a.uids.into_iter().collect();
