@@ -4,6 +4,7 @@ mod convert;
 mod demo;
 mod export;
 mod fsverity;
+mod log;
 mod output;
 mod overlay;
 mod progress;
@@ -65,6 +66,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = log::init() {
+        eprintln!("strata: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::TarSplit(cmd) => tar_split::run(cmd),
         Command::Fsverity(cmd) => fsverity::run(cmd),

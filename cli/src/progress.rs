@@ -12,6 +12,19 @@ fn short(digest: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
+/// The bar drawn last, for log lines to go above (a finished one draws
+/// nothing, so it needs no clearing).
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Prints `line` on stderr without tearing a progress bar being drawn.
+pub(crate) fn print_above(line: &str) {
+    let shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match shown {
+        Some(bar) => bar.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    }
+}
+
 fn bar(length: Option<u64>, prefix: String) -> ProgressBar {
     let bar = match length {
         Some(n) => ProgressBar::new(n).with_style(
@@ -26,6 +39,7 @@ fn bar(length: Option<u64>, prefix: String) -> ProgressBar {
     };
     bar.set_prefix(prefix);
     bar.enable_steady_tick(Duration::from_millis(200));
+    *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
     bar
 }
 
