@@ -22,8 +22,7 @@ pub(crate) fn init() -> Result<(), String> {
     let filter = filter(&spec)?;
     let layer = tracing_subscriber::fmt::layer()
         .event_format(Line)
-        .with_writer(AboveProgress)
-        .with_ansi(false);
+        .with_writer(AboveProgress);
     // Fails only if a logger is installed already, which nothing else does.
     let _ = tracing_subscriber::registry().with(layer.with_filter(filter)).try_init();
     Ok(())
@@ -53,9 +52,9 @@ where
             Level::DEBUG => "debug",
             Level::TRACE => "trace",
         };
+        // No newline: the line is printed whole, with one, by `PendingLine`.
         write!(writer, "strata: {level}: ")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        ctx.field_format().format_fields(writer.by_ref(), event)
     }
 }
 
@@ -77,11 +76,7 @@ impl std::io::Write for PendingLine {
 
 impl Drop for PendingLine {
     fn drop(&mut self) {
-        let mut text = String::from_utf8_lossy(&self.0).into_owned();
-        if text.ends_with('\n') {
-            text.pop();
-        }
-        crate::progress::print_above(&text);
+        crate::progress::print_above(&String::from_utf8_lossy(&self.0));
     }
 }
 
