@@ -1,18 +1,23 @@
-//! Regular files written on threads of their own. The extracting thread
-//! creates each file (so every name appears in the tar's order, and links,
-//! renames and whiteouts see it) and hands its bytes and metadata over;
-//! writing them, and the owner, xattrs, mode and times after, run beside
-//! the parsing, decompressing and hashing of the rest of the layer.
+//! Regular files written on threads of their own, beside the parsing,
+//! decompressing and hashing of the rest of the layer: their bytes, then
+//! owner, xattrs, mode and times. In a directory the extraction made, a
+//! writer creates the file too (no other name can be in the way there);
+//! elsewhere the extracting thread creates it, to deal with what is in the
+//! way, and hands it over. An entry that links to, removes or replaces a
+//! file handed over waits for the writers first ([`FileWriters::sync`]).
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rustix::fs::{Mode, Timestamps};
+use cap_std::fs::Dir;
+use rustix::fs::{Mode, OFlags, Timestamps};
 use strata_tarsplit::Time;
 
 use crate::{Error, Result};
@@ -33,9 +38,24 @@ pub(crate) struct FileMeta {
 }
 
 enum Job {
-    Start { file: File, path: Vec<u8> },
-    Data { offset: u64, bytes: Vec<u8> },
+    /// A file the extractor created.
+    Opened { file: File, path: Vec<u8> },
+    /// A file to create as `name` in `dir`: a directory this extraction
+    /// made, where nothing else creates that name meanwhile.
+    Create { dir: Arc<Dir>, name: Vec<u8>, mode: u32, path: Vec<u8> },
+    /// Bytes `start..end` of the batch's arena, written at `offset`.
+    Data { offset: u64, start: usize, end: usize },
     Finish(FileMeta),
+    /// Answered once every job before it is done.
+    Sync(SyncSender<()>),
+}
+
+/// Jobs handed over together, with the bytes they write: many small
+/// files share one buffer, as a buffer of its own for each would cost
+/// more than writing it.
+struct Batch {
+    jobs: Vec<Job>,
+    arena: Vec<u8>,
 }
 
 /// Writes `bytes` at `offset` into a new file, leaving blocks of zeros
@@ -122,48 +142,74 @@ impl Failure {
     }
 }
 
-fn work(batches: Receiver<Vec<Job>>, failure: Arc<Failure>, spare: Arc<Spare>) {
+fn create(dir: &Dir, name: &[u8], mode: u32) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir.as_fd(),
+        std::ffi::OsStr::from_bytes(name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode & 0o777),
+    )?;
+    Ok(File::from(fd))
+}
+
+fn work(batches: Receiver<Batch>, failure: Arc<Failure>, spare: Arc<Spare>) {
     let mut current: Option<(File, Vec<u8>)> = None;
     let mut written_end = 0u64;
-    for job in batches.into_iter().flatten() {
-        if failure.failed.load(Ordering::Acquire) {
-            continue; // drained, so the extractor never blocks on a full queue
-        }
-        let result = match job {
-            Job::Start { file, path } => {
-                current = Some((file, path));
-                written_end = 0;
-                Ok(())
+    for Batch { jobs, arena } in batches {
+        for job in jobs {
+            if let Job::Sync(done) = job {
+                let _ = done.send(());
+                continue;
             }
-            Job::Data { offset, bytes } => {
-                let written = match &current {
-                    Some((file, _)) => write_skipping_zeros(file, offset, &bytes, written_end).map(|end| written_end = end),
-                    None => Err(io::Error::other("data for no file")),
-                };
-                spare.put(bytes);
-                written
+            if failure.failed.load(Ordering::Acquire) {
+                continue; // drained, so the extractor never blocks on a full queue
             }
-            Job::Finish(meta) => match &current {
-                Some((file, _)) => {
-                    let done = finish_file(file, written_end, &meta);
-                    if done.is_ok() {
-                        current = None; // closes it
-                    }
-                    done
+            let mut failed_path = None;
+            let result = match job {
+                Job::Opened { file, path } => {
+                    current = Some((file, path));
+                    written_end = 0;
+                    Ok(())
                 }
-                None => Err(io::Error::other("metadata for no file")),
-            },
-        };
-        if let Err(e) = result {
-            let path = current.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-            failure.set(&path, e);
+                Job::Create { dir, name, mode, path } => match create(&dir, &name, mode) {
+                    Ok(file) => {
+                        current = Some((file, path));
+                        written_end = 0;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failed_path = Some(path);
+                        Err(e)
+                    }
+                },
+                Job::Data { offset, start, end } => match &current {
+                    Some((file, _)) => write_skipping_zeros(file, offset, &arena[start..end], written_end).map(|end| written_end = end),
+                    None => Err(io::Error::other("data for no file")),
+                },
+                Job::Finish(meta) => match &current {
+                    Some((file, _)) => {
+                        let done = finish_file(file, written_end, &meta);
+                        if done.is_ok() {
+                            current = None; // closes it
+                        }
+                        done
+                    }
+                    None => Err(io::Error::other("metadata for no file")),
+                },
+                Job::Sync(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                let path = failed_path.or_else(|| current.as_ref().map(|(_, p)| p.clone())).unwrap_or_default();
+                failure.set(&path, e);
+            }
         }
+        spare.put(arena);
     }
 }
 
-/// Piece buffers the writers are done with, for the extractor to fill
-/// again: a fresh one of `PIECE` bytes is a new mapping, whose pages the
-/// kernel must fault in and zero, which costs more than the write.
+/// Arenas the writers are done with, for the extractor to fill again: a
+/// fresh one is a new mapping, whose pages the kernel must fault in and
+/// zero, which costs more than the writes.
 #[derive(Default)]
 struct Spare(Mutex<Vec<Vec<u8>>>);
 
@@ -172,7 +218,7 @@ impl Spare {
     const MAX: usize = 64;
 
     fn put(&self, mut bytes: Vec<u8>) {
-        if bytes.capacity() != PIECE {
+        if bytes.capacity() != ARENA {
             return;
         }
         bytes.clear();
@@ -184,24 +230,26 @@ impl Spare {
 
     fn take(&self) -> Vec<u8> {
         let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        spare.unwrap_or_else(|| Vec::with_capacity(PIECE))
+        spare.unwrap_or_else(|| Vec::with_capacity(ARENA))
     }
 }
 
-/// Threads that write the files the extractor creates.
+/// Threads that write the files the extractor creates or has them create.
 pub(crate) struct FileWriters {
-    queues: Vec<SyncSender<Vec<Job>>>,
+    queues: Vec<SyncSender<Batch>>,
     /// Jobs not yet handed over: they go in batches, as a thread woken
     /// for each of a small file's three jobs would cost more than writing
     /// the file.
     batch: Vec<Job>,
-    batch_bytes: usize,
+    arena: Vec<u8>,
     handles: Vec<JoinHandle<()>>,
     failure: Arc<Failure>,
     spare: Arc<Spare>,
     next: usize,
     /// The queue the file being handed over goes to.
     current: usize,
+    /// Whether files were handed over since the last sync.
+    pending: bool,
 }
 
 impl std::fmt::Debug for FileWriters {
@@ -210,12 +258,12 @@ impl std::fmt::Debug for FileWriters {
     }
 }
 
-/// Bytes handed over per job: a large file goes in pieces, in order.
-pub(crate) const PIECE: usize = 256 << 10;
+/// The bytes a batch carries at most: a large file goes in several, in
+/// order.
+const ARENA: usize = 1 << 20;
 
-/// A batch is handed over when it holds this many jobs or bytes.
+/// A batch is handed over when it holds this many jobs (or a full arena).
 const BATCH_JOBS: usize = 192;
-const BATCH_BYTES: usize = 1 << 20;
 
 impl FileWriters {
     pub(crate) fn new(threads: usize) -> io::Result<FileWriters> {
@@ -224,7 +272,7 @@ impl FileWriters {
         let mut queues = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
-            // A few pieces in flight per thread: memory stays bounded.
+            // A few batches in flight per thread: memory stays bounded.
             let (tx, rx) = sync_channel(8);
             let (failure, spare) = (failure.clone(), spare.clone());
             let worker = move || work(rx, failure, spare);
@@ -235,11 +283,12 @@ impl FileWriters {
             queues,
             handles,
             failure,
+            arena: spare.take(),
             spare,
             batch: Vec::new(),
-            batch_bytes: 0,
             next: 0,
             current: 0,
+            pending: false,
         })
     }
 
@@ -254,12 +303,16 @@ impl FileWriters {
         None
     }
 
+    fn stopped(&self) -> Error {
+        self.failed().unwrap_or_else(|| Error::Io {
+            path: "<layer>".into(),
+            source: io::Error::other("a file writer stopped"),
+        })
+    }
+
     fn send(&mut self, job: Job) -> Result<()> {
-        if let Job::Data { bytes, .. } = &job {
-            self.batch_bytes += bytes.len();
-        }
         self.batch.push(job);
-        if self.batch.len() >= BATCH_JOBS || self.batch_bytes >= BATCH_BYTES {
+        if self.batch.len() >= BATCH_JOBS {
             self.flush()?;
         }
         Ok(())
@@ -270,44 +323,106 @@ impl FileWriters {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.batch_bytes = 0;
-        let batch = std::mem::take(&mut self.batch);
-        if self.queues[self.current].send(batch).is_err() {
-            return Err(self.failed().unwrap_or_else(|| Error::Io {
-                path: "<layer>".into(),
-                source: io::Error::other("a file writer stopped"),
-            }));
-        }
-        Ok(())
+        let batch = Batch {
+            jobs: std::mem::take(&mut self.batch),
+            arena: std::mem::replace(&mut self.arena, self.spare.take()),
+        };
+        self.queues[self.current].send(batch).map_err(|_| self.stopped())
     }
 
-    /// Starts handing over `file`, created at `path`.
-    pub(crate) fn start(&mut self, file: File, path: &[u8]) -> Result<()> {
-        // A file's jobs all go to one thread, in order.
+    /// The thread the next file goes to: a file's jobs all go to one
+    /// thread, in order.
+    fn pick(&mut self) {
         if self.batch.is_empty() {
             self.current = self.next;
             self.next = (self.next + 1) % self.queues.len();
         }
-        self.send(Job::Start { file, path: path.to_vec() })
+        self.pending = true;
     }
 
-    /// An empty buffer of `PIECE` bytes' capacity to hand the next piece
-    /// over in.
-    pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.spare.take()
+    /// Starts handing over `file`, created at `path`.
+    pub(crate) fn start(&mut self, file: File, path: &[u8]) -> Result<()> {
+        self.pick();
+        self.send(Job::Opened { file, path: path.to_vec() })
     }
 
-    /// Returns a buffer `buffer` gave that went unused.
-    pub(crate) fn unused(&self, bytes: Vec<u8>) {
-        self.spare.put(bytes);
+    /// Starts handing over a file a writer creates as `name` in `dir`,
+    /// with the permission bits of `mode`: `dir` must be a directory this
+    /// extraction made, and nothing else may create or remove `name` in it
+    /// until [`FileWriters::sync`].
+    pub(crate) fn create(&mut self, dir: Arc<Dir>, name: &[u8], mode: u32, path: &[u8]) -> Result<()> {
+        self.pick();
+        self.send(Job::Create {
+            dir,
+            name: name.to_vec(),
+            mode,
+            path: path.to_vec(),
+        })
     }
 
-    pub(crate) fn data(&mut self, offset: u64, bytes: Vec<u8>) -> Result<()> {
-        self.send(Job::Data { offset, bytes })
+    /// Hands over the bytes of the file being handed over, all of them.
+    pub(crate) fn data(&mut self, payload: &mut dyn BufRead) -> Result<()> {
+        let mut offset = 0u64;
+        loop {
+            let chunk = payload.fill_buf().map_err(|e| self.read_failed(e))?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let room = ARENA - self.arena.len();
+            let n = chunk.len().min(room);
+            let start = self.arena.len();
+            self.arena.extend_from_slice(&chunk[..n]);
+            payload.consume(n);
+            self.batch.push(Job::Data {
+                offset,
+                start,
+                end: start + n,
+            });
+            offset += n as u64;
+            if self.arena.len() == ARENA || self.batch.len() >= BATCH_JOBS {
+                self.flush()?;
+            }
+        }
+    }
+
+    fn read_failed(&self, source: io::Error) -> Error {
+        let path = self.batch.iter().rev().find_map(|j| match j {
+            Job::Opened { path, .. } | Job::Create { path, .. } => Some(path.clone()),
+            _ => None,
+        });
+        Error::Io {
+            path: String::from_utf8_lossy(&path.unwrap_or_default()).into_owned(),
+            source,
+        }
     }
 
     pub(crate) fn finish(&mut self, meta: FileMeta) -> Result<()> {
         self.send(Job::Finish(meta))
+    }
+
+    /// Waits until every file handed over so far is written and closed.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if !self.pending {
+            return Ok(());
+        }
+        self.flush()?;
+        let (tx, rx) = sync_channel(self.queues.len());
+        for queue in &self.queues {
+            let batch = Batch {
+                jobs: vec![Job::Sync(tx.clone())],
+                arena: Vec::new(),
+            };
+            queue.send(batch).map_err(|_| self.stopped())?;
+        }
+        drop(tx);
+        for _ in 0..self.queues.len() {
+            rx.recv().map_err(|_| self.stopped())?;
+        }
+        self.pending = false;
+        match self.failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Waits for every file to be written; the first failure, if any.

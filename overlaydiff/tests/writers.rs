@@ -107,3 +107,84 @@ fn writer_threads_write_what_the_extracting_thread_writes() {
         assert!(expected.iter().any(|l| l.contains(" 104755 ")), "set-user-ID kept: {expected:?}");
     }
 }
+
+/// Entries that replace, link to or remove a file a writer
+/// may not have created yet, in a directory the layer makes (where writers
+/// create the files themselves), behind enough files to keep them busy.
+fn tricky_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        b.append_data(&mut h, name, data).expect("append");
+    };
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    h.set_mtime(7);
+    b.append_data(&mut h, "m/", &[][..]).expect("dir");
+    for i in 0..200u32 {
+        file(&mut b, &format!("m/fill{i}"), &vec![i as u8 | 1; 20_000]);
+    }
+    file(&mut b, "m/a", b"linked to");
+    file(&mut b, "m/c", &vec![3u8; 3 << 20]);
+    file(&mut b, "m/d", b"removed by a whiteout");
+    file(&mut b, "m/.wh.d", b"");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, "m/c-link", "m/c").expect("link");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, "m/a-link", "m/a").expect("link");
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn entries_touching_files_being_written_see_them_written() {
+    let tar = tricky_layer();
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut listings = Vec::new();
+    for writers in [0, 1, 3] {
+        let dir = base.path().join(writers.to_string());
+        std::fs::create_dir(&dir).expect("mkdir");
+        let root = Dir::open_ambient_dir(&dir, cap_std::ambient_authority()).expect("open");
+        let mut extractor = Extractor::new(root, Whiteouts::Remove).file_writers(writers);
+        let mut metadata = MetadataWriter::new(std::io::sink());
+        split(&tar[..], std::io::sink(), &mut metadata, &mut extractor).expect("extract");
+        extractor.finish().expect("finish");
+        assert_eq!(std::fs::read(dir.join("m/a-link")).expect("a"), b"linked to", "{writers} writers");
+        assert_eq!(std::fs::metadata(dir.join("m/c-link")).expect("link").nlink(), 2, "{writers} writers");
+        assert!(!dir.join("m/d").exists(), "{writers} writers: whiteout applied");
+        listings.push(listing(&dir));
+    }
+    assert_eq!(listings[0], listings[1]);
+    assert_eq!(listings[0], listings[2]);
+}
+
+#[test]
+fn a_file_being_written_is_no_parent() {
+    let mut b = tar::Builder::new(Vec::new());
+    for name in ["m/p", "m/p/x"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &b"x"[..]).expect("append");
+    }
+    let tar = b.into_inner().expect("tar");
+    for writers in [0, 1] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority()).expect("open");
+        let mut extractor = Extractor::new(root, Whiteouts::Remove).file_writers(writers);
+        let mut metadata = MetadataWriter::new(std::io::sink());
+        let err = split(&tar[..], std::io::sink(), &mut metadata, &mut extractor)
+            .err()
+            .map(|e| e.to_string())
+            .expect("a file as a parent fails");
+        assert!(err.contains("m/p/x") && err.contains("a parent is not a directory"), "{writers} writers: {err}");
+    }
+}
