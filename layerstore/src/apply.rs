@@ -680,14 +680,21 @@ where
     })?;
     let (compression, blob_digest, blob_size, diff_digest, diff_size) =
         produced.ok_or_else(|| Error::Unsupported("the layer ended without an error from either side".into()))?;
-    sink.extractor.finish()?;
-    let mut out = metadata
-        .finish()?
-        .finish()
-        .map_err(|e| Error::io(&staged.path, e))?;
-    out.flush().map_err(|e| Error::io(&staged.path, e))?;
-    let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&staged.path, e))?;
+    // The tar-split is complete: it is made durable while the extraction
+    // finishes (writers, directory times). Its fsync commits the journal
+    // holding the layer's new files too, the longest wait of a commit.
+    let synced = std::thread::scope(|scope| {
+        let synced = scope.spawn(move || -> Result<()> {
+            let mut out = metadata.finish()?.finish().map_err(|e| Error::io(&staged.path, e))?;
+            out.flush().map_err(|e| Error::io(&staged.path, e))?;
+            let file = out.into_inner().map_err(|e| Error::io(&staged.path, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(&staged.path, e))
+        });
+        let finished = sink.extractor.finish();
+        let synced = synced.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        finished.map_err(Error::from).and(synced)
+    });
+    synced?;
     let digest = |d: Option<[u8; 32]>| match d {
         Some(d) => format!("sha256:{}", hex(&d)),
         // Only a rebuilt tar goes unhashed, and only with a trusted diffID
