@@ -126,9 +126,10 @@ pub struct Extractor {
     /// Directories this extraction made (mkdir succeeded): a name in one
     /// is free unless this layer created it.
     made_dirs: HashSet<Vec<u8>>,
-    /// Files handed over to writers since they last finished everything,
+    /// Files writers are to create, since they last finished everything,
     /// by a hash of their path: a collision costs only a wait, and a
-    /// layer of 200 000 files does not hold their names twice.
+    /// layer of 200 000 files does not hold their names twice. (A file
+    /// handed over open is there already: links and removals see it.)
     handed: HashSet<u64>,
 }
 
@@ -357,11 +358,32 @@ impl Extractor {
         Ok(())
     }
 
-    fn remove(&mut self, dir: &Dir, name: &OsStr, path: &[u8]) -> Result<()> {
-        self.sync_writers()?;
+    /// Removes `name` in `dir` (`target` below the root) for the entry at
+    /// `path`.
+    fn remove(&mut self, dir: &Dir, name: &OsStr, path: &[u8], target: &[u8]) -> Result<()> {
         // A removed directory may be an open parent (or above one).
         self.open_dirs.clear();
-        remove_all(dir, name).map_err(|e| io_err(path, e))
+        let pending = self.writers.as_ref().is_some_and(FileWriters::pending);
+        match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            // A file a writer is still to create is removed once it is.
+            Err(rustix::io::Errno::NOENT) if self.handed.contains(&path_key(target)) => {
+                self.sync_writers()?;
+                remove_all(dir, name)
+            }
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                // Files being created in it go first.
+                if pending {
+                    self.sync_writers()?;
+                }
+                dir.remove_dir_all(name)
+            }
+            // A writer still writing it holds it open: it leaves the tree
+            // all the same.
+            Ok(_) => dir.remove_file(name),
+        }
+        .map_err(|e| io_err(path, e))
     }
 
     /// The owner an entry must get, when creating it did not give it that
@@ -411,7 +433,7 @@ impl Extractor {
                         }
                         child_path.extend_from_slice(child.as_bytes());
                         if !self.created.contains(&child_path) {
-                            self.remove(&parent, &child, path)?;
+                            self.remove(&parent, &child, path, &child_path)?;
                         }
                     }
                 }
@@ -425,17 +447,17 @@ impl Extractor {
         if target.is_empty() {
             return Err(invalid(path, "whiteout of no name"));
         }
+        let mut target_path = parents.join(&b'/');
+        if !target_path.is_empty() {
+            target_path.push(b'/');
+        }
+        target_path.extend_from_slice(target);
         let target = OsStr::from_bytes(target);
-        self.remove(&parent, target, path)?;
+        self.remove(&parent, target, path, &target_path)?;
         if let Whiteouts::Overlay(_) = self.whiteouts {
             rustix::fs::mknodat(parent.as_fd(), target, FileType::CharacterDevice, Mode::empty(), 0)
                 .map_err(|e| io_err(path, e.into()))?;
             // A writer must not be given its name.
-            let mut target_path = parents.join(&b'/');
-            if !target_path.is_empty() {
-                target_path.push(b'/');
-            }
-            target_path.extend_from_slice(target.as_bytes());
             self.created.insert(target_path);
             self.chown(&parent, target, header, path)?;
         }
@@ -513,9 +535,15 @@ impl Extractor {
                         self.made_dirs.insert(clean.clone());
                     }
                     Err(rustix::io::Errno::EXIST) => {
+                        // Made for entries before it: writers creating
+                        // files in it finish before its owner and mode
+                        // change (which may shut them out).
+                        if self.made_dirs.contains(&clean) {
+                            self.sync_writers()?;
+                        }
                         let st = rustix::fs::statat(parent.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
                         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                            self.remove(&parent, name, path)?;
+                            self.remove(&parent, name, path, &clean)?;
                             rustix::fs::mkdirat(parent.as_fd(), name, made_mode).map_err(fail)?;
                             made_as_listed = as_listed;
                             self.made_dirs.insert(clean.clone());
@@ -542,7 +570,7 @@ impl Extractor {
                 {
                     let linked = match link_to(src, &parent, name) {
                         Err(rustix::io::Errno::EXIST) => {
-                            self.remove(&parent, name, path)?;
+                            self.remove(&parent, name, path, &clean)?;
                             link_to(src, &parent, name)
                         }
                         other => other,
@@ -579,7 +607,7 @@ impl Extractor {
                 };
                 let fd = match create() {
                     Err(rustix::io::Errno::EXIST) => {
-                        self.remove(&parent, name, path)?;
+                        self.remove(&parent, name, path, &clean)?;
                         create()
                     }
                     other => other,
@@ -615,7 +643,6 @@ impl Extractor {
                         writers.start(file, path)?;
                         writers.data(payload)?;
                         writers.finish(meta)?;
-                        self.handed.insert(path_key(&clean));
                         self.created.insert(clean);
                         return Ok(());
                     }
@@ -632,7 +659,7 @@ impl Extractor {
                 let target = OsStr::from_bytes(&header.link_name);
                 match rustix::fs::symlinkat(target, parent.as_fd(), name) {
                     Err(rustix::io::Errno::EXIST) => {
-                        self.remove(&parent, name, path)?;
+                        self.remove(&parent, name, path, &clean)?;
                         rustix::fs::symlinkat(target, parent.as_fd(), name)
                     }
                     other => other,
@@ -666,7 +693,7 @@ impl Extractor {
                         if target_parents == parents && target_name == &name.as_bytes() {
                             return Err(invalid(path, "hard link to itself"));
                         }
-                        self.remove(&parent, name, path)?;
+                        self.remove(&parent, name, path, &clean)?;
                         link()
                     }
                     other => other,
@@ -685,7 +712,7 @@ impl Extractor {
                 let make = || rustix::fs::mknodat(parent.as_fd(), name, file_type, Mode::from_raw_mode(0o600), dev);
                 match make() {
                     Err(rustix::io::Errno::EXIST) => {
-                        self.remove(&parent, name, path)?;
+                        self.remove(&parent, name, path, &clean)?;
                         make()
                     }
                     other => other,

@@ -400,6 +400,11 @@ impl FileWriters {
         self.send(Job::Finish(meta))
     }
 
+    /// Whether files were handed over since the last [`sync`](Self::sync).
+    pub(crate) fn pending(&self) -> bool {
+        self.pending
+    }
+
     /// Waits until every file handed over so far is written and closed.
     pub(crate) fn sync(&mut self) -> Result<()> {
         if !self.pending {
