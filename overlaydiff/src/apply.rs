@@ -590,7 +590,7 @@ impl Extractor {
                     let writers = self.writers(path)?;
                     writers.create(Arc::clone(&parent), name.as_bytes(), mode, path)?;
                     if let Some(payload) = payload {
-                        writers.data(payload)?;
+                        writers.data(payload, path)?;
                     }
                     writers.finish(meta)?;
                     self.handed.insert(path_key(&clean));
@@ -641,7 +641,7 @@ impl Extractor {
                         let meta = self.file_meta(header, path, new_gid)?;
                         let writers = self.writers(path)?;
                         writers.start(file, path)?;
-                        writers.data(payload)?;
+                        writers.data(payload, path)?;
                         writers.finish(meta)?;
                         self.created.insert(clean);
                         return Ok(());

@@ -360,11 +360,15 @@ impl FileWriters {
         })
     }
 
-    /// Hands over the bytes of the file being handed over, all of them.
-    pub(crate) fn data(&mut self, payload: &mut dyn BufRead) -> Result<()> {
+    /// Hands over the bytes of the file being handed over (at `path`), all
+    /// of them.
+    pub(crate) fn data(&mut self, payload: &mut dyn BufRead, path: &[u8]) -> Result<()> {
         let mut offset = 0u64;
         loop {
-            let chunk = payload.fill_buf().map_err(|e| self.read_failed(e))?;
+            let chunk = payload.fill_buf().map_err(|source| Error::Io {
+                path: String::from_utf8_lossy(path).into_owned(),
+                source,
+            })?;
             if chunk.is_empty() {
                 return Ok(());
             }
@@ -382,17 +386,6 @@ impl FileWriters {
             if self.arena.len() == ARENA || self.batch.len() >= BATCH_JOBS {
                 self.flush()?;
             }
-        }
-    }
-
-    fn read_failed(&self, source: io::Error) -> Error {
-        let path = self.batch.iter().rev().find_map(|j| match j {
-            Job::Opened { path, .. } | Job::Create { path, .. } => Some(path.clone()),
-            _ => None,
-        });
-        Error::Io {
-            path: String::from_utf8_lossy(&path.unwrap_or_default()).into_owned(),
-            source,
         }
     }
 
