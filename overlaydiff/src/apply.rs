@@ -160,11 +160,20 @@ impl Extractor {
 
     /// How many threads create and write regular files while the tar is
     /// read; 0 writes them on the extracting thread. By default one per
-    /// core beyond the first, at most 4: creating and writing files is most
-    /// of an extraction's time, all of it in the kernel. On two cores,
-    /// `strata layers apply` of a 209 MB tar of 7474 files took 0.44 s
-    /// with one writer thread and 0.50 s without (medians of 5, overlay
-    /// store on ext4).
+    /// core beyond the first, at least 2 and at most 4 (none on one core):
+    /// creating and writing files is most of an extraction's time, all of
+    /// it in the kernel. On two cores, `strata layers apply` of a 209 MB
+    /// tar of 7474 files took 0.44 s with one writer thread and 0.50 s
+    /// without (medians of 5, overlay store on ext4).
+    ///
+    /// Two on two cores, not one: where the kernel's page-cache pages are
+    /// slow to come by (a VM whose host takes freed memory back and makes
+    /// the guest fault it in again, as this project's machines do), the
+    /// one writer was busy throughout a pull's update while the other
+    /// core idled half the time. There, updates took 0.88 s with two
+    /// writers against 1.03 s with one (means of the slow runs among 42
+    /// each); where pages came fast, the two were within noise (medians
+    /// 0.505 and 0.49 s).
     pub fn file_writers(mut self, threads: usize) -> Self {
         self.writer_threads = threads;
         self
@@ -883,7 +892,10 @@ fn path_key(path: &[u8]) -> u64 {
 }
 
 fn default_writers() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get().saturating_sub(1).min(4))
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        0 | 1 => 0,
+        n => (n - 1).clamp(2, 4),
+    }
 }
 
 /// The process's umask, read once without changing it (`umask(2)` can only
