@@ -838,7 +838,10 @@ fn pull_layer(
     }
     // Sized once: growing by doubling would hold twice the tail at worst.
     let tail_len = capture.as_ref().map_or(0, |l| desc.size - l.toc_offset);
-    let tail = Arc::new(std::sync::Mutex::new(Vec::with_capacity(tail_len as usize)));
+    // The whole tail goes to a thread that reads the TOC into the dedup
+    // index while the store is still finishing the layer (writers, sync,
+    // records): done after it, that read was the last 10 % of a cold pull.
+    let (tail_tx, tail_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
     let reader = Counting {
         inner: blob.open()?,
         count: counter.clone(),
@@ -848,7 +851,9 @@ fn pull_layer(
         inner: reader,
         pos: 0,
         location: capture.clone(),
-        tail: tail.clone(),
+        tail: Vec::with_capacity(tail_len as usize),
+        tail_len,
+        done: Some(tail_tx),
     };
     let toc_digest = match &capture {
         // Checked as the stream passes it: a mismatch fails the layer.
@@ -856,43 +861,56 @@ fn pull_layer(
         None => from_toc.as_ref().map(|(digest, _)| digest.clone()),
     };
     let headers = HeadersKeeper::default();
-    store.put_layer(
-        &LayerOptions {
-            id: Some(id.to_owned()),
-            parent: parent.map(str::to_owned),
-            expected_diff_id: Some(diff_id.to_owned()),
-            expected_compressed_digest: Some(desc.digest.clone()),
-            source_blob: toc_digest.map(|toc| SourceBlob {
-                digest: desc.digest.clone(),
-                size: desc.size as i64,
-                compression: Compression::Zstd,
-                toc_digest: Some(toc),
-            }),
-            split_observer: Some(headers.observer()),
-            ..LayerOptions::default()
-        },
-        reader,
-    )?;
+    let (stored, indexed) = std::thread::scope(|s| {
+        let indexing = capture.as_ref().map(|location| {
+            s.spawn(move || {
+                // No tail when the store stopped reading early: it failed.
+                let bytes = tail_rx.recv().ok()?;
+                let blob_tail = BlobTail {
+                    base: location.toc_offset,
+                    bytes,
+                    size: desc.size,
+                };
+                let mut index = LayerIndex::default();
+                let read = strata_toc::read_zstd_chunked_with(&blob_tail, Some(&desc.annotations), |item| {
+                    index.push_toc_item(&item);
+                    Ok(())
+                });
+                Some(read.map(|_| index))
+            })
+        });
+        let stored = store.put_layer(
+            &LayerOptions {
+                id: Some(id.to_owned()),
+                parent: parent.map(str::to_owned),
+                expected_diff_id: Some(diff_id.to_owned()),
+                expected_compressed_digest: Some(desc.digest.clone()),
+                source_blob: toc_digest.map(|toc| SourceBlob {
+                    digest: desc.digest.clone(),
+                    size: desc.size as i64,
+                    compression: Compression::Zstd,
+                    toc_digest: Some(toc),
+                }),
+                split_observer: Some(headers.observer()),
+                ..LayerOptions::default()
+            },
+            reader,
+        );
+        let indexed = indexing.map(|h| h.join().map_err(|_| Error::invalid("index", "the indexing thread panicked")));
+        (stored, indexed)
+    });
+    stored?;
     report.bytes_fetched = blob.received().unwrap_or_else(|| counter.load(Ordering::Relaxed));
-    if let Some(location) = &capture {
-        let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
-        let blob_tail = BlobTail {
-            base: location.toc_offset,
-            bytes: tail,
-            size: desc.size,
-        };
-        let mut index = LayerIndex::default();
-        match strata_toc::read_zstd_chunked_with(&blob_tail, Some(&desc.annotations), |item| {
-            index.push_toc_item(&item);
-            Ok(())
-        }) {
-            Ok(_) => {
+    if let (Some(location), Some(indexed)) = (&capture, indexed) {
+        match indexed? {
+            Some(Ok(index)) => {
                 report.note = Some("nothing in the store to reuse".into());
                 from_toc = Some((location.toc_digest.clone(), index));
             }
             // The layer itself checked out (blob digest, diffID): only the
             // index must come from its files instead.
-            Err(e) => tracing::warn!(layer = %id, "its TOC does not parse ({e}): indexing its files"),
+            Some(Err(e)) => tracing::warn!(layer = %id, "its TOC does not parse ({e}): indexing its files"),
+            None => tracing::warn!(layer = %id, "the store did not read the blob's tail: indexing its files"),
         }
     }
     let index = match from_toc {
@@ -1297,12 +1315,16 @@ impl RangeSource for Reporting<'_> {
 const MAX_CAPTURED_TAIL: u64 = 32 << 20;
 
 /// Passes a blob through, keeping its bytes from the TOC on, and checks the
-/// TOC's digest against the annotation as soon as the TOC has passed.
+/// TOC's digest against the annotation as soon as the TOC has passed. The
+/// tail, once whole, is sent to `done`.
 struct TailKeeper<R> {
     inner: R,
     pos: u64,
     location: Option<strata_toc::annotations::Location>,
-    tail: Arc<std::sync::Mutex<Vec<u8>>>,
+    tail: Vec<u8>,
+    /// The blob's size less the TOC's offset.
+    tail_len: u64,
+    done: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 }
 
 impl<R: Read> Read for TailKeeper<R> {
@@ -1313,21 +1335,28 @@ impl<R: Read> Read for TailKeeper<R> {
         };
         let (start, end) = (self.pos, self.pos + n as u64);
         self.pos = end;
-        if end <= location.toc_offset {
+        if end <= location.toc_offset || self.done.is_none() {
             return Ok(n);
         }
         let from = location.toc_offset.saturating_sub(start) as usize;
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let had = tail.len() as u64;
-        tail.extend_from_slice(&buf[from..n]);
+        let had = self.tail.len() as u64;
+        self.tail.extend_from_slice(&buf[from..n]);
         let toc_len = location.toc_compressed_len;
-        if had < toc_len && tail.len() as u64 >= toc_len {
-            let actual = crate::source::sha256(&tail[..toc_len as usize]);
+        if had < toc_len && self.tail.len() as u64 >= toc_len {
+            let actual = crate::source::sha256(&self.tail[..toc_len as usize]);
             if actual != location.toc_digest {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("the blob's TOC has digest {actual}, its annotation says {}", location.toc_digest),
                 ));
+            }
+        }
+        // A blob longer than its descriptor fails in the store; the tail
+        // sent is the descriptor's.
+        if self.tail.len() as u64 >= self.tail_len {
+            self.tail.truncate(self.tail_len as usize);
+            if let Some(done) = self.done.take() {
+                let _ = done.send(std::mem::take(&mut self.tail));
             }
         }
         Ok(n)
