@@ -357,14 +357,15 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     let reflinks = both_tools(&server.addr, &strata, &mut xfs_stores, &mut dirs, runs, false)?;
 
     println!("v2 blob {:.1} MiB; median of {runs}; stores on a fresh loop-mounted ext4 (XFS where said), registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
-    println!("| pull | podman (partial on) | strata | strata / podman time | strata / podman bytes |");
-    println!("|---|---|---|---|---|");
-    for (what, p, s) in [
+    let rows = [
         ("cold v1", &main.podman_cold, &main.strata_cold),
         ("update v1 -> v2", &main.podman_update, &main.strata_update),
         ("update, hard links (use_hard_links / --use-hard-links)", &hard_links.podman_update, &hard_links.strata_update),
         ("update on XFS (both clone)", &reflinks.podman_update, &reflinks.strata_update),
-    ] {
+    ];
+    println!("| pull | podman (partial on) | strata | strata / podman time | strata / podman bytes |");
+    println!("|---|---|---|---|---|");
+    for (what, p, s) in rows {
         println!(
             "| {what} | {:.2} s, {} B | {:.2} s, {} B | {:.2} | {:.2} |",
             p.median(),
@@ -379,12 +380,7 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     println!("CPU time (user + system) of the same pulls, median:");
     println!("| pull | podman | strata | strata / podman |");
     println!("|---|---|---|---|");
-    for (what, p, s) in [
-        ("cold v1", &main.podman_cold, &main.strata_cold),
-        ("update v1 -> v2", &main.podman_update, &main.strata_update),
-        ("update, hard links", &hard_links.podman_update, &hard_links.strata_update),
-        ("update on XFS", &reflinks.podman_update, &reflinks.strata_update),
-    ] {
+    for (what, p, s) in rows {
         println!(
             "| {what} | {:.2} s | {:.2} s | {:.2} |",
             p.median_cpu(),
