@@ -63,9 +63,11 @@ pub struct PullOptions {
     /// layer saved, at the price of trusting that the config and the TOC
     /// describe the same tar. Such a layer is flagged
     /// [`DIFF_ID_UNCHECKED`](strata_layerstore::DIFF_ID_UNCHECKED); an
-    /// export still hashes it. A layer whose tar headers were guessed from
-    /// an earlier version or taken from the blob's frames (no tar-split,
-    /// eStargz) is checked either way: nothing else checks those headers.
+    /// export still hashes it. Off, an update fetches the blob's tar-split
+    /// rather than guess the tar's headers from the earlier version, as
+    /// only the diffID could check guessed headers. A layer whose headers
+    /// come from the blob's frames (no tar-split, eStargz) is checked
+    /// either way: nothing else checks those headers.
     pub verify_diff_ids: bool,
     /// Platform to choose from an index.
     pub os: String,
@@ -762,9 +764,10 @@ fn pull_layer(
             (Some(tar_split), Some(plan)) => Some((Rebuild::TarSplit(tar_split), plan)),
             (None, Some(mut plan)) if predicting && names_tar_split => {
                 // Fetching the headers that could not be guessed must cost
-                // less than the tar-split that holds them all.
+                // less than the tar-split that holds them all, and guessed
+                // headers need the diffID check to be trusted.
                 let split_len = read.location.tar_split.map_or(0, |t| t.1);
-                if plan.stats.header_bytes_to_fetch < split_len {
+                if options.verify_diff_ids && plan.stats.header_bytes_to_fetch < split_len {
                     Some((Rebuild::Headers, plan))
                 } else {
                     let tar_split = strata_toc::read_tar_split(&SourceReadAt(&blob), &read).map_err(|e| Error::Toc {
