@@ -156,6 +156,18 @@ fn strata_pull(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bo
 }
 
 fn strata_pull_with(strata: &Path, scratch: &Path, addr: &str, tag: &str, partial: bool, hard_links: bool) -> Command {
+    strata_pull_checking(strata, scratch, addr, tag, partial, hard_links, true)
+}
+
+fn strata_pull_checking(
+    strata: &Path,
+    scratch: &Path,
+    addr: &str,
+    tag: &str,
+    partial: bool,
+    hard_links: bool,
+    diff_ids: bool,
+) -> Command {
     let mut c = Command::new(strata);
     c.arg("--root")
         .arg(scratch.join("graph"))
@@ -168,6 +180,9 @@ fn strata_pull_with(strata: &Path, scratch: &Path, addr: &str, tag: &str, partia
     }
     if hard_links {
         c.arg("--use-hard-links");
+    }
+    if !diff_ids {
+        c.arg("--verify-diff-ids=false");
     }
     c
 }
@@ -322,15 +337,15 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
     let (strata, work, server, v2_size) = bench_image()?;
     // Every store on a fresh filesystem, kept until the end (see
     // scratch_fs: nothing is deleted between timed pulls). A run keeps
-    // ten stores of up to 600 MB each; the image file is sparse.
-    let fs = crate::scratch_fs::ScratchFs::new(&work, (6 * runs as u64 + 4).max(16))?;
+    // eleven stores of up to 600 MB each; the image file is sparse.
+    let fs = crate::scratch_fs::ScratchFs::new(&work, (7 * runs as u64 + 4).max(16))?;
     let mut stores = Stores {
         dir: tempfile::tempdir_in(fs.path())?,
         n: 0,
     };
     let mut dirs = Dirs::default();
-    let main = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, false)?;
-    let hard_links = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, true)?;
+    let main = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, Variant::Main)?;
+    let hard_links = both_tools(&server.addr, &strata, &mut stores, &mut dirs, runs, Variant::HardLinks)?;
 
     // Partial against whole, the update with v1 present, on loopback and
     // on slower links; all interleaved, so each meets the disk as it ages.
@@ -354,12 +369,17 @@ pub fn bench_pull(args: &[String]) -> Result<(), Error> {
         dir: tempfile::tempdir_in(xfs.path())?,
         n: 0,
     };
-    let reflinks = both_tools(&server.addr, &strata, &mut xfs_stores, &mut dirs, runs, false)?;
+    let reflinks = both_tools(&server.addr, &strata, &mut xfs_stores, &mut dirs, runs, Variant::Reflinks)?;
 
     println!("v2 blob {:.1} MiB; median of {runs}; stores on a fresh loop-mounted ext4 (XFS where said), registry on 127.0.0.1", v2_size as f64 / (1u64 << 20) as f64);
     let rows = [
         ("cold v1", &main.podman_cold, &main.strata_cold),
         ("update v1 -> v2", &main.podman_update, &main.strata_update),
+        (
+            "update, diffID unchecked as podman (--verify-diff-ids=false)",
+            &main.podman_update,
+            &main.strata_unchecked,
+        ),
         ("update, hard links (use_hard_links / --use-hard-links)", &hard_links.podman_update, &hard_links.strata_update),
         ("update on XFS (both clone)", &reflinks.podman_update, &reflinks.strata_update),
     ];
@@ -434,6 +454,18 @@ struct BothTools {
     podman_update: Series,
     strata_cold: Series,
     strata_update: Series,
+    /// The update with the diffID taken on trust, as podman takes it
+    /// (measured in the main variant only).
+    strata_unchecked: Series,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// Reused files copied (ext4), and the unchecked update measured too.
+    Main,
+    HardLinks,
+    /// On XFS, where both tools clone.
+    Reflinks,
 }
 
 /// `runs` times, each tool pulls v1 then v2 into a store of its own.
@@ -443,13 +475,15 @@ fn both_tools(
     stores: &mut Stores,
     dirs: &mut Dirs,
     runs: usize,
-    hard_links: bool,
+    variant: Variant,
 ) -> Result<BothTools, Error> {
+    let hard_links = variant == Variant::HardLinks;
     let mut out = BothTools {
         podman_cold: Series::default(),
         podman_update: Series::default(),
         strata_cold: Series::default(),
         strata_update: Series::default(),
+        strata_unchecked: Series::default(),
     };
     for _ in 0..runs {
         // podman: its own overlay store with partial pulls on, and no
@@ -470,6 +504,14 @@ fn both_tools(
             &proxy,
             &mut strata_pull_with(strata, &scratch, &proxy.addr, "v2", true, hard_links),
         )?);
+
+        if variant == Variant::Main {
+            let scratch = stores.next()?;
+            dirs.strata.push(scratch.clone());
+            run(strata_pull(strata, &scratch, registry, "v1", true).stdout(Stdio::null()))?;
+            let mut unchecked = strata_pull_checking(strata, &scratch, &proxy.addr, "v2", true, false, false);
+            out.strata_unchecked.add(measured(&proxy, &mut unchecked)?);
+        }
     }
     Ok(out)
 }
