@@ -99,6 +99,15 @@ fn tmpfs_reports_not_supported() {
             .is_not_supported()
     );
     assert_eq!(Policy::Disabled.apply(&file).expect("nothing to do"), None);
+    // Here no filesystem has fs-verity: under a kernel that has it, tmpfs
+    // must still say NotSupported.
+    if kernel_config_has_fs_verity() == Some(false) {
+        guest::run_test_or_skip(
+            "tmpfs_reports_not_supported",
+            &guest::fs_verity(),
+            "this kernel is built without CONFIG_FS_VERITY",
+        );
+    }
 }
 
 #[test]
