@@ -41,6 +41,11 @@ pub struct Args {
     /// checked (containers-storage's behaviour), saving a SHA-256 pass.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     verify_diff_ids: bool,
+    /// fs-verity on every file the pull writes: `disabled`, `if-supported`
+    /// (where the filesystem can) or `required` (a layer whose filesystem
+    /// cannot fails, and is not kept).
+    #[arg(long, value_name = "POLICY", default_value = "disabled")]
+    fs_verity: strata::layerstore::FsVerity,
     /// Missing pieces closer than this many bytes are fetched as one range,
     /// the bytes between included.
     #[arg(long, value_name = "BYTES", default_value_t = strata::chunkfetch::Planner::default().merge_gap)]
@@ -64,7 +69,7 @@ fn size(n: u64) -> String {
 
 pub(crate) fn layer_line(l: &LayerReport) -> String {
     let short = l.digest.trim_start_matches("sha256:").get(..12).unwrap_or(&l.digest);
-    match l.how {
+    let line = match l.how {
         How::Present => format!("{short}: already present"),
         How::Full => match &l.note {
             Some(note) => format!("{short}: fetched whole, {} ({note})", size(l.bytes_fetched)),
@@ -79,7 +84,8 @@ pub(crate) fn layer_line(l: &LayerReport) -> String {
             l.files,
             if l.diff_id_unchecked { ", diffID taken on trust" } else { "" }
         ),
-    }
+    };
+    if l.fs_verity { format!("{line}, fs-verity on") } else { line }
 }
 
 pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
@@ -104,6 +110,7 @@ pub fn run(store_args: &StoreArgs, args: Args) -> Result<(), BoxError> {
         hard_links: args.use_hard_links,
         index_chunks: args.index_chunks,
         verify_diff_ids: args.verify_diff_ids,
+        fs_verity: args.fs_verity,
         planner: strata::chunkfetch::Planner {
             merge_gap: args.merge_gap,
             max_ranges: args.max_ranges.max(1),

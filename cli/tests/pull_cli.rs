@@ -98,3 +98,44 @@ fn two_processes_pulling_one_image_keep_one_copy_of_each_layer() {
         assert_eq!(layers.as_array().map(Vec::len), Some(2), "round {round}: {layers}");
     }
 }
+
+/// `--fs-verity`: a policy that does not parse is named; `required` on a
+/// filesystem without fs-verity fails, names the file, and keeps nothing;
+/// `if-supported` pulls without it. (The ext4 side is in the facade's
+/// tests, in a guest where the kernel lacks fs-verity.)
+#[test]
+fn pull_fs_verity_policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pull = |policy: &str| {
+        strata()
+            .arg("--root")
+            .arg(dir.path().join("graph"))
+            .arg("--runroot")
+            .arg(dir.path().join("run"))
+            .args(["--driver", "vfs", "pull", "--json"])
+            .arg(format!("--fs-verity={policy}"))
+            .arg(format!("oci:{}:v1", example().display()))
+            .output()
+            .expect("run strata pull")
+    };
+    let out = pull("sometimes");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown fs-verity policy \"sometimes\""), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pull("required");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("fs-verity on /"), "{stderr}");
+    let listed = strata()
+        .arg("--root")
+        .arg(dir.path().join("graph"))
+        .arg("--runroot")
+        .arg(dir.path().join("run"))
+        .args(["--driver", "vfs", "layers", "list"])
+        .output()
+        .expect("layers list");
+    let rows = String::from_utf8_lossy(&listed.stdout).lines().skip(1).count();
+    assert!(listed.status.success() && rows == 0, "no layer kept: {listed:?}");
+    let out = pull("if-supported");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(report["layers"].as_array().expect("layers").iter().all(|l| l.get("fs_verity").is_none()), "{report}");
+}

@@ -113,6 +113,12 @@ pub struct LayerOptions {
     /// [`DIFF_ID_UNCHECKED`]; exports, which hash what they write, still
     /// catch a tar that does not match it.
     pub trust_expected_diff_id: bool,
+    /// fs-verity on the layer's regular files, enabled once they are
+    /// written and before the layer is complete (`Required`: a filesystem
+    /// that cannot fails the layer, and nothing is kept). Their digests
+    /// are kept as the big data [`FS_VERITY_DIGESTS`](crate::FS_VERITY_DIGESTS).
+    /// For layers made from a tar or blob.
+    pub fs_verity: strata_fsverity::Policy,
 }
 
 /// The layer flag (in `layers.json`) of a layer whose diffID was recorded

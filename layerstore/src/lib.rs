@@ -14,6 +14,7 @@ pub mod lock;
 mod mounts;
 mod records;
 mod store;
+mod verity;
 
 use std::path::Path;
 
@@ -25,7 +26,9 @@ pub use images::ImageOptions;
 pub use json::{rfc3339, to_go_json};
 pub use records::{IdMap, ImageRecord as Image, LayerRecord as Layer, MountRecord, valid_digest, valid_id};
 pub use store::{Driver, Problem, Store, StoreOptions, chain_id};
+pub use strata_fsverity::Policy as FsVerity;
 pub use strata_overlaydiff::{KnownContent, KnownFile};
+pub use verity::FS_VERITY_DIGESTS;
 
 /// The overlay backend can work here: overlayfs in the kernel and the
 /// privilege to mount it.

@@ -651,6 +651,11 @@ impl Store {
             None => None,
         };
         let _cleanup = SideFile(&self.layers_dir, &split_tmp);
+        // Before the sync, which then has the Merkle trees on disk too.
+        let verity = match &applied {
+            Some(_) => crate::verity::enable_all(&staged.tree, options.fs_verity)?,
+            None => Default::default(),
+        };
         if options.sync {
             // Before the lock: a sync of a gigabyte takes seconds.
             // Through a descriptor of its own: the staged tree's may be
@@ -722,7 +727,7 @@ impl Store {
             self.save_layers(&guard, loaded)?;
             return Err(e);
         }
-        let cached = self.write_cached_big_data(&id, options);
+        let cached = self.write_cached_big_data(&id, options, verity.listing());
         let record = &mut loaded.records[slot];
         record.big_data_names.extend(cached);
         if let Some(a) = applied {
@@ -759,13 +764,14 @@ impl Store {
     /// Writes a new layer's cached big data (see
     /// [`LayerOptions::cached_big_data`]); returns the names written. An
     /// item that cannot be written is left out: the layer does without.
-    fn write_cached_big_data(&self, id: &str, options: &LayerOptions) -> Vec<String> {
-        let observed = options
+    fn write_cached_big_data(&self, id: &str, options: &LayerOptions, verity: Option<Vec<u8>>) -> Vec<String> {
+        let mut observed = options
             .split_observer
             .as_ref()
             .and_then(|o| o.0.lock().ok())
             .map(|mut o| o.big_data())
             .unwrap_or_default();
+        observed.extend(verity.map(|listing| (crate::FS_VERITY_DIGESTS.to_owned(), listing)));
         let items: Vec<(&str, &[u8])> = options
             .cached_big_data
             .iter()

@@ -15,6 +15,7 @@ pub use stored::{BlobKind, GZIPPED_EMPTY_LAYER, GZIPPED_EMPTY_LAYER_DIGEST, Laye
 
 pub use strata_chunkfetch as chunkfetch;
 pub use strata_dedup_cache as dedup_cache;
+pub use strata_fsverity as fsverity;
 pub use strata_layerstore as layerstore;
 pub use strata_tarsplit as tarsplit;
 pub use strata_toc as toc;

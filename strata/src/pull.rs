@@ -69,6 +69,13 @@ pub struct PullOptions {
     /// come from the blob's frames (no tar-split, eStargz) is checked
     /// either way: nothing else checks those headers.
     pub verify_diff_ids: bool,
+    /// fs-verity on every regular file a pulled layer writes (reused
+    /// files included), enabled before the layer counts as complete:
+    /// `IfSupported` where the filesystem can, `Required` fails the layer
+    /// where it cannot (nothing is kept). The digests are kept with the
+    /// layer ([`FS_VERITY_DIGESTS`](strata_layerstore::FS_VERITY_DIGESTS)).
+    /// Off by default, as in containers-storage.
+    pub fs_verity: strata_layerstore::FsVerity,
     /// Platform to choose from an index.
     pub os: String,
     pub architecture: String,
@@ -107,6 +114,7 @@ impl std::fmt::Debug for PullOptions {
             .field("hard_links", &self.hard_links)
             .field("index_chunks", &self.index_chunks)
             .field("verify_diff_ids", &self.verify_diff_ids)
+            .field("fs_verity", &self.fs_verity)
             .field("os", &self.os)
             .field("architecture", &self.architecture)
             .field("names", &self.names)
@@ -124,6 +132,7 @@ impl Default for PullOptions {
             hard_links: false,
             index_chunks: false,
             verify_diff_ids: true,
+            fs_verity: strata_layerstore::FsVerity::Disabled,
             os: "linux".into(),
             architecture: oci::host_architecture().into(),
             names: Vec::new(),
@@ -167,6 +176,10 @@ pub struct LayerReport {
     /// hashed (see [`PullOptions::verify_diff_ids`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub diff_id_unchecked: bool,
+    /// fs-verity was enabled on the layer's files (see
+    /// [`PullOptions::fs_verity`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fs_verity: bool,
 }
 
 impl LayerReport {
@@ -183,6 +196,7 @@ impl LayerReport {
             files: 0,
             note: None,
             diff_id_unchecked: false,
+            fs_verity: false,
         }
     }
 }
@@ -895,6 +909,7 @@ fn pull_layer(
                     toc_digest: Some(toc),
                 }),
                 split_observer: Some(headers.observer()),
+                fs_verity: options.fs_verity,
                 ..LayerOptions::default()
             },
             reader,
@@ -902,7 +917,7 @@ fn pull_layer(
         let indexed = indexing.map(|h| h.join().map_err(|_| Error::invalid("index", "the indexing thread panicked")));
         (stored, indexed)
     });
-    stored?;
+    report.fs_verity = has_verity(&stored?);
     report.bytes_fetched = blob.received().unwrap_or_else(|| counter.load(Ordering::Relaxed));
     if let (Some(location), Some(indexed)) = (&capture, indexed) {
         match indexed? {
@@ -1175,6 +1190,7 @@ fn pull_partial(
         // from.
         cached_big_data: vec![(DEDUP_INDEX.to_owned(), stored_index)],
         trust_expected_diff_id: trust_diff_id,
+        fs_verity: options.fs_verity,
         ..LayerOptions::default()
     };
     let layer_error = |reason: String| Error::Layer {
@@ -1254,10 +1270,14 @@ fn pull_partial(
         let _ = stored.as_ref().map(|_| store.delete_layer(id));
         return Err(layer_error(reason));
     }
-    stored?;
+    report.fs_verity = has_verity(&stored?);
     let stats = stats.ok_or_else(|| layer_error("the fetch stopped early".into()))?;
     report.bytes_fetched = stats.bytes_requested;
     Ok(())
+}
+
+fn has_verity(layer: &strata_layerstore::Layer) -> bool {
+    layer.big_data_names.iter().any(|n| n == strata_layerstore::FS_VERITY_DIGESTS)
 }
 
 /// Counts what is read through it, telling the progress callback.

@@ -876,3 +876,74 @@ fn a_full_disk_is_named_and_the_partial_layer_is_not_kept() {
     assert!(!message.contains("extractor stopped"), "{message}");
     assert_eq!(store.layers().expect("layers").len(), layers, "no partial layer is kept");
 }
+
+/// The fs-verity digests a layer keeps, by path below its root.
+fn kept_verity_digests(store: &strata::layerstore::Store, id: &str) -> std::collections::BTreeMap<std::path::PathBuf, String> {
+    let listing = store.layer_big_data(id, strata::layerstore::FS_VERITY_DIGESTS).expect("the layer keeps its digests");
+    String::from_utf8(listing)
+        .expect("text")
+        .lines()
+        .map(|l| {
+            let (digest, path) = l.split_once(' ').expect("DIGEST PATH");
+            (path.trim_start_matches('/').into(), digest.to_owned())
+        })
+        .collect()
+}
+
+/// `--fs-verity`: every regular file a pull writes, reused ones included,
+/// gets fs-verity before its layer is complete, with the digests kept;
+/// where the filesystem cannot, `Required` fails the pull and keeps
+/// nothing, and `IfSupported` pulls without. Where the host kernel has no
+/// fs-verity, the ext4 part runs in a qemu guest.
+#[test]
+fn fs_verity_goes_on_every_file_a_pull_writes_or_nothing_is_kept() {
+    use strata::fsverity::{Policy, digest, measure};
+    let name = "fs_verity_goes_on_every_file_a_pull_writes_or_nothing_is_kept";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    let (v1_tar, v2_tar, _) = two_versions(&layout);
+    let at = |tag: &str| Reference::parse(&format!("oci:{}:{tag}", layout.display())).expect("ref");
+    let policy = |fs_verity: Policy| PullOptions { fs_verity, ..PullOptions::default() };
+
+    // tmpfs or an ext4 without the feature: no fs-verity.
+    let plain = store(&dir.path().join("plain"));
+    let err = pull(&at("v1"), &plain, &policy(Policy::Required)).expect_err("no fs-verity here");
+    assert!(err.to_string().contains("fs-verity on /"), "{err}");
+    assert!(plain.layers().expect("layers").is_empty(), "nothing kept");
+    let r = pull(&at("v1"), &plain, &policy(Policy::IfSupported)).expect("pulled without");
+    assert!(r.layers.iter().all(|l| !l.fs_verity), "{r:?}");
+
+    let Some(ext4) = strata_test_support::LoopFs::with_features("ext4", 256, &["-b", "4096", "-O", "verity"]) else { return };
+    let store = store(&ext4.path());
+    let r1 = match pull(&at("v1"), &store, &policy(Policy::Required)) {
+        Err(e) if !strata_test_support::guest::in_guest() => {
+            assert!(store.layers().expect("layers").is_empty(), "nothing kept after {e}");
+            strata_test_support::guest::run_test_or_skip(name, &strata_test_support::guest::fs_verity(), &format!("{e}"));
+            return;
+        }
+        other => other.expect("pull v1 onto ext4 -O verity"),
+    };
+    let r2 = pull(&at("v2"), &store, &policy(Policy::Required)).expect("pull v2");
+    assert_eq!(r2.layers[1].how, How::Partial);
+    let graph = ext4.path().join("graph");
+    for (layer, tar) in [(&r1.layers[1], &v1_tar), (&r2.layers[1], &v2_tar), (&r1.layers[0], &Vec::new())] {
+        assert!(layer.fs_verity, "{layer:?}");
+        let kept = kept_verity_digests(&store, &layer.layer_id);
+        let mut files = layer_files(&graph, &layer.layer_id);
+        files.sort();
+        assert_eq!(kept.keys().cloned().collect::<Vec<_>>(), files, "a digest for each file");
+        for (path, listed) in &kept {
+            let full = graph.join("vfs/dir").join(&layer.layer_id).join(path);
+            let file = std::fs::File::open(&full).expect("open");
+            let content = std::fs::read(&full).expect("read");
+            assert_eq!(measure(&file).expect("verity on").to_string(), *listed, "{path:?}");
+            assert_eq!(digest(&content[..]).expect("digest").to_string(), *listed, "{path:?}");
+        }
+        let writable = std::fs::OpenOptions::new().append(true).open(graph.join("vfs/dir").join(&layer.layer_id).join(kept.keys().next().expect("a file")));
+        assert_eq!(writable.expect_err("verity files are read-only").raw_os_error(), Some(1), "EPERM");
+        if !tar.is_empty() {
+            assert_eq!(diff(&store, &layer.layer_id), **tar, "the layer still diffs to its tar");
+        }
+    }
+    eprintln!("fs-verity on {} files of v2's layer", kept_verity_digests(&store, &r2.layers[1].layer_id).len());
+}

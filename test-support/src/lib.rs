@@ -546,6 +546,12 @@ impl LoopFs {
     /// `None` (said loudly) without root or the mkfs tool, unless CI
     /// demands them (`STRATA_REQUIRE_TOOLS`).
     pub fn new(kind: &str, mib: u64) -> Option<LoopFs> {
+        LoopFs::with_features(kind, mib, &[])
+    }
+
+    /// The same, made with `mkfs` options besides the usual ones
+    /// (`["-O", "verity"]`).
+    pub fn with_features(kind: &str, mib: u64, mkfs_options: &[&str]) -> Option<LoopFs> {
         let mkfs = format!("mkfs.{kind}");
         if !tools_or_skip(&[&mkfs]) {
             return None;
@@ -566,7 +572,7 @@ impl LoopFs {
             "xfs" => make.args(["-q", "-f", "-m", "reflink=1"]),
             _ => make.args(["-q", "-F"]),
         };
-        let made = make.arg(&image).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        let made = make.args(mkfs_options).arg(&image).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
         assert!(made, "{mkfs} failed");
         let point = dir.path().join("mnt");
         std::fs::create_dir(&point).expect("mount point");
