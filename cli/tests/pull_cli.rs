@@ -7,6 +7,13 @@ fn strata() -> Command {
     Command::new(env!("CARGO_BIN_EXE_strata"))
 }
 
+/// `strata` on a vfs store under `dir`.
+fn strata_in(dir: &std::path::Path) -> Command {
+    let mut c = strata();
+    c.arg("--root").arg(dir.join("graph")).arg("--runroot").arg(dir.join("run")).args(["--driver", "vfs"]);
+    c
+}
+
 fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/app")
 }
@@ -31,12 +38,8 @@ fn the_demo_pulls_v2_mostly_from_v1() {
 fn pull_json_reports_every_layer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |tag: &str| {
-        let out = strata()
-            .arg("--root")
-            .arg(dir.path().join("graph"))
-            .arg("--runroot")
-            .arg(dir.path().join("run"))
-            .args(["--driver", "vfs", "pull", "--json"])
+        let out = strata_in(dir.path())
+            .args(["pull", "--json"])
             .arg(format!("oci:{}:{tag}", example().display()))
             .output()
             .expect("run strata pull");
@@ -52,12 +55,8 @@ fn pull_json_reports_every_layer() {
     let needed = v2["bytes_needed"].as_u64().expect("bytes_needed");
     assert!(fetched * 5 < needed, "fetched {fetched} of {needed}");
     // The store lists the image under its name, as podman would.
-    let out = strata()
-        .arg("--root")
-        .arg(dir.path().join("graph"))
-        .arg("--runroot")
-        .arg(dir.path().join("run"))
-        .args(["--driver", "vfs", "images", "list"])
+    let out = strata_in(dir.path())
+        .args(["images", "list"])
         .output()
         .expect("images list");
     let listed = String::from_utf8_lossy(&out.stdout);
@@ -69,12 +68,8 @@ fn two_processes_pulling_one_image_keep_one_copy_of_each_layer() {
     for round in 0..4 {
         let dir = tempfile::tempdir().expect("tempdir");
         let spawn = || {
-            strata()
-                .arg("--root")
-                .arg(dir.path().join("graph"))
-                .arg("--runroot")
-                .arg(dir.path().join("run"))
-                .args(["--driver", "vfs", "pull", "--json"])
+            strata_in(dir.path())
+                .args(["pull", "--json"])
                 .arg(format!("oci:{}:v2", example().display()))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -86,12 +81,8 @@ fn two_processes_pulling_one_image_keep_one_copy_of_each_layer() {
             let out = child.wait_with_output().expect("wait");
             assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let out = strata()
-            .arg("--root")
-            .arg(dir.path().join("graph"))
-            .arg("--runroot")
-            .arg(dir.path().join("run"))
-            .args(["--driver", "vfs", "layers", "list", "--json"])
+        let out = strata_in(dir.path())
+            .args(["layers", "list", "--json"])
             .output()
             .expect("layers list");
         let layers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -107,12 +98,8 @@ fn two_processes_pulling_one_image_keep_one_copy_of_each_layer() {
 fn pull_fs_verity_policies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pull = |policy: &str| {
-        strata()
-            .arg("--root")
-            .arg(dir.path().join("graph"))
-            .arg("--runroot")
-            .arg(dir.path().join("run"))
-            .args(["--driver", "vfs", "pull", "--json"])
+        strata_in(dir.path())
+            .args(["pull", "--json"])
             .arg(format!("--fs-verity={policy}"))
             .arg(format!("oci:{}:v1", example().display()))
             .output()
@@ -124,12 +111,8 @@ fn pull_fs_verity_policies() {
     let out = pull("required");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("fs-verity on /"), "{stderr}");
-    let listed = strata()
-        .arg("--root")
-        .arg(dir.path().join("graph"))
-        .arg("--runroot")
-        .arg(dir.path().join("run"))
-        .args(["--driver", "vfs", "layers", "list"])
+    let listed = strata_in(dir.path())
+        .args(["layers", "list"])
         .output()
         .expect("layers list");
     let rows = String::from_utf8_lossy(&listed.stdout).lines().skip(1).count();
