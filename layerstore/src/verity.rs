@@ -1,8 +1,10 @@
-//! fs-verity on a new layer's files, per [`LayerOptions::fs_verity`]
-//! (crate::LayerOptions::fs_verity), once they are written and before the
-//! layer counts as complete: a layer that must have it and cannot is not
-//! kept. Its digests are kept with the layer as big data, one line per
-//! file as `fsverity digest` prints them (`sha256:HEX PATH`).
+//! fs-verity on a new layer's files, per
+//! [`LayerOptions::fs_verity`](crate::LayerOptions::fs_verity), once they
+//! are written and before the layer counts as complete: a layer that must
+//! have it and cannot is not kept. Its digests are kept with the layer as
+//! big data, one line per file as `fsverity digest` prints them
+//! (`sha256:HEX PATH`), except that a backslash or newline in a path is
+//! written `\\` or `\n`: a name from the tar cannot add a line.
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use strata_fsverity::{Digest, Policy};
@@ -24,6 +26,7 @@ impl Enabled {
         }
         let mut out = Vec::new();
         for (path, digest) in &self.0 {
+            let path = path.replace('\\', "\\\\").replace('\n', "\\n");
             out.extend_from_slice(format!("{digest} {path}\n").as_bytes());
         }
         Some(out)
@@ -63,7 +66,13 @@ pub(crate) fn enable_all(tree: &Dir, policy: Policy) -> Result<Enabled> {
                     Ok(Some(digest)) => enabled.0.push((path, digest)),
                     // The filesystem cannot: neither can it for the rest.
                     Ok(None) => return Ok(enabled),
-                    Err(e) => return Err(Error::Unsupported(format!("fs-verity on {path}: {e}"))),
+                    Err(e) if e.is_not_supported() => return Err(Error::Unsupported(format!("fs-verity on {path}: {e}"))),
+                    Err(e) => {
+                        return Err(Error::Io {
+                            path: format!("fs-verity on {path}"),
+                            source: std::io::Error::other(e),
+                        });
+                    }
                 }
             }
         }
@@ -76,5 +85,28 @@ fn io(path: &str, source: std::io::Error) -> Error {
     Error::Io {
         path: if path.is_empty() { "/".into() } else { path.to_owned() },
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_cannot_add_a_line_to_the_listing() {
+        let digest = strata_fsverity::digest(&b"x"[..]).expect("digest");
+        let listing = Enabled(vec![
+            ("/a b".into(), digest),
+            (format!("/x\n{digest} /etc/passwd"), digest),
+            ("/back\\slash".into(), digest),
+        ])
+        .listing()
+        .expect("a listing");
+        let text = String::from_utf8(listing).expect("text");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], format!("{digest} /a b"));
+        assert_eq!(lines[1], format!("{digest} /x\\n{digest} /etc/passwd"));
+        assert_eq!(lines[2], format!("{digest} /back\\\\slash"));
     }
 }
